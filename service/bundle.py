@@ -1,0 +1,229 @@
+"""The model bundle contract: manifest schema, checksums, atomic writing, verification.
+
+A bundle is a folder `artifacts/<name>/` (see DESIGN.md). Training writes it
+with `write_bundle`; the service reads it with `read_bundle`, which refuses a
+bundle whose schema version, file list or checksums do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from service.errors import BundleError
+from service.features import FeatureParams
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+ANOMALY_ARRAYS = ("pca_components", "pca_mean", "mean_vec", "inv_cov")
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "anomaly": ("encoder.onnx", *(f"{a}.npy" for a in ANOMALY_ARRAYS)),
+    "classifier": ("classifier.onnx",),
+}
+
+
+class TensorSpec(BaseModel):
+    name: str
+    shape: list[int | None] = Field(description="None marks the dynamic batch axis")
+
+
+class Thresholds(BaseModel):
+    """Score boundaries: normal < needs_maintenance ≤ score < severe ≤ severe."""
+
+    needs_maintenance: float
+    severe: float
+    method: str = Field(description="how the thresholds were chosen")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """`manifest.json`; everything the service needs besides the binary files."""
+
+    schema_version: int
+    name: str
+    kind: Literal["anomaly", "classifier"]
+    version: str
+    created_at: str
+    features: FeatureParams
+    input: TensorSpec
+    output: TensorSpec
+    thresholds: Thresholds | None = None
+    labels: list[str] | None = None
+    scoring: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(description="sha256 of every other file in the bundle")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def new_version(files: dict[str, str]) -> str:
+    """A version string: UTC date plus a digest of the files' checksums."""
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{datetime.now(UTC):%Y%m%d}-{digest}"
+
+
+def write_bundle(
+    out_dir: Path,
+    manifest_fields: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+    files: dict[str, bytes] | None = None,
+) -> Manifest:
+    """Write a complete bundle atomically: build it in a temp folder, then rename.
+
+    `manifest_fields` are Manifest fields except schema_version, version,
+    created_at and files, which are filled in here. An existing `out_dir` is
+    replaced only once the new bundle is complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for key, arr in (arrays or {}).items():
+            np.save(tmp / f"{key}.npy", np.asarray(arr), allow_pickle=False)
+        for fname, data in (files or {}).items():
+            (tmp / fname).write_bytes(data)
+        checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            version=manifest_fields.pop("version", None) or new_version(checksums),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            files=checksums,
+            **manifest_fields,
+        )
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def update_bundle(bundle_dir: Path, extra_files: dict[str, bytes], **fields: Any) -> Manifest:
+    """Add files (e.g. a report) and manifest fields to an existing bundle, keeping checksums."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for fname, data in extra_files.items():
+        (bundle_dir / fname).write_bytes(data)
+        manifest.files[fname] = sha256_file(bundle_dir / fname)
+    updated = manifest.model_copy(update=fields)
+    tmp = bundle_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(updated.model_dump_json(indent=2) + "\n")
+    tmp.replace(bundle_dir / MANIFEST)
+    return updated
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Parse and schema-check manifest.json (checksums are not verified here)."""
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"no {MANIFEST}") from e
+    except (OSError, ValueError) as e:
+        raise BundleError(f"unreadable {MANIFEST}: {e}") from e
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"schema_version {raw.get('schema_version')!r} is not supported "
+            f"(this service reads {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        raise BundleError(f"invalid {MANIFEST}: {e.error_count()} error(s): {e}") from e
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check that the kind's required files are listed and every listed file matches."""
+    bundle_dir = Path(bundle_dir)
+    missing = [f for f in REQUIRED_FILES[manifest.kind] if f not in manifest.files]
+    if missing:
+        raise BundleError(f"manifest lists no {', '.join(missing)}")
+    for fname, expected in manifest.files.items():
+        path = bundle_dir / fname
+        if not path.is_file():
+            raise BundleError(f"missing file {fname}")
+        if sha256_file(path) != expected:
+            raise BundleError(f"checksum mismatch for {fname}")
+
+
+def load_arrays(bundle_dir: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Load float arrays (as float32) without pickles."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = np.load(Path(bundle_dir) / f"{name}.npy", allow_pickle=False).astype(
+                np.float32
+            )
+        except (OSError, ValueError) as e:
+            raise BundleError(f"unreadable {name}.npy: {e}") from e
+    return out
+
+
+def check_anomaly_shapes(arrays: dict[str, np.ndarray], latent_dim: int | None) -> None:
+    """pca_components (k, d), pca_mean (d,), mean_vec (k,), inv_cov (k, k); d = encoder output."""
+    comps, pmean = arrays["pca_components"], arrays["pca_mean"]
+    mvec, icov = arrays["mean_vec"], arrays["inv_cov"]
+    if comps.ndim != 2:
+        raise BundleError(f"pca_components must be 2-D, got shape {comps.shape}")
+    k, d = comps.shape
+    if latent_dim is not None and d != latent_dim:
+        raise BundleError(f"pca_components has {d} columns but the encoder outputs {latent_dim}")
+    if pmean.shape != (d,):
+        raise BundleError(f"pca_mean has shape {pmean.shape}, expected ({d},)")
+    if mvec.shape != (k,):
+        raise BundleError(f"mean_vec has shape {mvec.shape}, expected ({k},)")
+    if icov.shape != (k, k):
+        raise BundleError(f"inv_cov has shape {icov.shape}, expected ({k}, {k})")
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise BundleError("bundle arrays contain NaN or infinite values")
+
+
+def mahalanobis(
+    latents: np.ndarray,
+    pca_components: np.ndarray,
+    pca_mean: np.ndarray,
+    mean_vec: np.ndarray,
+    inv_cov: np.ndarray,
+) -> np.ndarray:
+    """(batch, d) latents → (batch,) distances sqrt((z-μ)ᵀ Σ⁻¹ (z-μ)), z = PCA projection.
+
+    Shared by training (calibration) and the service so both compute the same score.
+    """
+    z = (latents.astype(np.float32) - pca_mean) @ pca_components.T - mean_vec
+    d2 = np.einsum("bi,ij,bj->b", z, inv_cov, z)
+    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
+
+
+def level_for(score: float, thresholds: Thresholds) -> str:
+    """normal < needs_maintenance ≤ score < severe ≤ severe."""
+    if score >= thresholds.severe:
+        return "severe"
+    if score >= thresholds.needs_maintenance:
+        return "needs_maintenance"
+    return "normal"

@@ -1,0 +1,289 @@
+"""The one preprocessing module: bytes → audio → log-mel → model input.
+
+Training and the service both call these functions, so a clip gets the same
+features at fit time and at scoring time. Every parameter lives in
+`FeatureParams`, which is written into each bundle's manifest.
+
+Shapes:
+- audio: `(n_samples,)` float32 mono in [-1, 1] (roughly)
+- log-mel: `(n_mels, n_frames)` float32 in dB
+- model input ("image"): `(height, width)` float32 in [0, 1]; batched as
+  `(batch, height, width, 1)`; row 0 is the LOWEST mel band
+- PNG spectrograms are stored as pictures: row 0 is the HIGHEST band
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from service.errors import (
+    AudioTooLong,
+    AudioTooShort,
+    InvalidAudio,
+    InvalidImage,
+    UnsupportedMediaType,
+)
+
+MediaKind = Literal["audio", "image"]
+
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+IMAGE_FORMATS = ("png", "jpeg")
+
+
+class FeatureParams(BaseModel):
+    """Feature extraction parameters; stored in the manifest under `features`."""
+
+    sample_rate: int = Field(16000, gt=0)
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(64, gt=0)
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = 8000.0
+    height: int = Field(64, gt=0, description="model input rows (mel bands after resizing)")
+    width: int = Field(128, gt=0, description="model input columns (time after resizing)")
+    scaling: Literal["fixed_db", "minmax"] = Field(
+        "fixed_db",
+        description="fixed_db keeps absolute level: dB clipped to [db_min, db_max] then "
+        "mapped to [0, 1]; minmax (the seed's) rescales every image to its own range",
+    )
+    db_min: float = -100.0
+    db_max: float = 20.0
+    clip_seconds: float | None = Field(
+        None, description="if set, audio is padded/trimmed to this length (classifiers)"
+    )
+    min_seconds: float = Field(0.1, ge=0, description="shorter clips are rejected")
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureParams:
+        if self.fmax is not None and self.fmax > self.sample_rate / 2:
+            raise ValueError("fmax must not exceed sample_rate / 2")
+        if self.db_max <= self.db_min:
+            raise ValueError("db_max must be greater than db_min")
+        return self
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Decoded clip at its native rate, before resampling."""
+
+    samples: np.ndarray  # (n_samples,) float32 mono
+    sample_rate: int
+    channels: int
+    duration_s: float
+
+
+def sniff(data: bytes) -> tuple[MediaKind, str]:
+    """Recognise a payload by its magic bytes → (kind, format); never by file name."""
+    head = data[:12]
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio", "wav"
+    if head[:4] == b"fLaC":
+        return "audio", "flac"
+    if head[:4] == b"OggS":
+        return "audio", "ogg"
+    if head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0):
+        return "audio", "mp3"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image", "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "image", "jpeg"
+    raise UnsupportedMediaType(
+        "unrecognised content: send wav, flac, ogg or mp3 audio, or a png/jpeg spectrogram"
+    )
+
+
+def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
+    """Decode wav/flac/ogg/mp3 bytes to mono float32 at the native rate.
+
+    The length is checked from the header *before* samples are read, so a
+    small file claiming hours of audio allocates nothing.
+    """
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            if sr <= 0 or channels <= 0:
+                raise InvalidAudio("audio header has no sample rate or no channels")
+            if max_seconds is not None and frames > max_seconds * sr:
+                raise AudioTooLong(
+                    f"audio is {frames / sr:.1f} s long; the limit is {max_seconds:g} s"
+                )
+            samples = f.read(dtype="float32", always_2d=True)
+    except (AudioTooLong, InvalidAudio):
+        raise
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, ValueError…
+        raise InvalidAudio(f"could not decode audio: {e}") from e
+    if samples.shape[0] == 0:
+        raise AudioTooShort("audio has no samples")
+    if not np.isfinite(samples).all():
+        raise InvalidAudio("audio contains NaN or infinite samples")
+    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
+    return DecodedAudio(
+        samples=np.ascontiguousarray(mono, dtype=np.float32),
+        sample_rate=sr,
+        channels=channels,
+        duration_s=samples.shape[0] / sr,
+    )
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """(n,) at orig_sr → (m,) float32 at target_sr (soxr, high quality)."""
+    if orig_sr == target_sr:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
+    """Zero-pad or trim the end of a (n,) clip to exactly n_samples."""
+    if audio.shape[0] >= n_samples:
+        return audio[:n_samples]
+    return np.pad(audio, (0, n_samples - audio.shape[0]))
+
+
+@lru_cache(maxsize=16)
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) float32, built once per parameter set."""
+    import librosa
+
+    return librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
+    ).astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _window(n_fft: int) -> np.ndarray:
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic Hann, as librosa
+
+
+def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n_samples,) float32 at params.sample_rate → (n_mels, n_frames) dB (ref 1.0)."""
+    n_fft, hop = params.n_fft, params.hop_length
+    # Centre frames as librosa does (reflect padding), so frame t covers t*hop.
+    pad_mode = "reflect" if audio.shape[0] > n_fft // 2 else "constant"
+    padded = np.pad(audio, n_fft // 2, mode=pad_mode)
+    if padded.shape[0] < n_fft:
+        padded = np.pad(padded, (0, n_fft - padded.shape[0]))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    spectrum = np.fft.rfft(frames * _window(n_fft), axis=1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)  # (n_frames, bins)
+    fb = mel_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)
+    mel = fb @ power.T  # (n_mels, n_frames)
+    return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a (h, w) float32 array to (height, width)."""
+    if image.shape == (height, width):
+        return image
+    from PIL import Image
+
+    resized = Image.fromarray(image.astype(np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
+
+
+def to_image(mel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n_mels, n_frames) dB → (height, width) float32 in [0, 1], row 0 = lowest band."""
+    if params.scaling == "fixed_db":
+        scaled = (np.clip(mel_db, params.db_min, params.db_max) - params.db_min) / (
+            params.db_max - params.db_min
+        )
+    else:
+        lo, hi = float(mel_db.min()), float(mel_db.max())
+        scaled = (mel_db - lo) / (hi - lo) if hi > lo else np.zeros_like(mel_db)
+    return np.clip(_resize(scaled.astype(np.float32), params.height, params.width), 0.0, 1.0)
+
+
+def audio_to_image(audio: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
+    """Mono (n,) at any rate → model input (height, width); the whole audio path."""
+    audio = resample(audio, sample_rate, params.sample_rate)
+    if params.clip_seconds is not None:
+        audio = fit_length(audio, round(params.clip_seconds * params.sample_rate))
+    return to_image(log_mel(audio, params), params)
+
+
+def image_to_png(image: np.ndarray) -> bytes:
+    """Model input (height, width) in [0, 1] → grayscale PNG bytes (high bands on top)."""
+    from PIL import Image
+
+    pixels = np.round(np.clip(image, 0, 1)[::-1] * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, params: FeatureParams) -> np.ndarray:
+    """PNG/JPEG spectrogram bytes → model input (height, width) in [0, 1].
+
+    The picture must already have the model's size: resizing a spectrogram
+    made with other parameters would silently score the wrong thing.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > 4096 * 4096:
+                raise InvalidImage("image is too large")
+            if img.size != (params.width, params.height):
+                raise InvalidImage(
+                    f"image is {img.width}x{img.height}; this model expects "
+                    f"{params.width}x{params.height} (width x height) spectrograms"
+                )
+            pixels = np.asarray(img.convert("L"), dtype=np.float32)
+    except InvalidImage:
+        raise
+    except Exception as e:
+        raise InvalidImage(f"could not decode image: {e}") from e
+    return np.ascontiguousarray(pixels[::-1] / 255.0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One upload turned into model input, plus what the response reports about it."""
+
+    image: np.ndarray  # (height, width) float32
+    kind: MediaKind
+    format: str
+    duration_s: float | None
+    sample_rate: int | None
+    channels: int | None
+
+
+def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None) -> Prepared:
+    """Bytes of any supported format → model input. Raises the typed input errors."""
+    if not data:
+        raise InvalidAudio("empty upload")
+    kind, fmt = sniff(data)
+    if kind == "image":
+        return Prepared(decode_image(data, params), kind, fmt, None, None, None)
+    audio = decode_audio(data, max_seconds=max_seconds)
+    if audio.duration_s < params.min_seconds:
+        raise AudioTooShort(
+            f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
+        )
+    image = audio_to_image(audio.samples, audio.sample_rate, params)
+    return Prepared(image, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels)
+
+
+def load_file(path: str, params: FeatureParams, max_seconds: float | None = None) -> Prepared:
+    """Read a file from disk and `prepare` it (training's entry point)."""
+    with open(path, "rb") as f:
+        return prepare(f.read(), params, max_seconds=max_seconds)
+
+
+def warm_up(params: FeatureParams) -> None:
+    """Build the cached filterbank and touch every code path once (cold-start cost)."""
+    rng = np.random.default_rng(0)
+    audio_to_image(rng.standard_normal(params.sample_rate).astype(np.float32) * 0.1, 44100, params)

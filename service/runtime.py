@@ -1,0 +1,183 @@
+"""Model runtimes: one object owns a bundle's onnxruntime session and arrays.
+
+Life cycle (after MLServer's MLModel): construct with a bundle folder, `load()`
+verifies and loads it (or records why it failed), `ready` tells, and the
+scoring methods take batches of model inputs `(batch, height, width)`.
+Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.bundle import (
+    ANOMALY_ARRAYS,
+    Manifest,
+    check_anomaly_shapes,
+    load_arrays,
+    mahalanobis,
+    read_manifest,
+    verify_files,
+)
+from service.errors import BundleError
+
+log = logging.getLogger("auscult.runtime")
+
+
+def session_options(threads: int) -> Any:
+    """Options that fit a small CPU box: no spinning worker threads (they steal the core
+    that decoding and STFT need), a fixed intra-op pool, sequential execution."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class ModelRuntime:
+    """Base runtime. `status` is "loading", "ready" or "failed" (then `reason` says why)."""
+
+    onnx_file = ""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest | None = None, threads: int = 1):
+        self.bundle_dir = Path(bundle_dir)
+        self.name = self.bundle_dir.name  # the folder name is the model's URL name
+        self.manifest = manifest
+        self.threads = threads
+        self.status = "loading"
+        self.reason: str | None = None
+        self.session: Any = None
+        self.load_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    @property
+    def kind(self) -> str | None:
+        return self.manifest.kind if self.manifest else None
+
+    def load(self) -> None:
+        """Verify the bundle and open the session; on failure keep the reason, never raise."""
+        start = time.perf_counter()
+        try:
+            manifest = self.manifest or read_manifest(self.bundle_dir)
+            self.manifest = manifest
+            verify_files(self.bundle_dir, manifest)
+            self._open_session(manifest)
+            self._load_extra(manifest)
+            self._warm_up(manifest)
+        except BundleError as e:
+            self.status, self.reason = "failed", str(e)
+            log.error("bundle_failed", extra={"model": self.name, "reason": self.reason})
+            return
+        except Exception as e:  # e.g. onnxruntime refusing a corrupt graph
+            self.status, self.reason = "failed", f"{type(e).__name__}: {e}"
+            log.error("bundle_failed", extra={"model": self.name, "reason": self.reason})
+            return
+        self.status = "ready"
+        self.load_seconds = time.perf_counter() - start
+        log.info("bundle_loaded", extra={"model": self.name, "seconds": self.load_seconds})
+
+    def _open_session(self, manifest: Manifest) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(
+            str(self.bundle_dir / self.onnx_file),
+            sess_options=session_options(self.threads),
+            providers=["CPUExecutionProvider"],
+        )
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != manifest.input.name:
+            raise BundleError(
+                f"{self.onnx_file} input is {[i.name for i in inputs]}, "
+                f"manifest says {manifest.input.name!r}"
+            )
+        f = manifest.features
+        expected = [f.height, f.width, 1]
+        if list(inputs[0].shape[1:]) != expected or list(manifest.input.shape[1:]) != expected:
+            raise BundleError(
+                f"{self.onnx_file} input shape {inputs[0].shape} does not match the "
+                f"features ({expected})"
+            )
+
+    def _load_extra(self, manifest: Manifest) -> None:
+        pass
+
+    def _warm_up(self, manifest: Manifest) -> None:
+        f = manifest.features
+        self.run(np.zeros((1, f.height, f.width), np.float32))
+
+    @property
+    def output_dim(self) -> int | None:
+        dim = self.session.get_outputs()[0].shape[-1]
+        return dim if isinstance(dim, int) else None
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(batch, h, w) float32 → first ONNX output (batch, d)."""
+        assert self.manifest is not None
+        return self.session.run(None, {self.manifest.input.name: images[..., None]})[0]
+
+
+class AnomalyRuntime(ModelRuntime):
+    """encoder.onnx → latent → PCA → Mahalanobis distance."""
+
+    onnx_file = "encoder.onnx"
+
+    def _load_extra(self, manifest: Manifest) -> None:
+        if manifest.thresholds is None:
+            raise BundleError("an anomaly bundle needs thresholds in its manifest")
+        self.arrays = load_arrays(self.bundle_dir, ANOMALY_ARRAYS)
+        check_anomaly_shapes(self.arrays, self.output_dim)
+
+    def latents(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """(batch, h, w) → (batch,) anomaly scores (float64)."""
+        return mahalanobis(self.latents(images), **self.arrays)
+
+
+class ClassifierRuntime(ModelRuntime):
+    """classifier.onnx → softmax probabilities over the manifest's ordered labels."""
+
+    onnx_file = "classifier.onnx"
+
+    def _load_extra(self, manifest: Manifest) -> None:
+        if not manifest.labels:
+            raise BundleError("a classifier bundle needs its labels in the manifest")
+        if self.output_dim is not None and self.output_dim != len(manifest.labels):
+            raise BundleError(
+                f"classifier outputs {self.output_dim} classes, manifest lists "
+                f"{len(manifest.labels)} labels"
+            )
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(batch, h, w) → (batch, n_labels), rows sum to 1."""
+        return self.run(images).astype(np.float64)
+
+
+def open_runtime(bundle_dir: Path, threads: int = 1) -> ModelRuntime:
+    """Read the manifest to pick the runtime class, then load. Never raises."""
+    try:
+        manifest = read_manifest(bundle_dir)
+    except BundleError as e:
+        rt = ModelRuntime(bundle_dir, None, threads)
+        rt.status, rt.reason = "failed", str(e)
+        log.error("bundle_failed", extra={"model": rt.name, "reason": rt.reason})
+        return rt
+    cls = AnomalyRuntime if manifest.kind == "anomaly" else ClassifierRuntime
+    rt = cls(bundle_dir, manifest, threads)
+    rt.load()
+    return rt

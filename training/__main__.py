@@ -1,0 +1,114 @@
+"""Command line: python -m training {fit,evaluate,spectrograms,synth} …"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.datasets import DatasetError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="fit an anomaly bundle on normal clips")
+    f.add_argument("--data", required=True, type=Path, help="dataset folder (DCASE layouts)")
+    f.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
+    f.add_argument("--epochs", type=int, default=60)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--filters", type=_ints, default=(16, 32, 64), help="e.g. 16,32,64")
+    f.add_argument("--latent-dim", type=int, default=32)
+    f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
+    f.add_argument("--width", type=int, default=128, help="input width (time columns)")
+    f.add_argument("--sample-rate", type=int, default=16000)
+    f.add_argument("--pca", choices=["all", "top", "residual"], default="all")
+    f.add_argument("--pca-components", type=int, default=None)
+    f.add_argument("--no-evaluate", action="store_true")
+
+    e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
+    e.add_argument("--data", required=True, type=Path)
+    e.add_argument("--model", required=True, type=Path)
+
+    s = sub.add_parser("spectrograms", help="audio folder → grayscale PNG spectrograms")
+    s.add_argument("--in", dest="in_dir", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--model", type=Path, default=None, help="use this bundle's feature params")
+
+    y = sub.add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
+    y.add_argument("--out", required=True, type=Path)
+    y.add_argument("--machine", default="gearbox")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--seconds", type=float, default=2.0)
+    y.add_argument("--train", type=int, default=40, help="source-domain training clips")
+    y.add_argument("--test", type=int, default=8, help="normal (and anomalous) clips per test domain")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        from training.synth import generate
+
+        counts = generate(args.out, args.machine, args.seed, args.seconds, n_train=args.train, n_test=args.test)
+        print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
+        return 0
+    if args.command == "spectrograms":
+        from service.bundle import read_manifest
+        from service.features import FeatureParams
+        from training.spectrograms import write_spectrograms
+
+        params = read_manifest(args.model).features if args.model else FeatureParams()
+        written, failures = write_spectrograms(args.in_dir, args.out, params)
+        print(f"wrote {written} spectrograms to {args.out}")
+        for f in failures:
+            print(f"skipped {f}", file=sys.stderr)
+        return 0 if written else 2
+    if args.command == "evaluate":
+        from training.evaluate import evaluate, format_table
+
+        metrics, _ = evaluate(args.data, args.model)
+        print(format_table(metrics))
+        print(f"report: {args.model / 'report.png'}, {args.model / 'report.json'}")
+        return 0
+    if args.command == "fit":
+        from service.features import FeatureParams
+        from training.autoencoder import AutoencoderConfig
+        from training.evaluate import format_table
+        from training.fit import fit
+
+        cfg = AutoencoderConfig(
+            filters=args.filters, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed
+        )
+        params = FeatureParams(
+            sample_rate=args.sample_rate,
+            n_mels=args.n_mels,
+            height=args.n_mels,
+            width=args.width,
+            fmax=min(8000.0, args.sample_rate / 2),
+        )
+        result = fit(
+            args.data, args.out, cfg, params, args.pca, args.pca_components, not args.no_evaluate
+        )
+        print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
+        if result.evaluation:
+            print(format_table(result.evaluation))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""DCASE-style evaluation of an anomaly bundle, scored exactly as the service scores.
+
+AUC and pAUC (max FPR 0.1) per section and domain, and their harmonic mean;
+report.json and report.png (ROC curves, score histograms with the thresholds,
+KMeans score clusters) written into the bundle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import harmonic_mean
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from service.bundle import Manifest, update_bundle
+from service.features import FeatureParams, load_file
+from service.runtime import AnomalyRuntime, open_runtime
+from training.datasets import Clip, DatasetError, discover
+
+MAX_FPR = 0.1
+
+
+@dataclass
+class ScoredClips:
+    clips: list[Clip]
+    scores: np.ndarray  # (n,)
+
+
+def load_images(clips: list[Clip], params: FeatureParams, desc: str) -> np.ndarray:
+    """Features for every clip → (n, h, w). Raises DatasetError listing unreadable files."""
+    images, bad = [], []
+    for clip in tqdm(clips, desc=desc, unit="clip", leave=False):
+        try:
+            images.append(load_file(str(clip.path), params).image)
+        except Exception as e:
+            bad.append(f"{clip.path.name} ({e})")
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; … {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DatasetError(f"{len(bad)} unreadable file(s): {shown}")
+    return np.stack(images).astype(np.float32)
+
+
+def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 32) -> ScoredClips:
+    assert runtime.manifest is not None
+    images = load_images(clips, runtime.manifest.features, "features (test)")
+    scores = np.concatenate([runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)])
+    return ScoredClips(clips, scores)
+
+
+def metrics_table(scored: ScoredClips) -> dict[str, Any]:
+    """{"groups": {group: {auc, pauc, n_normal, n_anomaly}}, "hmean": …} over labelled clips."""
+    from sklearn.metrics import roc_auc_score
+
+    groups: dict[str, Any] = {}
+    names = sorted({c.group for c in scored.clips if c.label is not None})
+    for g in names:
+        idx = [i for i, c in enumerate(scored.clips) if c.group == g and c.label is not None]
+        y = np.array([scored.clips[i].label == "anomaly" for i in idx], dtype=int)
+        s = scored.scores[idx]
+        row: dict[str, Any] = {"n_normal": int((y == 0).sum()), "n_anomaly": int(y.sum())}
+        if 0 < y.sum() < len(y):
+            row["auc"] = float(roc_auc_score(y, s))
+            row["pauc"] = float(roc_auc_score(y, s, max_fpr=MAX_FPR))
+        groups[g] = row
+    values = [v for r in groups.values() for k, v in r.items() if k in ("auc", "pauc")]
+    return {
+        "groups": groups,
+        "hmean": float(harmonic_mean(values)) if values else None,
+        "max_fpr": MAX_FPR,
+    }
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    lines = [f"{'section / domain':<24}{'AUC':>8}{'pAUC':>8}{'normal':>8}{'anomaly':>9}"]
+    for g, r in metrics["groups"].items():
+        auc = f"{r['auc']:.3f}" if "auc" in r else "-"
+        pauc = f"{r['pauc']:.3f}" if "pauc" in r else "-"
+        lines.append(f"{g:<24}{auc:>8}{pauc:>8}{r['n_normal']:>8}{r['n_anomaly']:>9}")
+    if metrics["hmean"] is not None:
+        lines.append(f"{'harmonic mean':<24}{metrics['hmean']:>8.3f}")
+    return "\n".join(lines)
+
+
+def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
+    """ROC curves per group, histograms with thresholds, KMeans clusters → PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from training.calibration import kmeans_boundaries
+
+    th = manifest.thresholds
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    for g in sorted({c.group for c in scored.clips if c.label is not None}):
+        idx = [i for i, c in enumerate(scored.clips) if c.group == g and c.label is not None]
+        y = np.array([scored.clips[i].label == "anomaly" for i in idx], dtype=int)
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, scored.scores[idx])
+            ax.plot(fpr, tpr, label=g)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.axvline(MAX_FPR, color="grey", lw=0.8, ls="--")
+    ax.set(title="ROC per section and domain", xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    labels = np.array([c.label or "unlabelled" for c in scored.clips])
+    bins = np.linspace(0, float(scored.scores.max()) * 1.05 + 1e-9, 40)
+    for lab, color in (("normal", "tab:blue"), ("anomaly", "tab:red"), ("unlabelled", "tab:grey")):
+        if (labels == lab).any():
+            ax.hist(scored.scores[labels == lab], bins=bins, alpha=0.6, label=lab, color=color)
+    if th is not None:
+        ax.axvline(th.needs_maintenance, color="orange", label="needs_maintenance")
+        ax.axvline(th.severe, color="darkred", label="severe")
+    ax.set(title="score distribution", xlabel="anomaly score", ylabel="clips")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    if len(scored.scores) >= 3:
+        centres, bounds = kmeans_boundaries(scored.scores)
+        cluster = np.digitize(scored.scores, bounds)
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(scored.scores))
+        for k, color in enumerate(("tab:green", "tab:orange", "tab:red")):
+            m = cluster == k
+            ax.scatter(scored.scores[m], jitter[m], s=14, color=color, label=f"cluster {k} (c={centres[k]:.2f})")
+        for b in bounds:
+            ax.axvline(b, color="k", ls=":", lw=0.8)
+    ax.set(title="KMeans score clusters (k=3)", xlabel="anomaly score", yticks=[])
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{manifest.name} ({manifest.version})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def evaluate(data_dir: Path, bundle_dir: Path, write: bool = True) -> tuple[dict[str, Any], ScoredClips]:
+    """Score the test clips of data_dir with the bundle; write report.json/png into it."""
+    runtime = open_runtime(Path(bundle_dir))
+    if not isinstance(runtime, AnomalyRuntime) or not runtime.ready:
+        raise DatasetError(f"{bundle_dir} is not a loadable anomaly bundle: {runtime.reason or runtime.kind}")
+    test = [c for c in discover(Path(data_dir)) if c.split == "test"]
+    if not test:
+        raise DatasetError(f"{data_dir} has no test clips to evaluate on")
+    scored = score_clips(runtime, test)
+    metrics = metrics_table(scored)
+    if write:
+        assert runtime.manifest is not None
+        report = {
+            "metrics": metrics,
+            "clips": [
+                {"file": c.path.name, "group": c.group, "label": c.label, "score": float(s)}
+                for c, s in zip(scored.clips, scored.scores, strict=True)
+            ],
+        }
+        update_bundle(
+            Path(bundle_dir),
+            {
+                "report.json": (json.dumps(report, indent=1) + "\n").encode(),
+                "report.png": render_report(scored, runtime.manifest),
+            },
+            evaluation=metrics,
+        )
+    return metrics, scored

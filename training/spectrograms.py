@@ -1,0 +1,31 @@
+"""`python -m training spectrograms`: the seed's AudioToSpectrogram, through service.features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.features import FeatureParams, image_to_png, load_file
+from training.datasets import AUDIO_EXTS
+
+
+def write_spectrograms(in_dir: Path, out_dir: Path, params: FeatureParams) -> tuple[int, list[str]]:
+    """Every audio file under in_dir → a grayscale PNG at the same relative path under out_dir.
+
+    Returns (written, failures) where failures are "name: reason" strings.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    files = sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTS)
+    written, failures = 0, []
+    for path in tqdm(files, desc="spectrograms", unit="clip"):
+        try:
+            image = load_file(str(path), params).image
+        except Exception as e:
+            failures.append(f"{path.relative_to(in_dir)}: {e}")
+            continue
+        target = out_dir / path.relative_to(in_dir).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image_to_png(image))
+        written += 1
+    return written, failures
