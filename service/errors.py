@@ -75,3 +75,9 @@ class NotReady(AuscultError):
 
 class BundleError(Exception):
     """A model bundle failed verification; the message says why."""
+
+
+class InvalidRequest(AuscultError):
+    """The request itself is malformed (not multipart, missing field, bad form)."""
+
+    status_code, code = 422, "invalid_request"

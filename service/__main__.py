@@ -1,0 +1,30 @@
+"""`python -m service [--host 127.0.0.1] [--port 8000]`: run the API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    settings = Settings()  # fails fast on a bad AUSCULT_* variable
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        access_log=False,  # the app writes its own JSON access lines
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The FastAPI application factory.
+
+`create_app(settings, registry)` takes everything as arguments so tests can pass
+their own; `app = create_app()` below exists only for `uvicorn service.app:app`
+and builds nothing heavy at import time: bundles load in the lifespan handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import features
+from service.api import error_response, health, models
+from service.errors import AuscultError
+from service.observability import Metrics, RequestContextMiddleware, configure_logging
+from service.registry import ModelRegistry
+from service.scoring import Scorer
+from service.settings import Settings
+
+log = logging.getLogger("auscult.app")
+
+DESCRIPTION = """
+auscult listens to machines. Anomaly models learned what a healthy machine sounds
+like from normal recordings; `POST /v1/models/{name}/score` says how far a clip is
+from normal (`score`) and what that means (`level`: normal, needs_maintenance,
+severe). Classifier models name what they hear (`/classify`).
+
+Upload audio (wav, flac, ogg, mp3; any sample rate; mono or multi-channel) or a
+png/jpeg spectrogram made with `python -m training spectrograms`. Errors always
+have the body `{"error": {"code": ..., "message": ...}}`.
+"""
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reg = registry
+        if reg is None:
+            reg = await anyio.to_thread.run_sync(
+                ModelRegistry.from_dir, settings.artifacts_dir, settings.ort_threads
+            )
+        if settings.default_model and settings.default_model not in reg.runtimes:
+            raise RuntimeError(
+                f"AUSCULT_DEFAULT_MODEL={settings.default_model!r} is not a bundle in "
+                f"{settings.artifacts_dir}"
+            )
+        for params in {rt.manifest.features.model_dump_json(): rt.manifest.features
+                       for rt in reg.runtimes.values() if rt.ready and rt.manifest}.values():
+            await anyio.to_thread.run_sync(features.warm_up, params)
+        app.state.registry = reg
+        metrics.models_ready.set(reg.ready_count)
+        log.info("ready", extra={"models_ready": reg.ready_count, "models": len(reg.runtimes)})
+        yield
+
+    app = FastAPI(
+        title="auscult",
+        version="1.0.0",
+        summary="Anomaly scores and classes for machine sounds",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.scorer = Scorer(settings, metrics)
+    app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
+    app.include_router(health)
+    app.include_router(models)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    @app.exception_handler(AuscultError)
+    async def on_domain_error(request: Request, exc: AuscultError) -> JSONResponse:
+        metrics.errors.labels(exc.code).inc()
+        if exc.status_code >= 500 and exc.code not in ("overloaded", "not_ready"):
+            log.error("error", extra={"code": exc.code, "detail": exc.message})
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.errors.labels("invalid_request").inc()
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error_response(422, "invalid_request", msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        metrics.errors.labels(code).inc()
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        metrics.errors.labels("internal_error").inc()
+        log.exception("unhandled", extra={"path": request.url.path})
+        return error_response(500, "internal_error", "internal error; see the service log")
+
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.app:app` — built on first access, not at import.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,66 @@
+"""Dependencies injected into routes (Annotated aliases, as in the FastAPI template)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.registry import ModelRegistry
+from service.scoring import Scorer
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_scorer(request: Request) -> Scorer:
+    return request.app.state.scorer  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """When API keys are configured, demand one (X-API-Key or Authorization: Bearer).
+
+    Every configured key is compared in constant time; the key is never logged.
+    """
+    if not settings.api_keys:
+        return
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
+    given = key.encode()
+    matched = False
+    for candidate in settings.api_keys:
+        matched |= hmac.compare_digest(given, candidate.encode())
+    if not matched:
+        raise Unauthorized("the API key is not valid")
+
+
+async def scoring_slot(scorer: ScorerDep) -> AsyncIterator[None]:
+    async with scorer.slot():
+        yield
+
+
+SlotDep = Depends(scoring_slot)

@@ -1,0 +1,116 @@
+"""Response models: what the API returns, with examples for the docs page."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Level = Literal["normal", "needs_maintenance", "severe"]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_audio"])
+    message: str = Field(examples=["could not decode audio: Format not recognised."])
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this body."""
+
+    error: ErrorDetail
+
+
+class InputInfo(BaseModel):
+    kind: Literal["audio", "image"]
+    format: str = Field(examples=["wav"])
+    duration_s: float | None = Field(None, examples=[10.0])
+    sample_rate: int | None = Field(None, examples=[16000])
+    channels: int | None = Field(None, examples=[1])
+
+
+class ThresholdValues(BaseModel):
+    needs_maintenance: float = Field(examples=[2.75])
+    severe: float = Field(examples=[5.49])
+
+
+class ScoreResult(BaseModel):
+    """One clip's anomaly score: larger is further from normal."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(examples=["gearbox"])
+    model_version: str = Field(examples=["20261121-1a2b3c4d"])
+    score: float = Field(examples=[1.93])
+    level: Level = Field(examples=["normal"])
+    thresholds: ThresholdValues
+    input: InputInfo
+    filename: str | None = Field(None, examples=["pump-2026-11-21.wav"])
+
+
+class FileError(BaseModel):
+    """A batch entry whose file could not be scored; the others are unaffected."""
+
+    filename: str | None = Field(None, examples=["broken.wav"])
+    error: ErrorDetail
+
+
+class BatchScoreResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    model_version: str
+    results: list[ScoreResult | FileError] = Field(description="one entry per file, in order")
+
+
+class ClassifyResult(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(examples=["digits"])
+    model_version: str = Field(examples=["20261121-5e6f7a8b"])
+    label: str = Field(examples=["7"])
+    confidence: float = Field(examples=[0.98])
+    probabilities: dict[str, float] = Field(examples=[{"7": 0.98, "1": 0.02}])
+    input: InputInfo
+    filename: str | None = None
+
+
+class BatchClassifyResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    model_version: str
+    results: list[ClassifyResult | FileError]
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["gearbox"])
+    kind: Literal["anomaly", "classifier"] | None = Field(None, examples=["anomaly"])
+    status: Literal["ready", "failed", "loading"] = Field(examples=["ready"])
+    reason: str | None = Field(None, description="why a bundle failed to load", examples=[None])
+    version: str | None = Field(None, examples=["20261121-1a2b3c4d"])
+    created_at: str | None = None
+
+
+class ModelList(BaseModel):
+    default_model: str | None = None
+    models: list[ModelInfo]
+
+
+class ModelDetail(ModelInfo):
+    features: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None
+    thresholds: dict[str, Any] | None = None
+    labels: list[str] | None = None
+    scoring: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    versions: dict[str, str] | None = None
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    models_ready: int = Field(examples=[2])
