@@ -48,9 +48,7 @@ async def read_health() -> Health:
     return Health(status="ok")
 
 
-@health.get(
-    "/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}}
-)
+@health.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}})
 async def read_readiness(registry: RegistryDep) -> Readiness:
     """Readiness: 200 once at least one bundle is loaded, else 503 not_ready."""
     if registry.ready_count == 0:
@@ -201,7 +199,9 @@ async def classify_batch(
     )
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )

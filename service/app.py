@@ -56,8 +56,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 f"AUSCULT_DEFAULT_MODEL={settings.default_model!r} is not a bundle in "
                 f"{settings.artifacts_dir}"
             )
-        for params in {rt.manifest.features.model_dump_json(): rt.manifest.features
-                       for rt in reg.runtimes.values() if rt.ready and rt.manifest}.values():
+        for params in {
+            rt.manifest.features.model_dump_json(): rt.manifest.features
+            for rt in reg.runtimes.values()
+            if rt.ready and rt.manifest
+        }.values():
             await anyio.to_thread.run_sync(features.warm_up, params)
         app.state.registry = reg
         metrics.models_ready.set(reg.ready_count)

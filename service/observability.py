@@ -67,9 +67,14 @@ class Metrics:
             registry=r,
         )
         self.clips = Counter(
-            "auscult_clips_scored_total", "clips scored or classified", ["model", "result"], registry=r
+            "auscult_clips_scored_total",
+            "clips scored or classified",
+            ["model", "result"],
+            registry=r,
         )
-        self.errors = Counter("auscult_errors_total", "error responses and per-file errors", ["code"], registry=r)
+        self.errors = Counter(
+            "auscult_errors_total", "error responses and per-file errors", ["code"], registry=r
+        )
         self.batch_size = Histogram(
             "auscult_batch_size",
             "clips per batch request (source=request) and per model run (source=encoder)",
@@ -104,7 +109,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (REQUEST_ID_HEADER.encode(), rid.encode())]
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.encode(), rid.encode()),
+                ]
             await send(message)
 
         try:

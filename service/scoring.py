@@ -161,7 +161,10 @@ class Scorer:
         return items
 
     async def _run_model(
-        self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray], images: list[np.ndarray]
+        self,
+        runtime: ModelRuntime,
+        fn: Callable[[np.ndarray], np.ndarray],
+        images: list[np.ndarray],
     ) -> np.ndarray:
         """Single inputs go through the micro-batcher; several run as one stacked batch."""
         wait_s = self.settings.batch_wait_ms / 1000
@@ -176,7 +179,9 @@ class Scorer:
         batch = np.stack(images)
         return await self.in_thread(lambda: self._observed(fn)(batch))
 
-    def _observed(self, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    def _observed(
+        self, fn: Callable[[np.ndarray], np.ndarray]
+    ) -> Callable[[np.ndarray], np.ndarray]:
         def run(batch: np.ndarray) -> np.ndarray:
             self.metrics.batch_size.labels("encoder").observe(len(batch))
             return fn(batch)
@@ -233,7 +238,9 @@ class Scorer:
         items = await self._prepare_all(runtime, uploads, raise_errors)
         good = [it for it in items if it.prepared is not None]
         probs = (
-            await self._run_model(runtime, runtime.probabilities, [it.prepared.image for it in good])  # type: ignore[union-attr]
+            await self._run_model(
+                runtime, runtime.probabilities, [it.prepared.image for it in good]
+            )  # type: ignore[union-attr]
             if good
             else np.empty((0, len(m.labels)))
         )

@@ -1,4 +1,4 @@
-"""Command line: python -m training {fit,evaluate,spectrograms,synth} …"""
+"""Command line: python -m training {fit,fit-classifier,evaluate,spectrograms,synth} …"""
 
 from __future__ import annotations
 
@@ -31,6 +31,38 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pca-components", type=int, default=None)
     f.add_argument("--no-evaluate", action="store_true")
 
+    c = sub.add_parser(
+        "fit-classifier",
+        help="fit a classifier bundle on labelled clips",
+        description="Layouts: DIR/train/<class>/*.wav (+ optional DIR/test/<class>/), or any "
+        "audio under DIR labelled by --label-pattern. Patterns are regexes searched in the "
+        "file name (extension included). fsdd: --label-pattern "
+        "'^(?P<label>\\d)_(?P<speaker>[a-z]+)_' --test-pattern '_[0-4]\\.wav$'",
+    )
+    c.add_argument("--data", required=True, type=Path, help="dataset folder")
+    c.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
+    c.add_argument(
+        "--label-pattern",
+        help="regex with a named group 'label' (other named "
+        "groups, e.g. 'speaker', get their own accuracy table)",
+    )
+    c.add_argument(
+        "--test-pattern",
+        help="files whose name matches are the test split (as are files under DIR/test/)",
+    )
+    c.add_argument("--group-pattern", help="regex with named groups to report accuracy by")
+    c.add_argument("--epochs", type=int, default=40)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--validation-fraction", type=float, default=0.1)
+    c.add_argument("--sample-rate", type=int, default=8000)
+    c.add_argument("--clip-seconds", type=float, default=1.0, help="clips are padded/trimmed")
+    c.add_argument("--n-mels", type=int, default=32, help="mel bands = input height")
+    c.add_argument("--n-fft", type=int, default=None, help="default: ~32 ms")
+    c.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
+    c.add_argument("--no-keras", action="store_true", help="do not add classifier.keras")
+
     e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
@@ -46,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--seconds", type=float, default=2.0)
     y.add_argument("--train", type=int, default=40, help="source-domain training clips")
-    y.add_argument("--test", type=int, default=8, help="normal (and anomalous) clips per test domain")
+    y.add_argument(
+        "--test", type=int, default=8, help="normal (and anomalous) clips per test domain"
+    )
     return p
 
 
@@ -63,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         from training.synth import generate
 
-        counts = generate(args.out, args.machine, args.seed, args.seconds, n_train=args.train, n_test=args.test)
+        counts = generate(
+            args.out, args.machine, args.seed, args.seconds, n_train=args.train, n_test=args.test
+        )
         print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
         return 0
     if args.command == "spectrograms":
@@ -106,6 +142,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
         if result.evaluation:
             print(format_table(result.evaluation))
+        return 0
+    if args.command == "fit-classifier":
+        from training.classifier import ClassifierConfig, feature_params, fit_classifier
+        from training.classifier_eval import format_table as format_classifier_table
+
+        cfg = ClassifierConfig(
+            filters=args.filters,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+        )
+        params = feature_params(
+            args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
+        )
+        result = fit_classifier(
+            args.data,
+            args.out,
+            cfg,
+            params,
+            args.label_pattern,
+            args.test_pattern,
+            args.group_pattern,
+            save_keras=not args.no_keras,
+        )
+        print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
+        if result.evaluation:
+            print(format_classifier_table(result.evaluation))
         return 0
     raise AssertionError(args.command)
 

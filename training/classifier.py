@@ -118,7 +118,11 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
 
 
 def train(
-    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
     cfg: ClassifierConfig,
 ) -> TrainedClassifier:
     """x: (n, h, w) in [0, 1], y: (n,) class indices. Keeps the weights of the epoch
@@ -168,7 +172,7 @@ def keras_bytes(model: Any) -> bytes:
 
 
 def export_checked(model: Any, probe: np.ndarray) -> tuple[bytes, float]:
-    """ONNX bytes and the max |ONNX − Keras| on probe (b, h, w); raises above tolerance."""
+    """ONNX bytes and the max |ONNX - Keras| on probe (b, h, w); raises above tolerance."""
     onnx_bytes = export.to_onnx(model, INPUT_NAME, OUTPUT_NAME)
     batch = probe[..., None]
     diff = float(np.abs(export.onnx_run(onnx_bytes, batch) - model(batch).numpy()).max())
@@ -229,8 +233,8 @@ def fit_classifier(
                 "test_pattern": test_pattern,
                 "group_pattern": group_pattern,
                 "clips": {"train": len(train_clips), "test": len(test_clips)},
-                "clips_fit": int(len(fit_idx)),
-                "clips_validation": int(len(val_idx)),
+                "clips_fit": len(fit_idx),
+                "clips_validation": len(val_idx),
                 "class_counts": dict(sorted(Counter(c.label for c in train_clips).items())),
                 "epochs": trained.epochs_run,
                 "best_epoch": trained.best_epoch,
@@ -245,12 +249,11 @@ def fit_classifier(
         files=files,
     )
 
-    eval_clips, split = (test_clips, "test") if test_clips else (
-        [train_clips[i] for i in val_idx], "validation"
+    eval_clips, split = (
+        (test_clips, "test") if test_clips else ([train_clips[i] for i in val_idx], "validation")
     )
     evaluation = evaluate_classifier(out_dir, eval_clips, split)
     seconds = time.perf_counter() - start
     manifest = read_manifest(out_dir)
     update_bundle(out_dir, {}, training={**manifest.training, "fit_seconds": round(seconds, 1)})
     return ClassifierFitResult(out_dir, seconds, evaluation)
-

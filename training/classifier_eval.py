@@ -113,11 +113,23 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
     ax.imshow(cm, cmap="Blues")
     for (i, j), n in np.ndenumerate(cm):
         if n:
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
-                    color="white" if n > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(n),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if n > cm.max() / 2 else "black",
+            )
     ticks = range(len(labels))
-    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
-           title=f"confusion matrix ({metrics['split']}, n={metrics['n']})")
+    ax.set(
+        xticks=ticks,
+        yticks=ticks,
+        xlabel="predicted",
+        ylabel="true",
+        title=f"confusion matrix ({metrics['split']}, n={metrics['n']})",
+    )
     ax.set_xticklabels(labels, rotation=90 if len(labels) > 12 else 0)
     ax.set_yticklabels(labels)
 
@@ -126,19 +138,30 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
     for k, (name, color) in enumerate(
         (("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green"))
     ):
-        ax.bar(x + (k - 1) * 0.27, [metrics["per_class"][lab][name] for lab in labels],
-               width=0.27, label=name, color=color)
+        ax.bar(
+            x + (k - 1) * 0.27,
+            [metrics["per_class"][lab][name] for lab in labels],
+            width=0.27,
+            label=name,
+            color=color,
+        )
     lo = min(r[m] for r in metrics["per_class"].values() for m in ("precision", "recall", "f1"))
-    ax.set(xticks=x, ylim=(max(0.0, lo - 0.05), 1.005),
-           title=f"per class (accuracy {metrics['accuracy']:.3f})")
+    ax.set(
+        xticks=x,
+        ylim=(max(0.0, lo - 0.05), 1.005),
+        title=f"per class (accuracy {metrics['accuracy']:.3f})",
+    )
     ax.set_xticklabels(labels, rotation=90 if len(labels) > 12 else 0)
     ax.legend(fontsize=8, loc="lower right")
 
     for ax, (key, rows) in zip(axes[2:], metrics["groups"].items(), strict=True):
         acc = [r["accuracy"] for r in rows.values()]
         ax.bar(range(len(rows)), acc, color="tab:purple")
-        ax.set(xticks=range(len(rows)), ylim=(max(0.0, min(acc) - 0.05), 1.005),
-               title=f"accuracy per {key}")
+        ax.set(
+            xticks=range(len(rows)),
+            ylim=(max(0.0, min(acc) - 0.05), 1.005),
+            title=f"accuracy per {key}",
+        )
         ax.set_xticklabels(list(rows), rotation=45, ha="right")
     fig.suptitle(f"{manifest.name} ({manifest.version})")
     fig.tight_layout()
@@ -170,7 +193,7 @@ def evaluate_classifier(
                     "label": c.label,
                     "predicted": manifest.labels[int(p.argmax())],
                     "confidence": round(float(p.max()), 4),
-                    **c.groups,
+                    "groups": c.groups,
                 }
                 for c, p in zip(clips, probs, strict=True)
             ],

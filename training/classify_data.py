@@ -36,7 +36,9 @@ class LabelledClip:
     groups: dict[str, str] = field(default_factory=dict)  # e.g. {"speaker": "george"}
 
 
-def compile_pattern(pattern: str | None, option: str, need_label: bool = False) -> re.Pattern | None:
+def compile_pattern(
+    pattern: str | None, option: str, need_label: bool = False
+) -> re.Pattern | None:
     """Compile a user regex; a bad one is a DatasetError naming the option."""
     if pattern is None:
         return None
@@ -85,7 +87,9 @@ def _by_folder(data_dir: Path) -> list[tuple[Path, str]]:
     for split_dir in (train_dir, data_dir / "test"):
         if not split_dir.is_dir():
             continue
-        loose = [p.name for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTS]
+        loose = [
+            p.name for p in split_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTS
+        ]
         if loose:
             raise DatasetError(
                 f"{len(loose)} audio file(s) directly in {split_dir} (e.g. {loose[0]}): put each "

@@ -48,7 +48,9 @@ def load_images(clips: list[Clip], params: FeatureParams, desc: str) -> np.ndarr
 def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 32) -> ScoredClips:
     assert runtime.manifest is not None
     images = load_images(clips, runtime.manifest.features, "features (test)")
-    scores = np.concatenate([runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)])
+    scores = np.concatenate(
+        [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
+    )
     return ScoredClips(clips, scores)
 
 
@@ -107,7 +109,11 @@ def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
             ax.plot(fpr, tpr, label=g)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.axvline(MAX_FPR, color="grey", lw=0.8, ls="--")
-    ax.set(title="ROC per section and domain", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(
+        title="ROC per section and domain",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+    )
     ax.legend(fontsize=8)
 
     ax = axes[1]
@@ -129,7 +135,13 @@ def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
         jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(scored.scores))
         for k, color in enumerate(("tab:green", "tab:orange", "tab:red")):
             m = cluster == k
-            ax.scatter(scored.scores[m], jitter[m], s=14, color=color, label=f"cluster {k} (c={centres[k]:.2f})")
+            ax.scatter(
+                scored.scores[m],
+                jitter[m],
+                s=14,
+                color=color,
+                label=f"cluster {k} (c={centres[k]:.2f})",
+            )
         for b in bounds:
             ax.axvline(b, color="k", ls=":", lw=0.8)
     ax.set(title="KMeans score clusters (k=3)", xlabel="anomaly score", yticks=[])
@@ -142,11 +154,15 @@ def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
     return buf.getvalue()
 
 
-def evaluate(data_dir: Path, bundle_dir: Path, write: bool = True) -> tuple[dict[str, Any], ScoredClips]:
+def evaluate(
+    data_dir: Path, bundle_dir: Path, write: bool = True
+) -> tuple[dict[str, Any], ScoredClips]:
     """Score the test clips of data_dir with the bundle; write report.json/png into it."""
     runtime = open_runtime(Path(bundle_dir))
     if not isinstance(runtime, AnomalyRuntime) or not runtime.ready:
-        raise DatasetError(f"{bundle_dir} is not a loadable anomaly bundle: {runtime.reason or runtime.kind}")
+        raise DatasetError(
+            f"{bundle_dir} is not a loadable anomaly bundle: {runtime.reason or runtime.kind}"
+        )
     test = [c for c in discover(Path(data_dir)) if c.split == "test"]
     if not test:
         raise DatasetError(f"{data_dir} has no test clips to evaluate on")

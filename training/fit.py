@@ -49,6 +49,19 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def keras_model_bytes(model: Any) -> bytes:
+    """The model's architecture and weights as a .keras file, without optimizer state
+    (which would triple the size); recompile with Adam to resume training."""
+    import keras
+
+    bare = keras.models.clone_model(model)
+    bare.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        bare.save(path)
+        return path.read_bytes()
+
+
 def library_versions() -> dict[str, str]:
     import keras
     import onnxruntime
@@ -98,17 +111,17 @@ def fit(
 
     # Latents from the exported graph: exactly what the service will compute.
     latents = np.concatenate(
-        [export.onnx_run(encoder_onnx, images[i : i + 64][..., None]) for i in range(0, len(images), 64)]
+        [
+            export.onnx_run(encoder_onnx, images[i : i + 64][..., None])
+            for i in range(0, len(images), 64)
+        ]
     )
     arrays, det_summary = detector.fit_detector(latents[tr_idx], pca_components, pca_selection)
     train_scores = detector.score(latents[tr_idx], arrays)
     heldout_scores = detector.score(latents[val_idx], arrays)
     thresholds = calibration.from_normal_scores(heldout_scores)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        keras_path = Path(tmp) / "autoencoder.keras"
-        model.autoencoder.save(keras_path)
-        keras_bytes = keras_path.read_bytes()
+    keras_bytes = keras_model_bytes(model.autoencoder)
 
     out_dir = Path(out_dir)
     h, w = params.height, params.width
@@ -125,8 +138,8 @@ def fit(
             "training": {
                 "data": Path(data_dir).name,
                 "clips": len(train),
-                "clips_fit": int(len(tr_idx)),
-                "clips_heldout": int(len(val_idx)),
+                "clips_fit": len(tr_idx),
+                "clips_heldout": len(val_idx),
                 "epochs": model.epochs_run,
                 "seed": cfg.seed,
                 "autoencoder": cfg.to_dict(),
@@ -137,7 +150,8 @@ def fit(
                     f"p{q}": float(np.percentile(train_scores, q)) for q in (50, 90, 95, 99, 100)
                 },
                 "heldout_scores": {
-                    train[i].path.name: float(s) for i, s in zip(val_idx, heldout_scores, strict=True)
+                    train[i].path.name: float(s)
+                    for i, s in zip(val_idx, heldout_scores, strict=True)
                 },
                 "fit_seconds": round(time.perf_counter() - start, 1),
             },
@@ -154,7 +168,7 @@ def fit(
     evaluation = None
     test = labelled_test_clips(clips)
     if run_evaluation and test:
-        metrics, scored = evaluate(Path(data_dir), out_dir, write=False)
+        _metrics, scored = evaluate(Path(data_dir), out_dir, write=False)
         labelled = np.array([c.label is not None for c in scored.clips])
         refined = calibration.refine_with_kmeans(
             thresholds,
