@@ -119,7 +119,8 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
     except (AudioTooLong, InvalidAudio):
         raise
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, ValueError…
-        raise InvalidAudio(f"could not decode audio: {e}") from e
+        reason = getattr(e, "error_string", None) or str(e)  # libsndfile's own words
+        raise InvalidAudio(f"could not decode audio: {reason}") from e
     if samples.shape[0] == 0:
         raise AudioTooShort("audio has no samples")
     if not np.isfinite(samples).all():
@@ -149,21 +150,56 @@ def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
     return np.pad(audio, (0, n_samples - audio.shape[0]))
 
 
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, log above.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    mels = hz / _F_SP
+    log_t = hz >= _MIN_LOG_HZ
+    mels[log_t] = _MIN_LOG_MEL + np.log(hz[log_t] / _MIN_LOG_HZ) / _LOGSTEP
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    hz = _F_SP * mels
+    log_t = mels >= _MIN_LOG_MEL
+    hz[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels[log_t] - _MIN_LOG_MEL))
+    return hz
+
+
 @lru_cache(maxsize=16)
 def mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
 ) -> np.ndarray:
-    """(n_mels, 1 + n_fft // 2) float32, built once per parameter set."""
-    import librosa
+    """(n_mels, 1 + n_fft // 2) float32 Slaney-normalised triangles, built once per parameter set.
 
-    return librosa.filters.mel(
-        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax
-    ).astype(np.float32)
+    The same numbers as `librosa.filters.mel(sr=…, n_fft=…, n_mels=…, fmin=…, fmax=…)`
+    (tests/test_features_filterbank.py checks it bit for bit), computed here so the
+    service never imports librosa (scipy, numba: ~2 s and ~60 MB at start-up).
+    """
+    fmax = float(sample_rate) / 2 if fmax is None else fmax
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    lo, hi = _hz_to_mel(np.array([float(fmin), float(fmax)]))
+    mel_f = _mel_to_hz(np.linspace(lo, hi, n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
 
 
 @lru_cache(maxsize=16)
 def _window(n_fft: int) -> np.ndarray:
-    return np.hanning(n_fft + 1)[:-1].astype(np.float32)  # periodic Hann, as librosa
+    # periodic Hann as librosa; float32 values (the contract), held as float64 for the FFT
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32).astype(np.float64)
 
 
 def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -175,6 +211,8 @@ def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     if padded.shape[0] < n_fft:
         padded = np.pad(padded, (0, n_fft - padded.shape[0]))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    # float64 FFT on purpose: numpy 2's float32 rfft is ~5x slower than its float64 one,
+    # and the result differs from float32 only below float32 resolution of the image.
     spectrum = np.fft.rfft(frames * _window(n_fft), axis=1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)  # (n_frames, bins)
     fb = mel_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)

@@ -54,7 +54,7 @@ def keras_model_bytes(model: Any) -> bytes:
     (which would triple the size); recompile with Adam to resume training."""
     import keras
 
-    bare = keras.models.clone_model(model)
+    bare = keras.Model.from_config(model.get_config())  # clone_model keeps optimizer state
     bare.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"

@@ -1,0 +1,60 @@
+"""The service install must not pull TensorFlow, and the service must not import it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+
+from tests.conftest import REPO
+
+HEAVY = {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "tf-keras", "torch"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Names of every distribution the requirements pull in, from installed metadata."""
+    seen: set[str] = set()
+    todo = [r for r in requirements if "extra ==" not in r]
+    while todo:
+        name = _name(todo.pop())
+        if name in seen or name == "auscult":
+            continue
+        seen.add(name)
+        try:
+            todo += [r for r in metadata.requires(name) or [] if "extra ==" not in r]
+        except metadata.PackageNotFoundError:
+            continue
+    return seen
+
+
+def test_serve_extra_does_not_pull_tensorflow() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    serve = project["dependencies"] + project["optional-dependencies"]["serve"]
+    deps = _closure(serve)
+    assert {"onnxruntime", "fastapi", "librosa", "soundfile"} <= deps
+    assert not deps & HEAVY, deps & HEAVY
+
+
+def test_train_extra_is_where_tensorflow_lives() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "tensorflow-cpu" in {_name(r) for r in project["optional-dependencies"]["train"]}
+
+
+def test_service_imports_neither_tensorflow_nor_training() -> None:
+    code = (
+        "import sys; from service.app import create_app; from service.settings import Settings;"
+        "app = create_app(Settings(artifacts_dir='artifacts'));"
+        "from fastapi.testclient import TestClient\n"
+        "with TestClient(app) as c: assert c.get('/readyz').status_code in (200, 503)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'training',"
+        " 'tf2onnx')]\n"
+        "assert not bad, bad"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,0 +1,247 @@
+"""The training package through its CLI and functions, on small generated data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.bundle import read_manifest, sha256_file, verify_files
+from service.features import FeatureParams, image_to_png, load_file, prepare
+from service.runtime import AnomalyRuntime, open_runtime
+from tests.conftest import shared_data, tone, wav_bytes
+from training.__main__ import main
+from training.datasets import discover, parse_name
+
+TINY = ["--filters", "4,8,8", "--latent-dim", "8", "--n-mels", "32", "--width", "32"]
+
+
+def test_synth_writes_the_dcase2021_layout(tmp_path: Path) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--train", "6", "--test", "2"]) == 0
+    assert len(list((tmp_path / "train").glob("*.wav"))) == 6 + 4  # + target-domain clips
+    clips = discover(tmp_path)
+    test = [c for c in clips if c.split == "test"]
+    assert {c.label for c in test} == {"normal", "anomaly"}
+    assert {c.domain for c in test} == {"source", "target"}
+
+
+@pytest.mark.parametrize(
+    ("folder", "name", "label", "domain", "section"),
+    [
+        ("train", "normal_id_02_00000001.wav", "normal", "source", "02"),  # DCASE 2020
+        ("test", "anomaly_id_04_00000007.wav", "anomaly", "source", "04"),
+        ("target_test", "section_01_target_test_anomaly_0003_a_b.wav", "anomaly", "target", "01"),
+        ("test", "section_02_source_test_normal_0011_vel_4.wav", "normal", "source", "02"),
+        ("test", "section_00_0042.wav", None, "source", "00"),  # unlabelled evaluation clip
+    ],
+)
+def test_names_give_label_domain_and_section(
+    folder: str, name: str, label: str | None, domain: str, section: str
+) -> None:
+    split = "train" if folder == "train" else "test"
+    clip = parse_name(Path(name), split, folder)  # type: ignore[arg-type]
+    assert (clip.label, clip.domain, clip.section) == (label, domain, section)
+
+
+def test_fit_writes_a_complete_verified_bundle(tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    verify_files(tiny_bundle, m)  # every file's sha256 matches
+    for f in ("encoder.onnx", "autoencoder.onnx", "autoencoder.keras", "report.png"):
+        assert f in m.files and (tiny_bundle / f).stat().st_size > 0
+    assert m.files["encoder.onnx"] == sha256_file(tiny_bundle / "encoder.onnx")
+    assert m.kind == "anomaly" and m.features.height == 32
+    assert m.thresholds is not None
+    assert 0 < m.thresholds.needs_maintenance < m.thresholds.severe
+    assert m.thresholds.method.startswith(("gamma", "percentile"))
+    assert m.training["onnx_keras_max_abs_diff"] <= 1e-4
+    assert m.evaluation is not None and m.evaluation["hmean"] is not None
+    assert set(m.evaluation["groups"]) == {"section_00_source", "section_00_target"}
+    report = json.loads((tiny_bundle / "report.json").read_text())
+    assert len(report["clips"]) == 16
+
+
+def test_onnx_encoder_matches_keras(tiny_bundle: Path) -> None:
+    import keras
+
+    from training.export import onnx_run
+
+    ae = keras.models.load_model(tiny_bundle / "autoencoder.keras", compile=False)
+    encoder = keras.Model(ae.inputs, ae.get_layer("latent").output)
+    x = np.random.default_rng(0).uniform(0, 1, (5, 32, 32, 1)).astype(np.float32)
+    onnx_latent = onnx_run((tiny_bundle / "encoder.onnx").read_bytes(), x)
+    assert np.abs(onnx_latent - encoder(x).numpy()).max() <= 1e-4
+    recon = onnx_run((tiny_bundle / "autoencoder.onnx").read_bytes(), x)
+    assert np.abs(recon - ae(x).numpy()).max() <= 1e-4
+
+
+def test_training_and_service_paths_give_identical_features(synth_dir: Path) -> None:
+    from training.evaluate import load_images
+
+    clips = discover(synth_dir)[:3]
+    params = FeatureParams(height=32, n_mels=32, width=32)
+    training_path = load_images(clips, params, "parity")
+    service_path = np.stack([prepare(c.path.read_bytes(), params).image for c in clips])
+    assert training_path.dtype == service_path.dtype == np.float32
+    np.testing.assert_array_equal(training_path, service_path)
+
+
+def test_log_mel_agrees_with_librosa() -> None:
+    import librosa
+
+    from service.features import log_mel
+
+    params = FeatureParams()
+    audio = tone(1.0, 1000.0)
+    ours = log_mel(audio, params)
+    ref = librosa.power_to_db(
+        librosa.feature.melspectrogram(
+            y=audio,
+            sr=16000,
+            n_fft=1024,
+            hop_length=512,
+            n_mels=64,
+            fmax=8000,
+            power=2.0,
+            pad_mode="reflect",
+        ),
+        ref=1.0,
+        top_db=None,
+    )
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-2)
+
+
+def test_same_seed_gives_the_same_bundle_metrics(synth_dir: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert (
+            main(["fit", "--data", str(synth_dir), "--out", str(out), "--epochs", "2", *TINY]) == 0
+        )
+        m = read_manifest(out)
+        runs.append((m.evaluation, m.training["heldout_scores"], m.thresholds))
+    assert runs[0] == runs[1]
+
+
+def test_evaluate_prints_the_table_and_writes_the_report(
+    tiny_bundle: Path, synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    before = (bundle / "report.json").stat().st_mtime_ns
+    assert main(["evaluate", "--data", str(synth_dir), "--model", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "section_00_source" in out and "harmonic mean" in out
+    assert (bundle / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert (bundle / "report.json").stat().st_mtime_ns > before
+    verify_files(bundle, read_manifest(bundle))
+
+
+def test_spectrograms_command_writes_pngs_that_score_like_the_audio(
+    synth_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "png"
+    rc = main(
+        [
+            "spectrograms",
+            "--in",
+            str(synth_dir / "source_test"),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_bundle),
+        ]
+    )
+    assert rc == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 8
+    rt = open_runtime(tiny_bundle)
+    assert isinstance(rt, AnomalyRuntime)
+    params = read_manifest(tiny_bundle).features
+    wav = synth_dir / "source_test" / pngs[0].with_suffix(".wav").name
+    from_audio = rt.score(load_file(str(wav), params).image[None])[0]
+    from_png = rt.score(load_file(str(pngs[0]), params).image[None])[0]
+    assert from_png == pytest.approx(from_audio, rel=0.05)
+
+
+def test_fit_reads_the_seed_image_layout(
+    synth_dir: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "SpectrogramImage"
+    for sub in ("train", "source_test", "target_test"):
+        assert (
+            main(
+                [
+                    "spectrograms",
+                    "--in",
+                    str(synth_dir / sub),
+                    "--out",
+                    str(images / sub),
+                    "--model",
+                    str(tiny_bundle),
+                ]
+            )
+            == 0
+        )
+    out = tmp_path / "img-bundle"
+    assert main(["fit", "--data", str(tmp_path), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    m = read_manifest(out)
+    assert (m.features.height, m.features.width) == (32, 32)
+    assert m.evaluation is not None
+
+
+def _bad_dataset(kind: str, root: Path) -> Path:
+    root.mkdir()
+    if kind == "anomalies_only":
+        for i in range(4):
+            (root / f"anomaly_id_00_{i:08d}.wav").write_bytes(wav_bytes(tone(0.5, seed=i)))
+    elif kind == "unreadable":
+        for i in range(4):
+            (root / f"normal_id_00_{i:08d}.wav").write_bytes(wav_bytes(tone(0.5, seed=i)))
+        (root / "normal_id_00_00000099.wav").write_bytes(b"RIFF....WAVEjunk")
+    elif kind == "too_few":
+        (root / "normal_id_00_00000000.wav").write_bytes(wav_bytes(tone(0.5)))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "no audio or image files"),
+        ("anomalies_only", "no normal training clips"),
+        ("unreadable", "1 unreadable file(s): normal_id_00_00000099.wav"),
+        ("too_few", "at least 4 normal training clips"),
+    ],
+)
+def test_fit_refuses_a_bad_dataset_and_writes_nothing(
+    kind: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _bad_dataset(kind, tmp_path / "data")
+    out = tmp_path / "artifacts" / "bad"
+    rc = main(["fit", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
+    assert rc == 2
+    assert err.startswith("error: ") and message in err
+    assert not out.exists()
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+
+
+@pytest.mark.realdata
+def test_fit_on_real_machine_recordings_and_score_them(tmp_path: Path) -> None:
+    data = shared_data("machine-normal")
+    out = tmp_path / "machine"
+    assert main(["fit", "--data", str(data), "--out", str(out), "--epochs", "3", *TINY]) == 0
+    rt = open_runtime(out)
+    assert isinstance(rt, AnomalyRuntime) and rt.ready
+    m = read_manifest(out)
+    assert m.training["clips"] == 40 and m.evaluation is None  # normal clips only: no metrics
+    clips = sorted(data.glob("*.wav"))[:5]
+    scores = rt.score(np.stack([load_file(str(c), m.features).image for c in clips]))
+    assert scores.shape == (5,) and np.isfinite(scores).all() and (scores >= 0).all()
+    # a clip the model never heard, far from this machine: white noise at full scale
+    noise = np.random.default_rng(0).uniform(-1, 1, 16000 * 10).astype(np.float32)
+    odd = rt.score(prepare(wav_bytes(noise), m.features).image[None])[0]
+    assert odd > m.thresholds.severe  # type: ignore[union-attr]
