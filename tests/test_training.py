@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.bundle import read_manifest, sha256_file, verify_files
-from service.features import FeatureParams, image_to_png, load_file, prepare
+from service.features import FeatureParams, load_file, prepare
 from service.runtime import AnomalyRuntime, open_runtime
 from tests.conftest import shared_data, tone, wav_bytes
 from training.__main__ import main
