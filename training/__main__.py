@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="files whose name matches are the test split (as are files under DIR/test/)",
     )
     c.add_argument("--group-pattern", help="regex with named groups to report accuracy by")
-    c.add_argument("--epochs", type=int, default=40)
+    c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
     c.add_argument("--batch-size", type=int, default=32)

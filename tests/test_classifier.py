@@ -1,0 +1,246 @@
+"""fit-classifier: layouts, a tiny end-to-end fit on generated tones, ONNX/Keras parity,
+and the committed digits bundle on the real fsdd test takes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from service.features import prepare
+from service.runtime import ClassifierRuntime, open_runtime
+from training.__main__ import main
+from training.classify_data import discover_labelled, label_key, split_validation
+from training.datasets import DatasetError
+
+SR = 8000
+TONES = {"low": 300.0, "mid": 900.0, "high": 2400.0}  # class → pitch (Hz)
+NAME_PATTERN = r"^(?P<label>[a-z]+)_(?P<speaker>[a-z]+)_"
+REPO = Path(__file__).resolve().parents[1]
+FSDD = REPO.parent / "shared" / "data" / "fsdd"
+DIGITS = REPO / "artifacts" / "digits"
+TINY = ["--filters", "8,16,16", "--n-mels", "16", "--clip-seconds", "0.5", "--batch-size", "8"]
+
+
+def tone(rng: np.random.Generator, pitch: float) -> np.ndarray:
+    """A 0.3-0.6 s tone (pitch ±3 %, random level, a little noise) → (n,) float32."""
+    n = int(SR * rng.uniform(0.3, 0.6))
+    t = np.arange(n) / SR
+    x = rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * pitch * rng.uniform(0.97, 1.03) * t)
+    return (x + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+def write_wav(audio: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, SR, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def named_tones(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Flat folder `{class}_{speaker}_{take}.wav`; takes 0-1 are the test split."""
+    root = tmp_path_factory.mktemp("named")
+    rng = np.random.default_rng(0)
+    for label, pitch in TONES.items():
+        for speaker in ("anna", "bob"):
+            for take in range(8):
+                write_wav(tone(rng, pitch), root / f"{label}_{speaker}_{take}.wav")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tone_bundle(named_tones: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier fitted through the CLI (a few seconds)."""
+    out = tmp_path_factory.mktemp("bundles") / "tones"
+    argv = ["fit-classifier", "--data", str(named_tones), "--out", str(out)]
+    argv += ["--label-pattern", NAME_PATTERN, "--test-pattern", r"_[01]\.wav$"]
+    assert main([*argv, *TINY, "--epochs", "12", "--seed", "1"]) == 0
+    return out
+
+
+def make_folder_layout(root: Path, rng: np.random.Generator, n_train: int, n_test: int) -> Path:
+    for label, pitch in TONES.items():
+        for i in range(n_train):
+            write_wav(tone(rng, pitch), root / "train" / label / f"{i}.wav")
+        for i in range(n_test):
+            write_wav(tone(rng, pitch), root / "test" / label / f"{i}.wav")
+    return root
+
+
+# --- layouts (no TensorFlow) ---------------------------------------------------------
+
+
+def test_folder_layout_labels_come_from_class_folders(tmp_path: Path) -> None:
+    make_folder_layout(tmp_path, np.random.default_rng(0), n_train=3, n_test=2)
+    clips = discover_labelled(tmp_path)
+    assert len(clips) == 15
+    assert {c.label for c in clips} == set(TONES)
+    assert sum(c.split == "test" for c in clips) == 6
+    assert all(c.path.parent.name == c.label for c in clips)
+
+
+def test_name_layout_reads_labels_splits_and_groups(named_tones: Path) -> None:
+    clips = discover_labelled(named_tones, NAME_PATTERN, r"_[01]\.wav$", r"_(?P<take>\d+)\.wav$")
+    test = [c for c in clips if c.split == "test"]
+    assert len(clips) == 48 and len(test) == 12
+    assert all(re.search(r"_[01]\.wav$", c.path.name) for c in test)
+    first = next(c for c in clips if c.path.name == "high_anna_0.wav")
+    assert (first.label, first.groups) == ("high", {"speaker": "anna", "take": "0"})
+
+
+def test_numeric_labels_sort_by_value() -> None:
+    assert sorted(["10", "2", "b", "1", "a"], key=label_key) == ["1", "2", "10", "a", "b"]
+
+
+def test_validation_split_is_stratified_and_seeded() -> None:
+    y = np.repeat(np.arange(4), [10, 10, 5, 2])
+    fit, val = split_validation(y, 0.2, seed=3)
+    assert sorted([*fit, *val]) == list(range(len(y)))
+    assert np.bincount(y[val]).tolist() == [2, 2, 1, 1]
+    again = split_validation(y, 0.2, seed=3)
+    assert np.array_equal(val, again[1]) and np.array_equal(fit, again[0])
+
+
+def test_folder_without_train_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no audio files"):
+        discover_labelled(tmp_path)
+
+
+def _layout(case: str, root: Path) -> list[str]:
+    """Build a broken dataset under root; return the extra CLI arguments."""
+    rng = np.random.default_rng(0)
+    if case == "empty folder":
+        return []
+    if case == "missing folder":
+        return ["--data", str(root / "nope")]
+    if case == "one class":
+        for i in range(3):
+            write_wav(tone(rng, 300), root / "train" / "low" / f"{i}.wav")
+        return []
+    if case == "files outside class folders":
+        write_wav(tone(rng, 300), root / "train" / "a.wav")
+        return []
+    if case == "empty class folder":
+        make_folder_layout(root, rng, 2, 0)
+        (root / "train" / "empty").mkdir()
+        return []
+    if case == "label pattern without label group":
+        write_wav(tone(rng, 300), root / "low_anna_0.wav")
+        return ["--label-pattern", r"^(?P<digit>[a-z]+)_"]
+    if case == "file not matching the label pattern":
+        write_wav(tone(rng, 300), root / "low_anna_0.wav")
+        write_wav(tone(rng, 300), root / "README.wav")
+        return ["--label-pattern", NAME_PATTERN]
+    if case == "invalid regex":
+        write_wav(tone(rng, 300), root / "low_anna_0.wav")
+        return ["--label-pattern", "(?P<label>"]
+    if case == "unreadable audio":
+        make_folder_layout(root, rng, 2, 0)
+        (root / "train" / "low" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+        return []
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty folder",
+        "missing folder",
+        "one class",
+        "files outside class folders",
+        "empty class folder",
+        "label pattern without label group",
+        "file not matching the label pattern",
+        "invalid regex",
+        "unreadable audio",
+    ],
+)
+def test_fit_classifier_rejects_bad_layouts_in_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    extra = _layout(case, data)
+    argv = ["fit-classifier", "--data", str(data), "--out", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    # stderr may also hold a progress bar (redrawn with \r); the error is one line of its own
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
+    assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, lines
+    assert not (tmp_path / "out").exists()
+
+
+# --- a tiny end-to-end fit -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fit_classifier_writes_a_classifier_bundle(tone_bundle: Path) -> None:
+    manifest = json.loads((tone_bundle / "manifest.json").read_text())
+    assert manifest["kind"] == "classifier"
+    assert manifest["labels"] == ["high", "low", "mid"]
+    assert manifest["input"] == {"name": "spectrogram", "shape": [None, 16, 32, 1]}
+    assert manifest["output"] == {"name": "probabilities", "shape": [None, 3]}
+    assert manifest["features"]["clip_seconds"] == 0.5
+    assert manifest["training"]["onnx_keras_max_abs_diff"] <= 1e-4
+    assert {"classifier.onnx", "classifier.keras", "report.json", "report.png"} <= set(
+        manifest["files"]
+    )
+    evaluation = manifest["evaluation"]
+    assert evaluation["split"] == "test" and evaluation["n"] == 12
+    assert evaluation["accuracy"] == 1.0
+    assert set(evaluation["groups"]["speaker"]) == {"anna", "bob"}
+    assert np.array(evaluation["confusion"]).trace() == 12
+    report = json.loads((tone_bundle / "report.json").read_text())
+    assert len(report["clips"]) == 12
+
+
+@pytest.mark.slow
+def test_tone_bundle_classifies_new_tones_through_the_service_runtime(
+    tone_bundle: Path, tmp_path: Path
+) -> None:
+    runtime = open_runtime(tone_bundle)
+    assert isinstance(runtime, ClassifierRuntime) and runtime.ready, runtime.reason
+    assert runtime.manifest is not None and runtime.manifest.labels is not None
+    rng = np.random.default_rng(123)
+    truth, images = [], []
+    for label, pitch in TONES.items():
+        for i in range(4):
+            path = write_wav(tone(rng, pitch), tmp_path / f"{label}{i}.wav")
+            images.append(prepare(path.read_bytes(), runtime.manifest.features).image)
+            truth.append(label)
+    probs = runtime.probabilities(np.stack(images))
+    assert probs.shape == (12, 3)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert [runtime.manifest.labels[k] for k in probs.argmax(axis=1)] == truth
+
+
+@pytest.mark.slow
+def test_onnx_and_keras_classifiers_agree(tone_bundle: Path) -> None:
+    import keras
+
+    runtime = open_runtime(tone_bundle)
+    assert isinstance(runtime, ClassifierRuntime)
+    model = keras.models.load_model(tone_bundle / "classifier.keras")
+    batch = np.random.default_rng(5).uniform(0, 1, (6, 16, 32)).astype(np.float32)
+    diff = np.abs(runtime.probabilities(batch) - model(batch[..., None]).numpy()).max()
+    assert diff <= 1e-4
+
+
+# --- the committed default bundle on real speech ------------------------------------------
+
+
+@pytest.mark.realdata
+def test_committed_digits_bundle_recognises_fsdd_test_takes() -> None:
+    if not FSDD.is_dir():
+        pytest.skip(f"real data not available: {FSDD} is absent")
+    from training.classifier_eval import evaluate_classifier
+
+    clips = discover_labelled(FSDD, r"^(?P<label>\d)_(?P<speaker>[a-z]+)_", r"_[0-4]\.wav$")
+    test = [c for c in clips if c.split == "test"]
+    assert len(test) == 250
+    metrics = evaluate_classifier(DIGITS, test, write=False)
+    assert metrics["accuracy"] >= 0.97
+    assert all(r["accuracy"] >= 0.9 for r in metrics["groups"]["speaker"].values())
