@@ -42,6 +42,12 @@ default-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training synth --out data/gearbox-synth --seed 0
 	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0
 
+## digits-bundle: rebuild the committed spoken-digit classifier from ../shared/data/fsdd
+digits-bundle: $(VENV)/.dev-installed
+	$(BIN)/python -m training fit-classifier --data ../shared/data/fsdd \
+		--label-pattern '^(?P<label>\d)_(?P<speaker>[a-z]+)_' --test-pattern '_[0-4]\.wav$$' \
+		--out artifacts/digits
+
 ## bench: the serving benchmark (full mode; BENCH_ARGS=--quick for the short one)
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)
