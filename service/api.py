@@ -68,8 +68,8 @@ def _info(rt: ModelRuntime) -> ModelInfo:
     m = rt.manifest
     return ModelInfo(
         name=rt.name,
-        kind=rt.kind,  # type: ignore[arg-type]
-        status=rt.status,  # type: ignore[arg-type]
+        kind=rt.kind,
+        status=rt.status,
         reason=rt.reason,
         version=m.version if m else None,
         created_at=m.created_at if m else None,

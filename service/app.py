@@ -101,12 +101,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         metrics.errors.labels(code).inc()
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        metrics.errors.labels("internal_error").inc()
-        log.exception("unhandled", extra={"path": request.url.path})
-        return error_response(500, "internal_error", "internal error; see the service log")
-
+    # Unexpected exceptions become a 500 internal_error in RequestContextMiddleware, where
+    # the request id is still known.
     return app
 
 

@@ -15,15 +15,15 @@ from service.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 def get_scorer(request: Request) -> Scorer:
-    return request.app.state.scorer  # type: ignore[no-any-return]
+    return request.app.state.scorer
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

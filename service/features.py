@@ -33,6 +33,7 @@ from service.errors import (
 MediaKind = Literal["audio", "image"]
 
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
+DECODE_BLOCK_SAMPLES = 1 << 18  # samples (all channels together) decoded per read: 1 MiB
 IMAGE_FORMATS = ("png", "jpeg")
 
 
@@ -101,8 +102,8 @@ def sniff(data: bytes) -> tuple[MediaKind, str]:
 def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
     """Decode wav/flac/ogg/mp3 bytes to mono float32 at the native rate.
 
-    The length is checked from the header *before* samples are read, so a
-    small file claiming hours of audio allocates nothing.
+    The length is checked from the header *before* samples are read, and again
+    while they are, so a small file claiming hours of audio allocates nothing.
     """
     import soundfile as sf
 
@@ -115,22 +116,31 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
                 raise AudioTooLong(
                     f"audio is {frames / sr:.1f} s long; the limit is {max_seconds:g} s"
                 )
-            samples = f.read(dtype="float32", always_2d=True)
+            # Block by block, downmixed as it goes: memory follows the samples the file
+            # really holds (one read() would allocate whatever the header claims, e.g.
+            # 300 s x 8 channels at 655 kHz for a 3 kB FLAC) and one channel, not all.
+            block = max(1, DECODE_BLOCK_SAMPLES // channels)
+            parts: list[np.ndarray] = []
+            n_frames = 0
+            while (chunk := f.read(block, dtype="float32", always_2d=True)).shape[0]:
+                if not np.isfinite(chunk).all():
+                    raise InvalidAudio("audio contains NaN or infinite samples")
+                parts.append(chunk.mean(axis=1, dtype=np.float32) if channels > 1 else chunk[:, 0])
+                n_frames += chunk.shape[0]
+                if max_seconds is not None and n_frames > max_seconds * sr:
+                    raise AudioTooLong(f"audio is longer than the limit of {max_seconds:g} s")
     except (AudioTooLong, InvalidAudio):
         raise
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, ValueError…
         reason = getattr(e, "error_string", None) or str(e)  # libsndfile's own words
         raise InvalidAudio(f"could not decode audio: {reason}") from e
-    if samples.shape[0] == 0:
+    if n_frames == 0:
         raise AudioTooShort("audio has no samples")
-    if not np.isfinite(samples).all():
-        raise InvalidAudio("audio contains NaN or infinite samples")
-    mono = samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]
     return DecodedAudio(
-        samples=np.ascontiguousarray(mono, dtype=np.float32),
+        samples=np.ascontiguousarray(np.concatenate(parts), dtype=np.float32),
         sample_rate=sr,
         channels=channels,
-        duration_s=samples.shape[0] / sr,
+        duration_s=n_frames / sr,
     )
 
 
@@ -206,7 +216,9 @@ def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     """(n_samples,) float32 at params.sample_rate → (n_mels, n_frames) dB (ref 1.0)."""
     n_fft, hop = params.n_fft, params.hop_length
     # Centre frames as librosa does (reflect padding), so frame t covers t*hop.
-    pad_mode = "reflect" if audio.shape[0] > n_fft // 2 else "constant"
+    pad_mode: Literal["reflect", "constant"] = (
+        "reflect" if audio.shape[0] > n_fft // 2 else "constant"
+    )
     padded = np.pad(audio, n_fft // 2, mode=pad_mode)
     if padded.shape[0] < n_fft:
         padded = np.pad(padded, (0, n_fft - padded.shape[0]))

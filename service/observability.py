@@ -12,11 +12,13 @@ from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+INTERNAL_ERROR_MESSAGE = "internal error; see the service log"
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
 
@@ -99,15 +101,16 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [
                     *message["headers"],
@@ -117,6 +120,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here, not by Starlette's outermost handler: the request id is still
+            # known, so the 500 carries X-Request-ID and the log line its request_id.
+            self.metrics.errors.labels("internal_error").inc()
+            self.log.exception("unhandled", extra={"path": scope["path"]})
+            if started:
+                raise
+            body = {"error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
+            await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,17 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("AUSCULT_"):
             monkeypatch.delenv(key)
     yield
+
+
+@pytest.fixture
+def log_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[dict]]]:
+    """Reads the service's log lines (each must be JSON) written to stdout so far.
+
+    Build the app inside the test: logging binds the stdout of the moment.
+    """
+
+    def read() -> list[dict]:
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+
+    yield read
+    logging.getLogger("auscult").handlers.clear()  # their stream was capsys's, now closed

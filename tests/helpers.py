@@ -1,0 +1,110 @@
+"""Test helpers for the HTTP tests: fake runtimes, a client on any app, error-body checks."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from service.bundle import Manifest
+from service.runtime import AnomalyRuntime
+from tests.conftest import tone, wav_bytes
+
+
+class FakeAnomalyRuntime(AnomalyRuntime):
+    """A loaded anomaly runtime without onnxruntime (after MLServer's SumModel/ErrorModel).
+
+    `score_fn` maps a `(batch, height, width)` batch to `(batch,)` scores; the
+    default is the mean pixel value. It runs in the service's worker threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        manifest: Manifest,
+        score_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        super().__init__(Path(name), manifest)
+        self.status = "ready"
+        self.score_fn = score_fn or (lambda images: images.mean(axis=(1, 2)).astype(np.float64))
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        return self.score_fn(images)
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client on `app` with its lifespan run; an exception escaping the app fails
+    the test (the service must answer every request itself)."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is exactly `{"error": {"code": code, "message": <non-empty text>}}`."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    return body  # type: ignore[no-any-return]
+
+
+GOOD_WAV = wav_bytes(tone(1.0))
+
+
+async def assert_still_scores(client: httpx.AsyncClient, model: str = "tiny") -> float:
+    """The service answers a good score request after whatever came before."""
+    r = await client.post(
+        f"/v1/models/{model}/score", files={"file": ("ok.wav", GOOD_WAV, "audio/wav")}
+    )
+    assert r.status_code == 200, r.text
+    return float(r.json()["score"])
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def with_wav_sizes(wav: bytes, data_bytes: int) -> bytes:
+    """A copy of a canonical 44-byte-header WAV whose RIFF and data sizes claim `data_bytes`."""
+    out = bytearray(wav)
+    data_at = out.find(b"data")
+    assert data_at > 0
+    out[4:8] = min(data_bytes + data_at, 0xFFFFFFFF).to_bytes(4, "little")
+    out[data_at + 4 : data_at + 8] = min(data_bytes, 0xFFFFFFFF).to_bytes(4, "little")
+    return bytes(out)
+
+
+def with_flac_streaminfo(
+    flac: bytes,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    frames: int | None = None,
+) -> bytes:
+    """A copy of a FLAC file whose STREAMINFO header claims another rate, channel count or
+    length; the encoded frames are left as they are."""
+    out = bytearray(flac)
+    assert out[:4] == b"fLaC" and out[4] & 0x7F == 0  # first metadata block is STREAMINFO
+    at = 8 + 10  # 20 bits rate, 3 bits channels-1, 5 bits bits-per-sample-1, 36 bits frames
+    bits = int.from_bytes(out[at : at + 8], "big")
+    rate = sample_rate if sample_rate is not None else bits >> 44
+    ch = channels if channels is not None else ((bits >> 41) & 0x7) + 1
+    n = frames if frames is not None else bits & ((1 << 36) - 1)
+    bits = (rate << 44) | ((ch - 1) << 41) | (((bits >> 36) & 0x1F) << 36) | n
+    out[at : at + 8] = bits.to_bytes(8, "big")
+    return bytes(out)
