@@ -221,7 +221,7 @@ class Scorer:
                     model=runtime.name,
                     model_version=m.version,
                     score=s,
-                    level=level,  # type: ignore[arg-type]
+                    level=level,
                     thresholds=thresholds,
                     input=_input_info(it.prepared),
                     filename=it.upload.filename,
@@ -239,8 +239,10 @@ class Scorer:
         good = [it for it in items if it.prepared is not None]
         probs = (
             await self._run_model(
-                runtime, runtime.probabilities, [it.prepared.image for it in good]
-            )  # type: ignore[union-attr]
+                runtime,
+                runtime.probabilities,
+                [it.prepared.image for it in good],  # type: ignore[union-attr]
+            )
             if good
             else np.empty((0, len(m.labels)))
         )
