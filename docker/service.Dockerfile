@@ -28,8 +28,8 @@ RUN set -eux; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
     python3 -m venv /opt/venv; \
-    groupadd --system --gid 10001 auscult; \
-    useradd --system --uid 10001 --gid auscult --home-dir /app --no-create-home \
+    groupadd --gid 10001 auscult; \
+    useradd --uid 10001 --gid auscult --home-dir /app --no-create-home --no-log-init \
         --shell /usr/sbin/nologin auscult
 
 # ---- the runtime requirements (base + "serve" extra) read from pyproject.toml;

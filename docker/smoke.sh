@@ -71,6 +71,20 @@ artifacts_abs=$(cd "$ROOT" && cd "$AUSCULT_HOST_ARTIFACTS" 2>/dev/null && pwd) \
   || fail "artifacts folder $AUSCULT_HOST_ARTIFACTS does not exist"
 ls "$artifacts_abs"/*/manifest.json >/dev/null 2>&1 \
   || fail "no model bundle (*/manifest.json) in $AUSCULT_HOST_ARTIFACTS"
+# docker-compose.yml defaults AUSCULT_DEFAULT_MODEL to the committed "gearbox";
+# another folder gets its first anomaly bundle as the default instead
+if [ -z "${AUSCULT_DEFAULT_MODEL:-}" ] && [ ! -f "$artifacts_abs/gearbox/manifest.json" ]; then
+  AUSCULT_DEFAULT_MODEL=$(python3 - "$artifacts_abs" <<'PY'
+import json, pathlib, sys
+for m in sorted(pathlib.Path(sys.argv[1]).glob("*/manifest.json")):
+    if json.loads(m.read_text()).get("kind", "anomaly") == "anomaly":
+        print(m.parent.name)
+        break
+PY
+)
+  [ -n "$AUSCULT_DEFAULT_MODEL" ] || fail "no anomaly bundle in $AUSCULT_HOST_ARTIFACTS"
+  export AUSCULT_DEFAULT_MODEL
+fi
 
 if [ -z "${AUSCULT_PORT:-}" ]; then
   AUSCULT_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -111,7 +125,7 @@ container_id() {
 }
 
 log "podman $(podman version --format '{{.Client.Version}}'), $("$PODMAN_COMPOSE" --version 2>/dev/null | head -n1)"
-log "base image $BASE_IMAGE, artifacts $AUSCULT_HOST_ARTIFACTS, port $AUSCULT_PORT"
+log "base image $BASE_IMAGE, artifacts $AUSCULT_HOST_ARTIFACTS (default model ${AUSCULT_DEFAULT_MODEL:-gearbox}), port $AUSCULT_PORT"
 
 # ---- build ---------------------------------------------------------------
 build_args="--format docker"   # docker format keeps the HEALTHCHECK (OCI drops it)
@@ -216,6 +230,15 @@ assert isinstance(r.get("score"), (int, float)) and math.isfinite(r["score"]), r
 assert r.get("level") in ("normal", "needs_maintenance", "severe"), r
 PY
 log "scored clip.wav with $MODEL: $(cat "$WORK/score.json")"
+
+# bad input answers 4xx with the error envelope, never 500
+printf 'not audio\n' > "$WORK/bad.txt"
+code=$(curl -sS -o "$WORK/bad.json" -w '%{http_code}' -F "file=@$WORK/bad.txt;type=text/plain" \
+  "$BASE_URL/v1/models/$MODEL/score") || fail "POST a text file: no answer"
+case "$code" in 4??) ;; *) fail "POST a text file answered $code: $(cat "$WORK/bad.json")" ;; esac
+python3 -c 'import json, sys; assert json.load(open(sys.argv[1]))["error"]["code"]' "$WORK/bad.json" \
+  || fail "error body without error.code: $(cat "$WORK/bad.json")"
+log "bad input: $code $(cat "$WORK/bad.json")"
 
 # ---- report ---------------------------------------------------------------
 size_bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
