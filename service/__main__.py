@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+from service.process import configure
 
-import uvicorn
+configure()  # before numpy loads: native thread pools and malloc, see service/process.py
 
-from service.app import create_app
-from service.settings import Settings
+import argparse  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

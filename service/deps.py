@@ -1,4 +1,8 @@
-"""Dependencies injected into routes (Annotated aliases, as in the FastAPI template)."""
+"""Dependencies injected into routes (Annotated aliases, as in the FastAPI template).
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, which
+cost a thread hop per dependency per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,15 @@ from service.scoring import Scorer
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_scorer(request: Request) -> Scorer:
+async def get_scorer(request: Request) -> Scorer:
     return request.app.state.scorer
 
 
@@ -40,7 +44,7 @@ def presented_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """When API keys are configured, demand one (X-API-Key or Authorization: Bearer).
 
     Every configured key is compared in constant time; the key is never logged.

@@ -10,6 +10,7 @@ Single-clip requests that arrive together are stacked into one model run by a
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,8 +36,15 @@ from service.uploads import Upload
 
 
 class MicroBatcher:
-    """Collects single inputs for up to `wait_s` (or `max_batch` items) and runs them as
-    one batch: `fn((b, h, w)) → (b, …)`; each caller gets its own row back."""
+    """Stacks single inputs into one model run: `fn((b, h, w)) → (b, …)`; each caller
+    gets its own row back.
+
+    An idle model runs an input at once, so a lone request waits for nothing; a worker
+    thread that has just prepared an input can run it itself (`run_inline`), saving a
+    second hand-over to a thread. Inputs that arrive while a run is in flight (or queued
+    for a worker thread) are held and go together as soon as it ends, after at most
+    `wait_s`, or at `max_batch` items.
+    """
 
     def __init__(
         self,
@@ -52,12 +60,17 @@ class MicroBatcher:
         self.pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.running = 0  # runs scheduled or in progress; guarded by lock (worker threads too)
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, image: np.ndarray) -> np.ndarray:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         self.pending.append((image, fut))
-        if len(self.pending) >= self.max_batch:
+        with self.lock:
+            idle = self.running == 0
+        if idle or len(self.pending) >= self.max_batch:
             self._flush()
         elif self.timer is None:
             self.timer = loop.call_later(self.wait_s, self._flush)
@@ -69,22 +82,50 @@ class MicroBatcher:
             self.timer = None
         items, self.pending = self.pending, []
         if items:
+            with self.lock:
+                self.running += 1
             task = asyncio.ensure_future(self._execute(items))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _execute(self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
-        batch = np.stack([img for img, _ in items])
         try:
+            batch = np.stack([img for img, _ in items])
             out = await self.run(lambda: self.fn(batch))  # type: ignore[misc]
         except Exception as e:
             for _, fut in items:
                 if not fut.done():
                     fut.set_exception(e)
             return
+        finally:
+            with self.lock:
+                self.running -= 1
+            self._drain()
         for i, (_, fut) in enumerate(items):
             if not fut.done():
                 fut.set_result(out[i])
+
+    def _drain(self) -> None:
+        """Once the model is idle, what queued behind the last run goes now, as one batch."""
+        with self.lock:
+            idle = self.running == 0
+        if idle and self.pending:
+            self._flush()
+
+    def run_inline(self, image: np.ndarray) -> np.ndarray | None:
+        """From a worker thread: run one input now if the model is idle, else None (then
+        `submit` it). Inputs that queue meanwhile are flushed when this run ends."""
+        with self.lock:
+            if self.running:
+                return None
+            self.running += 1
+        try:
+            return np.asarray(self.fn(image[None]))[0]
+        finally:
+            with self.lock:
+                self.running -= 1
+            if self.loop is not None and self.pending:
+                self.loop.call_soon_threadsafe(self._drain)
 
 
 @dataclass
@@ -92,6 +133,7 @@ class _Item:
     upload: Upload
     prepared: Prepared | None = None
     error: AuscultError | None = None
+    output: np.ndarray | None = None  # model output, when the preparing thread ran it too
 
 
 def _input_info(p: Prepared) -> InputInfo:
@@ -134,31 +176,53 @@ class Scorer:
             self.metrics.inflight.set(self.inflight)
 
     async def _prepare_all(
-        self, runtime: ModelRuntime, uploads: list[Upload], raise_errors: bool
+        self,
+        runtime: ModelRuntime,
+        uploads: list[Upload],
+        raise_errors: bool,
+        fn: Callable[[np.ndarray], np.ndarray],
     ) -> list[_Item]:
+        """Decode and compute features in worker threads. A lone upload whose model is
+        idle is also run through `fn` in the same thread call (one hand-over, not two)."""
         assert runtime.manifest is not None
         params = runtime.manifest.features
         max_s = self.settings.max_audio_seconds
         items = [_Item(u) for u in uploads]
+        batcher = self._batcher(runtime, fn) if len(items) == 1 else None
+
+        def work(data: bytes) -> tuple[Prepared, np.ndarray | None]:
+            prepared = prepare(data, params, max_s)
+            return prepared, batcher.run_inline(prepared.image) if batcher else None
 
         async def one(item: _Item) -> None:
             try:
-                item.prepared = await anyio.to_thread.run_sync(
-                    prepare, item.upload.data, params, max_s, limiter=self.limiter
+                item.prepared, item.output = await anyio.to_thread.run_sync(
+                    work, item.upload.data, limiter=self.limiter
                 )
             except AuscultError as e:
                 item.error = e
                 if not raise_errors:  # raised errors are counted by the error handler
                     self.metrics.errors.labels(e.code).inc()
 
-        async with anyio.create_task_group() as tg:
-            for item in items:
-                tg.start_soon(one, item)
+        if len(items) == 1:
+            await one(items[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    tg.start_soon(one, item)
         if raise_errors:
             for item in items:
                 if item.error is not None:
                     raise item.error
         return items
+
+    async def _outputs(
+        self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray], good: list[_Item]
+    ) -> np.ndarray:
+        """Model outputs for prepared items, in order: already computed, or one model run."""
+        if len(good) == 1 and good[0].output is not None:
+            return good[0].output[None]
+        return await self._run_model(runtime, fn, [it.prepared.image for it in good])  # type: ignore[union-attr]
 
     async def _run_model(
         self,
@@ -167,17 +231,26 @@ class Scorer:
         images: list[np.ndarray],
     ) -> np.ndarray:
         """Single inputs go through the micro-batcher; several run as one stacked batch."""
-        wait_s = self.settings.batch_wait_ms / 1000
-        if len(images) == 1 and wait_s > 0:
-            batcher = self.batchers.get(runtime.name)
-            if batcher is None:
-                batcher = MicroBatcher(
-                    self._observed(fn), self.in_thread, self.settings.max_micro_batch, wait_s
-                )
-                self.batchers[runtime.name] = batcher
+        batcher = self._batcher(runtime, fn) if len(images) == 1 else None
+        if batcher is not None:
             return np.asarray(await batcher.submit(images[0]))[None]
         batch = np.stack(images)
         return await self.in_thread(lambda: self._observed(fn)(batch))
+
+    def _batcher(
+        self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray]
+    ) -> MicroBatcher | None:
+        """The model's micro-batcher (one per model), or None when batching is off."""
+        wait_s = self.settings.batch_wait_ms / 1000
+        if wait_s <= 0:
+            return None
+        batcher = self.batchers.get(runtime.name)
+        if batcher is None:
+            batcher = MicroBatcher(
+                self._observed(fn), self.in_thread, self.settings.max_micro_batch, wait_s
+            )
+            self.batchers[runtime.name] = batcher
+        return batcher
 
     def _observed(
         self, fn: Callable[[np.ndarray], np.ndarray]
@@ -196,13 +269,9 @@ class Scorer:
         (or, with raise_errors, the first bad file's error is raised)."""
         m = runtime.manifest
         assert m is not None and m.thresholds is not None
-        items = await self._prepare_all(runtime, uploads, raise_errors)
+        items = await self._prepare_all(runtime, uploads, raise_errors, runtime.score)
         good = [it for it in items if it.prepared is not None]
-        scores = (
-            await self._run_model(runtime, runtime.score, [it.prepared.image for it in good])  # type: ignore[union-attr]
-            if good
-            else np.empty(0)
-        )
+        scores = await self._outputs(runtime, runtime.score, good) if good else np.empty(0)
         score_of = {id(it): float(s) for it, s in zip(good, scores, strict=True)}
         thresholds = ThresholdValues(
             needs_maintenance=m.thresholds.needs_maintenance, severe=m.thresholds.severe
@@ -235,14 +304,10 @@ class Scorer:
         """Label, confidence and every label's probability for each upload, in order."""
         m = runtime.manifest
         assert m is not None and m.labels is not None
-        items = await self._prepare_all(runtime, uploads, raise_errors)
+        items = await self._prepare_all(runtime, uploads, raise_errors, runtime.probabilities)
         good = [it for it in items if it.prepared is not None]
         probs = (
-            await self._run_model(
-                runtime,
-                runtime.probabilities,
-                [it.prepared.image for it in good],  # type: ignore[union-attr]
-            )
+            await self._outputs(runtime, runtime.probabilities, good)
             if good
             else np.empty((0, len(m.labels)))
         )

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     """Scoring requests in flight at once; more get 503 overloaded with Retry-After."""
 
     batch_wait_ms: float = Field(2.0, ge=0, le=1000)
-    """Micro-batching: how long a single-clip request waits for others to share one
-    encoder run. 0 turns micro-batching off."""
+    """Micro-batching: the longest a single-clip request is held to share one encoder run
+    while another run of that model is in flight (an idle model runs it at once).
+    0 turns micro-batching off."""
 
     max_micro_batch: int = Field(32, ge=1)
     """Largest encoder batch the micro-batcher forms."""
