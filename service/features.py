@@ -15,6 +15,7 @@ Shapes:
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -99,12 +100,78 @@ def sniff(data: bytes) -> tuple[MediaKind, str]:
     )
 
 
+def _pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """A plain 16-bit PCM WAV → ((frames, channels) int16 view, rate); None for anything else.
+
+    The common upload, read in place by numpy: ~10x faster than libsndfile, whose reads
+    call back into Python block by block (holding the GIL the other workers need).
+    Other sample formats and anything unusual (truncated or inconsistent chunks) return
+    None and go to soundfile, which decides.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        start = pos + 8
+        if start + size > len(data):
+            return None
+        if chunk_id == b"fmt ":
+            if size < 16:
+                return None
+            tag, channels, rate, _, align, bits = struct.unpack_from("<HHIIHH", data, start)
+            if tag == 0xFFFE and size >= 26:  # WAVE_FORMAT_EXTENSIBLE: sub-format in the GUID
+                tag = struct.unpack_from("<H", data, start + 24)[0]
+            fmt = (tag, channels, rate, align, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                return None
+            tag, channels, rate, align, bits = fmt
+            if tag != 1 or bits != 16 or not 1 <= channels <= 1024 or align != 2 * channels:
+                return None
+            if not 1 <= rate <= 1 << 20:
+                return None
+            if size % align:
+                return None
+            pcm = np.frombuffer(data, dtype="<i2", count=size // 2, offset=start)
+            return pcm.reshape(-1, channels), rate
+        pos = start + size + (size & 1)  # chunks are word-aligned
+    return None
+
+
 def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
     """Decode wav/flac/ogg/mp3 bytes to mono float32 at the native rate.
 
     The length is checked from the header *before* samples are read, and again
     while they are, so a small file claiming hours of audio allocates nothing.
+    Plain 16-bit PCM WAV is read directly (same numbers as libsndfile: x / 32768).
     """
+    wav = _pcm16_wav(data)
+    if wav is not None:
+        pcm, sr = wav
+        frames, channels = pcm.shape
+        if max_seconds is not None and frames > max_seconds * sr:
+            raise AudioTooLong(f"audio is {frames / sr:.1f} s long; the limit is {max_seconds:g} s")
+        if frames == 0:
+            raise AudioTooShort("audio has no samples")
+        scale = np.float32(1 / 0x8000)  # exact: int16 → float32 as libsndfile does
+        if channels == 1:
+            mono = pcm[:, 0].astype(np.float32)
+            mono *= scale
+        else:  # downmixed block by block: memory follows one channel, not all
+            mono = np.empty(frames, np.float32)
+            block = max(1, DECODE_BLOCK_SAMPLES // 4 // channels)
+            for i in range(0, frames, block):
+                part = pcm[i : i + block].astype(np.float32)
+                part *= scale
+                mono[i : i + block] = part.mean(axis=1, dtype=np.float32)
+        return DecodedAudio(
+            samples=mono,
+            sample_rate=sr,
+            channels=channels,
+            duration_s=frames / sr,
+        )
+
     import soundfile as sf
 
     try:
