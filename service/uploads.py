@@ -68,8 +68,9 @@ async def read_files(
     """
     mime, options = parse_options_header(content_type or "")
     if mime != b"multipart/form-data":
+        sent = mime.decode("latin-1") or "no content type"
         raise UnsupportedMediaType(
-            f"send multipart/form-data with the field {field_name!r}, not {mime.decode() or 'nothing'}"
+            f"send multipart/form-data with the field {field_name!r}, not {sent}"
         )
     boundary = options.get(b"boundary")
     if not boundary:
