@@ -28,13 +28,14 @@ def limit_native_threads() -> None:
         os.environ.setdefault(var, "1")
 
 
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
     """Let glibc reuse freed blocks instead of returning them to the kernel.
 
     Every clip allocates a few MB of short-lived arrays (frames, spectrum, power).
     By default glibc serves such sizes with fresh mmap pages and unmaps them on
     free, so each clip pays page faults again: on this VM that made the log-mel
-    step 3x slower (1.5 → 5 ms). Keeping them costs tens of MB of RSS at most.
+    step 3x slower (1.5 → 5 ms). Up to `trim_threshold` stays free per malloc arena:
+    in practice a few tens of MB of RSS (bench/serving.py reports RSS after load).
     Returns False where mallopt is not available (not glibc).
     """
     if not sys.platform.startswith("linux"):

@@ -1,0 +1,769 @@
+"""Serving benchmark: in-process limit, the service over HTTP, the seed-style stack.
+
+    .venv/bin/python bench/serving.py                 # full mode (a few minutes)
+    .venv/bin/python bench/serving.py --quick         # short mode for CI (~1 min)
+
+Everything is measured in ONE run on the same generated clips (seeded, all
+different, 16-bit WAV at 16 kHz) and printed as one table; ratios are computed
+per repetition and the median is reported, next to the targets of issue 6.
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# The process set-up of `python -m service` (service/process.py: native thread pools, malloc),
+# before numpy loads, so the in-process figures are the service core's as it runs in the
+# service. Subprocesses get the environment as it was: the service sets its own up, the
+# seed-style stack keeps its defaults.
+ORIGINAL_ENV = dict(os.environ)
+from service.process import configure  # noqa: E402
+
+configure()
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+SR = 16000
+TARGETS = {
+    "batch": 0.8,  # batch endpoint clips/s ÷ in-process clips/s  (≥)
+    "single16": 0.7,  # single endpoint @ concurrency 16 ÷ in-process  (≥)
+    "p50": 1.3,  # single-clip p50 @ concurrency 1 ÷ in-process ms per clip  (≤)
+    "seed": 5.0,  # auscult ÷ seed-style stack at equal concurrency  (≥)
+    "rss_mb": 400.0,  # service RSS after the load  (≤)
+    "ready_s": 3.0,  # process start → /readyz 200  (≤)
+}
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def make_clip(seconds: float, rng: np.random.Generator) -> bytes:
+    """A machine-like clip: random harmonic series, slow AM, broadband noise → WAV bytes."""
+    import soundfile as sf
+
+    n = round(seconds * SR)
+    t = np.arange(n, dtype=np.float64) / SR
+    f0 = rng.uniform(40.0, 180.0)
+    x = np.zeros(n)
+    for k in range(1, 9):
+        x += rng.uniform(0.05, 0.3) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi))
+    x *= 1.0 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.3, 4.0) * t)
+    x += rng.uniform(0.005, 0.05) * rng.standard_normal(n)
+    x *= rng.uniform(0.2, 0.8) / np.max(np.abs(x))
+    buf = io.BytesIO()
+    sf.write(buf, x.astype(np.float32), SR, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def make_clips(n: int, seconds: float, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [make_clip(seconds, rng) for _ in range(n)]
+
+
+BOUNDARY = "auscultbenchboundary7d1f"
+
+
+def multipart(field_name: str, files: Sequence[bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body with one part per file; built once, sent many times."""
+    parts = []
+    for i, data in enumerate(files):
+        parts.append(
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; '
+                f'filename="clip{i}.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(main thread, all other threads) CPU seconds of a process, from /proc.
+
+    The process total (/proc/PID/stat) keeps the time of threads that have ended;
+    the main thread's is /proc/PID/task/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(path: str) -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    total, main = used(f"/proc/{pid}/stat"), used(f"/proc/{pid}/task/{pid}/stat")
+    return main, total - main
+
+
+def own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    ready_s: float
+    log_path: Path
+
+
+def start_server(
+    name: str, cmd: list[str], env: dict[str, str], port: int, timeout: float
+) -> Server:
+    """Start a server subprocess; time from Popen to the first /readyz 200."""
+    log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
+    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+            try:
+                if client.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                raise RuntimeError(f"{name} not ready after {timeout:.0f} s; see {log_path}")
+            time.sleep(0.01)
+    return Server(name, proc, url, time.perf_counter() - t0, log_path)
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@dataclass
+class Load:
+    n: int
+    elapsed: float
+    latencies: list[float]
+    errors: int
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.elapsed
+
+
+async def run_load(
+    client: httpx.AsyncClient,
+    url: str,
+    bodies: Sequence[tuple[bytes, dict[str, str]]],
+    requests: int,
+    concurrency: int,
+    clips_per_request: int = 1,
+) -> Load:
+    """`requests` POSTs with `concurrency` in flight; throughput counts clips, not requests."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal next_i
+        while next_i < requests:
+            i = next_i
+            next_i += 1
+            body, headers = bodies[i % len(bodies)]
+            t = time.perf_counter()
+            try:
+                r = await client.post(url, content=body, headers=headers)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                elif clips_per_request > 1:
+                    bad = [x for x in r.json()["results"] if "error" in x]
+                    errors.extend(str(b) for b in bad)
+            except httpx.HTTPError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    return Load(requests * clips_per_request, elapsed, latencies, len(errors), errors[:3])
+
+
+async def encoder_batches(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    """(sum, count) of auscult_batch_size{source="encoder"} from /metrics."""
+    text = (await client.get(url + "/metrics")).text
+    out = {}
+    for kind in ("sum", "count"):
+        m = re.search(
+            rf'^auscult_batch_size_{kind}\{{[^}}]*source="encoder"[^}}]*\}} (\S+)', text, re.M
+        )
+        out[kind] = float(m.group(1)) if m else 0.0
+    return out["sum"], out["count"]
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+class InProcess:
+    """The service's own scoring core, called directly: prepare (decode → features) → score."""
+
+    def __init__(self, bundle_dir: Path) -> None:
+        from service import features
+        from service.bundle import mahalanobis
+        from service.runtime import AnomalyRuntime, open_runtime
+        from service.settings import Settings
+
+        self.settings = Settings(artifacts_dir=bundle_dir.parent)
+        self.rt = open_runtime(bundle_dir, self.settings.ort_threads)
+        if not isinstance(self.rt, AnomalyRuntime) or not self.rt.ready:
+            raise SystemExit(f"{bundle_dir} is not a ready anomaly bundle: {self.rt.reason}")
+        assert self.rt.manifest is not None
+        self.params = self.rt.manifest.features
+        self.F = features
+        self.mahalanobis = mahalanobis
+        features.warm_up(self.params)
+
+    def prepare(self, data: bytes) -> np.ndarray:
+        return self.F.prepare(data, self.params, self.settings.max_audio_seconds).image
+
+    def score_one(self, data: bytes) -> float:
+        return float(self.rt.score(self.prepare(data)[None])[0])
+
+    def score_batch(self, datas: Sequence[bytes]) -> np.ndarray:
+        return self.rt.score(np.stack([self.prepare(d) for d in datas]))
+
+    def sequential(self, clips: Sequence[bytes], n: int) -> tuple[float, float]:
+        """One clip at a time on this thread → (clips/s over the wall time, median ms per clip).
+
+        The median is what a request's p50 is compared with; the wall-time rate also
+        counts the moments other processes held the CPU, as HTTP throughput does."""
+        times = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            self.score_one(clips[i % len(clips)])
+            times.append(time.perf_counter() - t)
+        return n / (time.perf_counter() - t0), median(times) * 1e3
+
+    def threaded(self, clips: Sequence[bytes], n: int, threads: int) -> float:
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda i: self.score_one(clips[i % len(clips)]), range(n)))
+            return n / (time.perf_counter() - t0)
+
+    def batched(self, clips: Sequence[bytes], n: int, batch: int) -> float:
+        """clips/s when clips are prepared one by one and scored `batch` at a time."""
+        t0 = time.perf_counter()
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            self.score_batch([clips[(done + j) % len(clips)] for j in range(k)])
+            done += k
+        return n / (time.perf_counter() - t0)
+
+    def stages(self, clips: Sequence[bytes]) -> dict[str, float]:
+        """Median ms per clip of each step, timed separately."""
+        F, p = self.F, self.params
+        times: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "decode",
+                "resample",
+                "spectrogram",
+                "resize/normalise",
+                "encoder",
+                "PCA+Mahalanobis",
+            )
+        }
+
+        def timed(key: str, fn: Callable[[], Any]) -> Any:
+            t = time.perf_counter()
+            out = fn()
+            times[key].append((time.perf_counter() - t) * 1e3)
+            return out
+
+        for data in clips:
+            audio = timed(
+                "decode", lambda d=data: F.decode_audio(d, self.settings.max_audio_seconds)
+            )
+            samples = timed(
+                "resample", lambda a=audio: F.resample(a.samples, a.sample_rate, p.sample_rate)
+            )
+            mel = timed("spectrogram", lambda s=samples: F.log_mel(s, p))
+            image = timed("resize/normalise", lambda m=mel: F.to_image(m, p))
+            latent = timed("encoder", lambda i=image: self.rt.latents(i[None]))
+            timed("PCA+Mahalanobis", lambda z=latent: self.mahalanobis(z, **self.rt.arrays))
+        return {k: median(v) for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Config:
+    clips: int
+    reps: int
+    latency_requests: int
+    single_requests: int
+    batch_clips: int
+    seed_requests: int
+    long_clips: int
+    concurrencies: tuple[int, ...] = (1, 4, 16)
+    batch_sizes: tuple[int, ...] = (8, 32)
+    scaling_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+
+
+FULL = Config(
+    clips=64,
+    reps=5,
+    latency_requests=200,
+    single_requests=192,
+    batch_clips=192,
+    seed_requests=48,
+    long_clips=6,
+)
+QUICK = Config(
+    clips=16,
+    reps=2,
+    latency_requests=32,
+    single_requests=48,
+    batch_clips=64,
+    seed_requests=12,
+    long_clips=2,
+    scaling_batches=(1, 8, 32),
+)
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:,.{digits}f}"
+
+
+def check(value: float, target: float, higher_is_better: bool) -> str:
+    if value != value:
+        return "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return "yes" if ok else "NO"
+
+
+async def bench_http(
+    args: argparse.Namespace, cfg: Config, clips: list[bytes], ip: InProcess
+) -> dict:
+    env = dict(ORIGINAL_ENV, AUSCULT_ARTIFACTS_DIR=str(args.artifacts))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    res: dict[str, Any] = {"errors": 0, "error_samples": []}
+    singles = [multipart("file", [c]) for c in clips]
+    batch_bodies = {
+        b: [
+            multipart("files", [clips[(i * b + j) % len(clips)] for j in range(b)])
+            for i in range(max(1, len(clips) // b))
+        ]
+        for b in sorted(set(cfg.batch_sizes) | set(cfg.scaling_batches))
+    }
+
+    svc = start_server(
+        "auscult",
+        [sys.executable, "-m", "service", "--port", str(port := free_port())],
+        env,
+        port,
+        timeout=60,
+    )
+    res["ready_s"] = svc.ready_s
+    res["rss_rest"] = rss_mb(svc.proc.pid)
+    seed: Server | None = None
+    try:
+        if not args.no_seed:
+            seed_env = dict(env, CUDA_VISIBLE_DEVICES="")
+            seed = start_server(
+                "seed",
+                [
+                    sys.executable,
+                    str(REPO / "bench" / "seed_stack.py"),
+                    "--bundle",
+                    str(args.artifacts / args.model),
+                    "--port",
+                    str(sp := free_port()),
+                ],
+                seed_env,
+                sp,
+                timeout=180,
+            )
+            res["seed_ready_s"] = seed.ready_s
+            res["seed_rss_rest"] = rss_mb(seed.proc.pid)
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+        async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+            score_url = f"{svc.url}/v1/models/{args.model}/score"
+            batch_url = score_url + "/batch"
+            seed_url = f"{seed.url}/analyze" if seed else ""
+
+            def account(load: Load) -> Load:
+                res["errors"] += load.errors
+                res["error_samples"].extend(load.error_samples)
+                return load
+
+            # warm-up (not measured): first requests pay lazy paths and connection set-up
+            t0 = time.perf_counter()
+            first = await client.post(score_url, content=singles[0][0], headers=singles[0][1])
+            res["first_response_s"] = svc.ready_s + time.perf_counter() - t0
+            account(
+                Load(
+                    1,
+                    0,
+                    [],
+                    int(first.status_code != 200),
+                    [first.text[:200]] * (first.status_code != 200),
+                )
+            )
+            account(await run_load(client, score_url, singles, 16, 4))
+            account(await run_load(client, batch_url, batch_bodies[8], 2, 1, 8))
+            if seed:
+                await run_load(client, seed_url, singles, 4, 2)
+
+            rows: dict[str, list[float]] = {}
+
+            def put(key: str, value: float) -> None:
+                rows.setdefault(key, []).append(value)
+
+            latencies: list[float] = []
+            inproc_times: list[float] = []
+            for rep in range(cfg.reps):
+                print(f"  repetition {rep + 1}/{cfg.reps}", file=sys.stderr, flush=True)
+                # Paired: each clip scored in-process, then the same clip over HTTP, so the
+                # two see the same machine load (others' jobs come and go on shared boxes).
+                lat, mine, core_cpu = [], [], 0.0
+                cpu0, own0 = cpu_seconds(svc.proc.pid), own_cpu_seconds()
+                for i in range(cfg.latency_requests):
+                    c0, t0 = own_cpu_seconds(), time.perf_counter()  # all threads (BLAS too)
+                    ip.score_one(clips[i % len(clips)])
+                    mine.append(time.perf_counter() - t0)
+                    core_cpu += own_cpu_seconds() - c0
+                    one = account(
+                        await run_load(client, score_url, [singles[i % len(singles)]], 1, 1)
+                    )
+                    lat.extend(one.latencies)
+                cpu1, own1 = cpu_seconds(svc.proc.pid), own_cpu_seconds()
+                n = cfg.latency_requests
+                put("cpu_loop", (cpu1[0] - cpu0[0]) / n * 1e3)
+                put("cpu_workers", (cpu1[1] - cpu0[1]) / n * 1e3)
+                put("cpu_client", (own1 - own0 - core_cpu) / n * 1e3)
+                latencies.extend(lat)
+                inproc_times.extend(mine)
+                put("inproc_ms", median(mine) * 1e3)
+                put("p50_ratio", median(lat) / median(mine))
+
+                # Throughput: the in-process rate is measured right before and after each
+                # HTTP phase; the ratio uses their mean.
+                ref = ip.sequential(clips, len(clips))[0]
+                put("inproc", ref)
+
+                async def phase(
+                    key: str,
+                    url: str,
+                    bodies: Sequence[tuple[bytes, dict[str, str]]],
+                    n_req: int,
+                    conc: int,
+                    per_req: int = 1,
+                ) -> Load:
+                    nonlocal ref
+                    before = ref
+                    load = account(await run_load(client, url, bodies, n_req, conc, per_req))
+                    ref = ip.sequential(clips, len(clips))[0]
+                    put("inproc", ref)
+                    put(key, load.rate)
+                    put(f"{key}_ratio", load.rate / ((before + ref) / 2))
+                    return load
+
+                for c in cfg.concurrencies:
+                    s0 = await encoder_batches(client, svc.url)
+                    load = await phase(f"single{c}", score_url, singles, cfg.single_requests, c)
+                    s1 = await encoder_batches(client, svc.url)
+                    runs = s1[1] - s0[1]
+                    put(f"single{c}_encbatch", (s1[0] - s0[0]) / runs if runs else float("nan"))
+                    put(f"single{c}_p50", float(np.percentile(load.latencies, 50)) * 1e3)
+                for b in cfg.batch_sizes:
+                    n_req = max(1, cfg.batch_clips // b)
+                    await phase(
+                        f"batch{b}", batch_url, batch_bodies[b], n_req, args.batch_concurrency, b
+                    )
+                if seed:
+                    for c in cfg.concurrencies:
+                        sl = await run_load(client, seed_url, singles, cfg.seed_requests, c)
+                        put(f"seed{c}", sl.rate)
+                        put(f"seed{c}_errors", sl.errors)
+                        put(f"seed{c}_p50", float(np.percentile(sl.latencies, 50)) * 1e3)
+                        put(f"vs_seed{c}", rows[f"single{c}"][-1] / sl.rate)
+
+            res["rows"] = {k: median(v) for k, v in rows.items()}
+            res["rows"]["inproc_ms"] = median(inproc_times) * 1e3
+            res["lat"] = {q: float(np.percentile(latencies, q)) * 1e3 for q in (50, 95, 99)}
+            res["lat_n"] = len(latencies)
+
+            # scaling over HTTP: batch endpoint, batch sizes 1…64 (one repetition each)
+            res["http_batches"] = {}
+            for b in cfg.scaling_batches:
+                n_req = max(2, cfg.batch_clips // b)
+                load = account(
+                    await run_load(
+                        client, batch_url, batch_bodies[b], n_req, args.batch_concurrency, b
+                    )
+                )
+                res["http_batches"][b] = load.rate
+        res["rss_load"] = rss_mb(svc.proc.pid)
+        if seed:
+            res["seed_rss_load"] = rss_mb(seed.proc.pid)
+    finally:
+        stop_server(svc)
+        if seed:
+            stop_server(seed)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=REPO / "artifacts",
+        help="artifacts folder the service is started on (default ./artifacts)",
+    )
+    parser.add_argument("--model", default="gearbox", help="anomaly bundle to score with")
+    parser.add_argument("--quick", action="store_true", help="small counts (CI)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (medians)")
+    parser.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=2,
+        help="batch requests in flight when measuring the batch endpoint",
+    )
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed-style stack")
+    parser.add_argument("--seed", type=int, default=0, help="clip generator seed")
+    args = parser.parse_args(argv)
+    args.artifacts = args.artifacts.resolve()
+    cfg = QUICK if args.quick else FULL
+    if args.reps:
+        cfg = replace(cfg, reps=args.reps)
+    bundle = args.artifacts / args.model
+    if not (bundle / "manifest.json").is_file():
+        print(f"no bundle at {bundle}; pass --artifacts DIR --model NAME", file=sys.stderr)
+        return 2
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    print(f"generating {cfg.clips} clips of 10 s …", file=sys.stderr, flush=True)
+    clips = make_clips(cfg.clips, 10.0, args.seed)
+    ip = InProcess(bundle)
+
+    print("in-process: stages, threads, durations, batch sizes …", file=sys.stderr, flush=True)
+    ip.sequential(clips, min(8, len(clips)))  # warm
+    stages = ip.stages(clips)
+    threaded = median(
+        [ip.threaded(clips, len(clips), ip.settings.cpu_workers) for _ in range(cfg.reps)]
+    )
+    durations: dict[float, float] = {}
+    for secs, n in ((1.0, cfg.clips), (10.0, cfg.clips), (60.0, cfg.long_clips)):
+        dclips = clips if secs == 10.0 else make_clips(n, secs, args.seed + int(secs))
+        durations[secs] = median([ip.sequential(dclips, len(dclips))[0] for _ in range(cfg.reps)])
+    inproc_batches = {
+        b: median([ip.batched(clips, max(len(clips), b), b) for _ in range(cfg.reps)])
+        for b in cfg.scaling_batches
+    }
+
+    print("HTTP: auscult and seed-style stack …", file=sys.stderr, flush=True)
+    http = asyncio.run(bench_http(args, cfg, clips, ip))
+    rows = http["rows"]
+    load_after = os.getloadavg()
+
+    # ------------------------------------------------------------------ table
+    out: list[str] = []
+    w = out.append
+    inproc, inproc_ms = rows["inproc"], rows["inproc_ms"]
+    w(f"# auscult serving benchmark ({'quick' if args.quick else 'full'} mode)")
+    w("")
+    w(
+        f"bundle {bundle} · {cfg.clips} different 10-s 16-kHz clips (seed {args.seed}) · "
+        f"{cfg.reps} repetitions, medians · {os.cpu_count()} CPUs · load average "
+        f"{load_before[0]:.2f} → {load_after[0]:.2f} · {time.perf_counter() - started:.0f} s"
+    )
+    w("")
+    w("## In-process limit (the service's core called directly, batch 1, one thread)")
+    w("")
+    w("| stage | ms per clip |")
+    w("|---|---:|")
+    for k, v in stages.items():
+        w(f"| {k} | {fmt(v, 2)} |")
+    w(f"| sum of stages | {fmt(sum(stages.values()), 2)} |")
+    w(
+        f"| **end to end, one thread** | **{fmt(inproc_ms, 2)} ms per clip (median) · "
+        f"{fmt(inproc)} clips/s** |"
+    )
+    w(
+        f"| end to end, {ip.settings.cpu_workers} threads (cpu_workers; informational) | "
+        f"{fmt(threaded)} clips/s |"
+    )
+    w("")
+    w("## Service over HTTP (`python -m service`, httpx async client)")
+    w("")
+    lat = http["lat"]
+    w("| measure | value |")
+    w("|---|---:|")
+    w(
+        f"| single clip, concurrency 1: latency p50 / p95 / p99 ({http['lat_n']} requests) | "
+        f"{fmt(lat[50], 2)} / {fmt(lat[95], 2)} / {fmt(lat[99], 2)} ms |"
+    )
+    w(
+        "| CPU per single-clip request at concurrency 1: server event loop / server worker "
+        f"threads / bench client (httpx) | {fmt(rows['cpu_loop'], 2)} / "
+        f"{fmt(rows['cpu_workers'], 2)} / {fmt(rows['cpu_client'], 2)} ms |"
+    )
+    for c in cfg.concurrencies:
+        w(
+            f"| single endpoint, concurrency {c} | {fmt(rows[f'single{c}'])} clips/s "
+            f"(p50 {fmt(rows[f'single{c}_p50'])} ms, mean encoder batch "
+            f"{fmt(rows[f'single{c}_encbatch'], 2)}) |"
+        )
+    for b in cfg.batch_sizes:
+        w(
+            f"| batch endpoint, {b} clips/request, {args.batch_concurrency} requests in flight | "
+            f"{fmt(rows[f'batch{b}'])} clips/s |"
+        )
+    w(f"| errors (all auscult requests, incl. per-file errors) | {http['errors']} |")
+    w("")
+    if not args.no_seed:
+        w("## Seed-style stack (Flask threaded, save to temp file, librosa, Keras `predict`)")
+        w("")
+        w("| concurrency | clips/s | p50 ms | errors | auscult ÷ seed |")
+        w("|---|---:|---:|---:|---:|")
+        for c in cfg.concurrencies:
+            w(
+                f"| {c} | {fmt(rows[f'seed{c}'])} | {fmt(rows[f'seed{c}_p50'])} | "
+                f"{fmt(rows[f'seed{c}_errors'], 0)} | {fmt(rows[f'vs_seed{c}'])}x |"
+            )
+        w("")
+    w("## Resources")
+    w("")
+    w("| | auscult | seed-style |")
+    w("|---|---:|---:|")
+
+    def sd(key: str, digits: int = 0) -> str:
+        return fmt(http.get(key, float("nan")), digits)
+
+    w(f"| RSS at rest (after ready) | {fmt(http['rss_rest'], 0)} MB | {sd('seed_rss_rest')} MB |")
+    w(f"| RSS after the load | {fmt(http['rss_load'], 0)} MB | {sd('seed_rss_load')} MB |")
+    w(f"| process start → /readyz 200 | {fmt(http['ready_s'], 2)} s | {sd('seed_ready_s', 2)} s |")
+    w(f"| process start → first score | {fmt(http['first_response_s'], 2)} s | |")
+    w("")
+    w("## Scaling")
+    w("")
+    w("| clip length (in-process, one thread) | clips/s | ms per clip | ms per audio second |")
+    w("|---|---:|---:|---:|")
+    for secs, rate in durations.items():
+        w(f"| {secs:g} s | {fmt(rate)} | {fmt(1e3 / rate, 2)} | {fmt(1e3 / rate / secs, 3)} |")
+    w("")
+    w("| batch size | in-process clips/s (one thread) | batch endpoint clips/s |")
+    w("|---|---:|---:|")
+    for b in cfg.scaling_batches:
+        w(f"| {b} | {fmt(inproc_batches[b])} | {fmt(http['http_batches'].get(b, float('nan')))} |")
+    w("")
+    w("## Ratios (within this run; median of per-repetition ratios) vs targets")
+    w("")
+    w("| ratio | measured | target | met |")
+    w("|---|---:|---:|:---:|")
+    for b in cfg.batch_sizes:
+        v = rows[f"batch{b}_ratio"]
+        w(
+            f"| batch endpoint ({b}) ÷ in-process clips/s | {fmt(v, 2)} | ≥ {TARGETS['batch']} | "
+            f"{check(v, TARGETS['batch'], True)} |"
+        )
+    v = rows["single16_ratio"]
+    w(
+        f"| single endpoint @16 ÷ in-process clips/s | {fmt(v, 2)} | ≥ {TARGETS['single16']} | "
+        f"{check(v, TARGETS['single16'], True)} |"
+    )
+    v = rows["p50_ratio"]
+    w(
+        f"| single p50 @1 ÷ in-process ms per clip | {fmt(v, 2)} | ≤ {TARGETS['p50']} | "
+        f"{check(v, TARGETS['p50'], False)} |"
+    )
+    if not args.no_seed:
+        for c in cfg.concurrencies:
+            v = rows[f"vs_seed{c}"]
+            w(
+                f"| auscult ÷ seed-style @{c} | {fmt(v, 1)} | ≥ {TARGETS['seed']} | "
+                f"{check(v, TARGETS['seed'], True)} |"
+            )
+    v = http["rss_load"]
+    w(
+        f"| service RSS after the load | {fmt(v, 0)} MB | ≤ {TARGETS['rss_mb']:.0f} MB | "
+        f"{check(v, TARGETS['rss_mb'], False)} |"
+    )
+    v = http["ready_s"]
+    w(
+        f"| start → ready | {fmt(v, 2)} s | ≤ {TARGETS['ready_s']:.0f} s | "
+        f"{check(v, TARGETS['ready_s'], False)} |"
+    )
+    w("")
+    w(
+        f"Against the in-process core on {ip.settings.cpu_workers} threads "
+        f"({fmt(threaded)} clips/s, "
+        "informational, no target): batch endpoint "
+        + " / ".join(f"({b}) {fmt(rows[f'batch{b}'] / threaded, 2)}" for b in cfg.batch_sizes)
+        + f", single endpoint @16 {fmt(rows['single16'] / threaded, 2)}."
+    )
+    print("\n".join(out), flush=True)
+    if http["errors"]:
+        print(
+            f"\nERROR: {http['errors']} failed auscult requests, e.g. {http['error_samples'][:3]}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""`bench/serving.py --quick` runs end to end and prints its table, so the benchmark cannot rot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ARTIFACTS, REPO
+
+SECTIONS = (
+    "## In-process limit",
+    "## Service over HTTP",
+    "## Seed-style stack",
+    "## Resources",
+    "## Scaling",
+    "## Ratios",
+)
+
+
+@pytest.mark.slow
+def test_serving_bench_quick_runs_and_prints_the_table() -> None:
+    assert (ARTIFACTS / "gearbox" / "manifest.json").is_file(), "the default bundle is committed"
+    r = subprocess.run(
+        [sys.executable, "bench/serving.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = r.stdout
+    for heading in SECTIONS:
+        assert heading in out, f"{heading!r} missing from:\n{out}"
+    assert "| errors (all auscult requests, incl. per-file errors) | 0 |" in out
+    table = [ln for ln in out.split("## Ratios", 1)[1].splitlines() if ln.startswith("|")]
+    ratios = table[2:]  # after the header and its rule
+    assert len(ratios) >= 8, ratios
+    for row in ratios:  # every ratio was measured: | name | value | target | met |
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] != "n/a" and cells[3] in ("yes", "NO"), row
