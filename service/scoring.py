@@ -204,12 +204,29 @@ class Scorer:
                 if not raise_errors:  # raised errors are counted by the error handler
                     self.metrics.errors.labels(e.code).inc()
 
+        def work_group(group: list[_Item]) -> None:
+            for item in group:
+                try:
+                    item.prepared = prepare(item.upload.data, params, max_s)
+                except AuscultError as e:
+                    item.error = e
+
+        async def some(group: list[_Item]) -> None:
+            await anyio.to_thread.run_sync(work_group, group, limiter=self.limiter)
+
         if len(items) == 1:
             await one(items[0])
         else:
+            # One hand-over per worker, not per file: a batch of 32 costs 2 thread wake-ups
+            # on the event loop instead of 32 (each is a measurable share of its CPU).
+            n = min(len(items), self.settings.cpu_workers)
             async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(some, items[i::n])
+            if not raise_errors:  # raised errors are counted by the error handler
                 for item in items:
-                    tg.start_soon(one, item)
+                    if item.error is not None:
+                        self.metrics.errors.labels(item.error.code).inc()
         if raise_errors:
             for item in items:
                 if item.error is not None:
