@@ -210,14 +210,37 @@ def mahalanobis(
     pca_mean: np.ndarray,
     mean_vec: np.ndarray,
     inv_cov: np.ndarray,
+    residual_precision: float = 0.0,
 ) -> np.ndarray:
-    """(batch, d) latents → (batch,) distances sqrt((z-μ)ᵀ Σ⁻¹ (z-μ)), z = PCA projection.
+    """(batch, d) latents → (batch,) distances sqrt((z-μ)ᵀ Σ⁻¹ (z-μ) + w·‖r‖²).
 
+    z is the PCA projection of the centred latent c = latent - pca_mean, and r = c - zᵀ·V
+    the part of c outside the PCA span. w (`residual_precision`, manifest `scoring`; 0 for
+    bundles without it) is the inverse of the shrunk variance of that complement, so the
+    sum is the Mahalanobis distance under a shrinkage covariance of the full latent space,
+    stored as k PCA components instead of a d x d matrix.
     Shared by training (calibration) and the service so both compute the same score.
     """
-    z = (latents.astype(np.float32) - pca_mean) @ pca_components.T - mean_vec
+    c = latents.astype(np.float32) - pca_mean
+    p = c @ pca_components.T
+    z = p - mean_vec
     d2 = np.einsum("bi,ij,bj->b", z, inv_cov, z)
+    if residual_precision:
+        r = c - p @ pca_components
+        d2 = d2 + np.float32(residual_precision) * np.einsum("bi,bi->b", r, r)
     return np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
+
+
+def residual_precision(manifest: Manifest) -> float:
+    """The manifest's `scoring.residual_precision` (0.0 when absent: older bundles)."""
+    value = manifest.scoring.get("residual_precision", 0.0)
+    try:
+        w = float(value)
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"scoring.residual_precision is not a number: {value!r}") from e
+    if not np.isfinite(w) or w < 0:
+        raise BundleError(f"scoring.residual_precision must be finite and >= 0, got {w}")
+    return w
 
 
 def level_for(score: float, thresholds: Thresholds) -> str:

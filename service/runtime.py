@@ -22,6 +22,7 @@ from service.bundle import (
     load_arrays,
     mahalanobis,
     read_manifest,
+    residual_precision,
     verify_files,
 )
 from service.errors import BundleError
@@ -140,13 +141,16 @@ class AnomalyRuntime(ModelRuntime):
             raise BundleError("an anomaly bundle needs thresholds in its manifest")
         self.arrays = load_arrays(self.bundle_dir, ANOMALY_ARRAYS)
         check_anomaly_shapes(self.arrays, self.output_dim)
+        self.residual_precision = residual_precision(manifest)
 
     def latents(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """(batch, h, w) → (batch,) anomaly scores (float64)."""
-        return mahalanobis(self.latents(images), **self.arrays)
+        return mahalanobis(
+            self.latents(images), **self.arrays, residual_precision=self.residual_precision
+        )
 
 
 class ClassifierRuntime(ModelRuntime):

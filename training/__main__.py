@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
+from training.autoencoder import AutoencoderConfig
 from training.datasets import DatasetError
 
 
@@ -20,15 +22,50 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit an anomaly bundle on normal clips")
     f.add_argument("--data", required=True, type=Path, help="dataset folder (DCASE layouts)")
     f.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
-    f.add_argument("--epochs", type=int, default=60)
+    ae = AutoencoderConfig()
+    f.add_argument("--epochs", type=int, default=ae.epochs)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--filters", type=_ints, default=(16, 32, 64), help="e.g. 16,32,64")
-    f.add_argument("--latent-dim", type=int, default=32)
+    f.add_argument("--filters", type=_ints, default=ae.filters, help="e.g. 16,32,64")
+    f.add_argument(
+        "--bottleneck", choices=["conv", "dense"], default=ae.bottleneck, help="autoencoder"
+    )
+    f.add_argument(
+        "--latent-dim",
+        type=int,
+        default=ae.latent_dim,
+        help="bottleneck size: channels (conv) or units (dense)",
+    )
+    f.add_argument(
+        "--pooling",
+        choices=["time_stats", "dense"],
+        default=ae.pooling,
+        help="encoder output scored by the detector: time statistics of the last conv "
+        "block, or the bottleneck",
+    )
+    f.add_argument(
+        "--standardise-bands",
+        action=argparse.BooleanOptionalAction,
+        default=ae.standardise_bands,
+        help="standardise every mel band inside the network",
+    )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
     f.add_argument("--width", type=int, default=128, help="input width (time columns)")
     f.add_argument("--sample-rate", type=int, default=16000)
-    f.add_argument("--pca", choices=["all", "top", "residual"], default="all")
-    f.add_argument("--pca-components", type=int, default=None)
+    f.add_argument("--n-fft", type=int, default=None, help="default: 64 ms at the sample rate")
+    f.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
+    f.add_argument(
+        "--scaling", choices=["fixed_db", "minmax"], default="fixed_db", help="image scaling"
+    )
+    f.add_argument(
+        "--pca",
+        choices=["full", "all", "top", "residual"],
+        default="full",
+        help="full: every principal direction plus the complement of their span",
+    )
+    f.add_argument("--pca-components", type=int, default=None, help="for --pca top/residual")
+    f.add_argument(
+        "--shrinkage", default="ledoit_wolf", help="ledoit_wolf, oas or a number in [0, 1]"
+    )
     f.add_argument("--no-evaluate", action="store_true")
 
     c = sub.add_parser(
@@ -93,6 +130,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`fit` subcommand arguments → keyword arguments of training.fit.fit (also used by
+    bench/quality.py, so the benchmark fits exactly what this command fits)."""
+    from service.features import FeatureParams
+
+    cfg = AutoencoderConfig(
+        filters=args.filters,
+        bottleneck=args.bottleneck,
+        latent_dim=args.latent_dim,
+        pooling=args.pooling,
+        standardise_bands=args.standardise_bands,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    n_fft = args.n_fft or round(0.064 * args.sample_rate)
+    params = FeatureParams(
+        sample_rate=args.sample_rate,
+        n_fft=n_fft,
+        hop_length=args.hop_length or n_fft // 2,
+        n_mels=args.n_mels,
+        height=args.n_mels,
+        width=args.width,
+        fmax=min(8000.0, args.sample_rate / 2),
+        scaling=args.scaling,
+    )
+    shrinkage = args.shrinkage
+    if shrinkage not in ("ledoit_wolf", "oas"):
+        shrinkage = float(shrinkage)
+    return {
+        "cfg": cfg,
+        "params": params,
+        "pca_selection": args.pca,
+        "pca_components": args.pca_components,
+        "shrinkage": shrinkage,
+    }
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "synth":
         from training.synth import generate
@@ -121,24 +195,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {args.model / 'report.png'}, {args.model / 'report.json'}")
         return 0
     if args.command == "fit":
-        from service.features import FeatureParams
-        from training.autoencoder import AutoencoderConfig
         from training.evaluate import format_table
         from training.fit import fit
 
-        cfg = AutoencoderConfig(
-            filters=args.filters, latent_dim=args.latent_dim, epochs=args.epochs, seed=args.seed
-        )
-        params = FeatureParams(
-            sample_rate=args.sample_rate,
-            n_mels=args.n_mels,
-            height=args.n_mels,
-            width=args.width,
-            fmax=min(8000.0, args.sample_rate / 2),
-        )
-        result = fit(
-            args.data, args.out, cfg, params, args.pca, args.pca_components, not args.no_evaluate
-        )
+        result = fit(args.data, args.out, run_evaluation=not args.no_evaluate, **fit_kwargs(args))
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
         if result.evaluation:
             print(format_table(result.evaluation))

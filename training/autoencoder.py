@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,7 +17,19 @@ class AutoencoderConfig:
     """Network shape and training settings (recorded in the manifest)."""
 
     filters: tuple[int, ...] = (16, 32, 64)
-    latent_dim: int = 32
+    # The autoencoder's bottleneck. "conv": a 1x1 convolution down to latent_dim channels
+    # (height/2^depth · width/2^depth · latent_dim values, few weights); "dense": a Dense
+    # layer of latent_dim units on the flattened last conv block.
+    bottleneck: Literal["conv", "dense"] = "conv"
+    latent_dim: int = 4
+    # What the encoder gives the detector. "time_stats": the mean and standard deviation
+    # over time of every (mel row, channel) of the last conv block, 2·(height/2^depth)·
+    # filters[-1] values, invariant to when things happen in the clip; "dense": the
+    # autoencoder's bottleneck (latent_dim values).
+    pooling: Literal["time_stats", "dense"] = "time_stats"
+    # Standardise every mel band (mean and std of the training images over clips and time)
+    # inside the network, before the first convolution.
+    standardise_bands: bool = False
     epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -45,8 +58,73 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build(height: int, width: int, cfg: AutoencoderConfig) -> TrainedAutoencoder:
-    """Encoder: strided Conv2D blocks → Dense latent; decoder mirrors it with Conv2DTranspose."""
+@lru_cache(maxsize=1)
+def _time_stats_class() -> Any:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class TimeStats(keras.layers.Layer):
+        def call(self, x: Any) -> Any:
+            mean = ops.mean(x, axis=2)
+            std = ops.sqrt(ops.mean(ops.square(x - ops.expand_dims(mean, 2)), axis=2) + 1e-8)
+            flat = (-1, int(x.shape[1]) * int(x.shape[3]))
+            return ops.concatenate([ops.reshape(mean, flat), ops.reshape(std, flat)], axis=1)
+
+    return TimeStats
+
+
+@lru_cache(maxsize=1)
+def _band_standardise_class() -> Any:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class BandStandardise(keras.layers.Layer):
+        """(b, h, w, 1) → (x - mean[h]) / std[h], with frozen per-band statistics."""
+
+        def __init__(self, mean: Any = None, std: Any = None, height: int = 0, **kw: Any):
+            super().__init__(**kw)
+            self.height = int(height or len(mean))
+            self.mean = self.add_weight(
+                shape=(1, self.height, 1, 1),
+                initializer=keras.initializers.Constant(
+                    0.0 if mean is None else np.reshape(mean, (1, -1, 1, 1))
+                ),
+                trainable=False,
+                name="mean",
+            )
+            self.std = self.add_weight(
+                shape=(1, self.height, 1, 1),
+                initializer=keras.initializers.Constant(
+                    1.0 if std is None else np.reshape(std, (1, -1, 1, 1))
+                ),
+                trainable=False,
+                name="std",
+            )
+
+        def call(self, x: Any) -> Any:
+            return (x - self.mean) / self.std
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "height": self.height}
+
+    return BandStandardise
+
+
+def time_stats_layer() -> Any:
+    """A Keras layer (b, h, w, c) → (b, 2·h·c): mean and standard deviation over time (w)."""
+    return _time_stats_class()(name="time_stats")
+
+
+def build(
+    height: int,
+    width: int,
+    cfg: AutoencoderConfig,
+    band_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TrainedAutoencoder:
+    """Encoder: strided Conv2D blocks → bottleneck; decoder mirrors it with Conv2DTranspose.
+    The scoring encoder ends in time statistics of the last block or in the bottleneck
+    (cfg.pooling)."""
     import keras
     from keras import layers
 
@@ -55,21 +133,39 @@ def build(height: int, width: int, cfg: AutoencoderConfig) -> TrainedAutoencoder
         raise ValueError(f"input {height}x{width} must be divisible by {2**n_down}")
     inp = keras.Input((height, width, 1), name="spectrogram")
     x = inp
-    for f in cfg.filters:
-        x = layers.Conv2D(f, 3, strides=2, padding="same", activation="relu")(x)
+    if cfg.standardise_bands:
+        mean, std = band_stats if band_stats is not None else (np.zeros(height), np.ones(height))
+        x = _band_standardise_class()(mean, std, name="standardise_bands")(x)
+    for i, f in enumerate(cfg.filters):
+        name = "features" if i == n_down - 1 else None
+        x = layers.Conv2D(f, 3, strides=2, padding="same", activation="relu", name=name)(x)
     conv_shape = tuple(int(s) for s in x.shape[1:])
-    x = layers.Flatten()(x)
-    latent = layers.Dense(cfg.latent_dim, name="latent")(x)
-    encoder = keras.Model(inp, latent, name="encoder")
-
-    y = layers.Dense(int(np.prod(conv_shape)), activation="relu")(latent)
-    y = layers.Reshape(conv_shape)(y)
+    if cfg.bottleneck == "conv":
+        latent = layers.Conv2D(cfg.latent_dim, 1, name="latent")(x)
+        y = layers.Conv2D(conv_shape[-1], 1, activation="relu")(latent)
+    else:
+        latent = layers.Dense(cfg.latent_dim, name="latent")(layers.Flatten()(x))
+        y = layers.Dense(int(np.prod(conv_shape)), activation="relu")(latent)
+        y = layers.Reshape(conv_shape)(y)
     for f in reversed(cfg.filters[:-1]):
         y = layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu")(y)
     y = layers.Conv2DTranspose(1, 3, strides=2, padding="same", activation="sigmoid")(y)
     autoencoder = keras.Model(inp, y, name="autoencoder")
     autoencoder.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
-    return TrainedAutoencoder(autoencoder, encoder)
+    return TrainedAutoencoder(autoencoder, scoring_encoder(autoencoder, cfg.pooling))
+
+
+def scoring_encoder(autoencoder: Any, pooling: str) -> Any:
+    """The model exported as encoder.onnx, built from a trained (or loaded) autoencoder:
+    (b, h, w, 1) → time statistics of its "features" block, or its flattened "latent"."""
+    import keras
+    from keras import layers
+
+    if pooling == "time_stats":
+        out = time_stats_layer()(autoencoder.get_layer("features").output)
+    else:
+        out = layers.Flatten()(autoencoder.get_layer("latent").output)
+    return keras.Model(autoencoder.inputs[0], out, name="encoder")
 
 
 def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> TrainedAutoencoder:
@@ -77,7 +173,8 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     import keras
 
     seed_everything(cfg.seed)
-    model = build(images.shape[1], images.shape[2], cfg)
+    band_stats = (images.mean(axis=(0, 2)), images.std(axis=(0, 2)) + 1e-3)
+    model = build(images.shape[1], images.shape[2], cfg, band_stats)
     x, xv = images[..., None], val_images[..., None]
     callbacks = [
         keras.callbacks.EarlyStopping(

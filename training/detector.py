@@ -8,55 +8,107 @@ import numpy as np
 
 from service.bundle import mahalanobis
 
-Selection = Literal["all", "top", "residual"]
+Selection = Literal["full", "all", "top", "residual"]
+Shrinkage = Literal["ledoit_wolf", "oas"] | float
+
+
+def _shrunk(latents: np.ndarray, shrinkage: Shrinkage) -> tuple[Any, float]:
+    """(estimator with location_ and covariance_, shrinkage coefficient)."""
+    from sklearn.covariance import OAS, LedoitWolf, ShrunkCovariance
+
+    if shrinkage == "ledoit_wolf":
+        est = LedoitWolf().fit(latents)
+    elif shrinkage == "oas":
+        est = OAS().fit(latents)
+    else:
+        est = ShrunkCovariance(shrinkage=float(shrinkage)).fit(latents)
+        return est, float(shrinkage)
+    return est, float(est.shrinkage_)
+
+
+def _fit_full(
+    latents: np.ndarray, shrinkage: Shrinkage
+) -> tuple[dict[str, np.ndarray], float, float]:
+    """Mahalanobis under the shrunk covariance Σ = (1-δ)·S + δ·μ·I of the FULL latent space.
+
+    With fewer clips than latent dimensions the sample covariance S has rank r < d. Σ's
+    eigenvectors are S's r principal directions (eigenvalues (1-δ)λᵢ + δμ) and their
+    orthogonal complement (eigenvalue δμ), so Σ⁻¹ is stored as r PCA components with a
+    diagonal inv_cov plus one `residual_precision` 1/(δμ) for the complement: directions in
+    which the normal clips never varied, where anomalies often show (Rippel et al. 2020).
+    """
+    n, d = latents.shape
+    mean = latents.mean(axis=0)
+    centred = latents - mean
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    eig = sv**2 / n  # eigenvalues of the (biased) sample covariance, as sklearn's
+    rank = int((eig > eig[0] * 1e-10).sum()) if eig.size and eig[0] > 0 else 0
+    _, delta = _shrunk(latents, shrinkage)
+    mu = float(eig.sum() / d)
+    delta = max(delta, 1e-6) if rank < d else delta
+    shrunk = (1 - delta) * eig[:rank] + delta * mu
+    arrays = {
+        "pca_components": vt[:rank].astype(np.float32),
+        "pca_mean": mean.astype(np.float32),
+        "mean_vec": np.zeros(rank, np.float32),
+        "inv_cov": np.diag(1.0 / shrunk).astype(np.float32),
+    }
+    residual = 1.0 / (delta * mu) if rank < d and mu > 0 else 0.0
+    return arrays, residual, delta
 
 
 def fit_detector(
     latents: np.ndarray,
     n_components: int | None = None,
-    selection: Selection = "all",
-    shrinkage: Literal["ledoit_wolf", "oas"] | float = "ledoit_wolf",
+    selection: Selection = "full",
+    shrinkage: Shrinkage = "ledoit_wolf",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """latents (n, d) of normal training clips → arrays for the bundle and a summary.
+    """latents (n, d) of normal training clips → arrays for the bundle and a summary
+    (the summary goes into the manifest's `scoring`; `residual_precision` is read back).
 
-    selection: "all" keeps every principal direction (full whitening);
-    "top" keeps the n_components of highest variance; "residual" keeps the
-    n_components of LOWEST variance, where anomalies of a machine often show.
+    selection: "full" scores the whole latent space (the principal directions plus the
+    complement of their span, see `_fit_full`); "all" keeps every principal direction of
+    the training latents but ignores the complement; "top" keeps the n_components of
+    highest variance; "residual" keeps the n_components of LOWEST variance.
     """
-    from sklearn.covariance import OAS, LedoitWolf, ShrunkCovariance
     from sklearn.decomposition import PCA
 
     n, d = latents.shape
-    pca = PCA(n_components=min(n, d), svd_solver="full").fit(latents)
-    comps = pca.components_
-    if selection == "top" and n_components:
-        comps = comps[:n_components]
-    elif selection == "residual" and n_components:
-        comps = comps[-n_components:]
-    z = (latents - pca.mean_) @ comps.T
-    if shrinkage == "ledoit_wolf":
-        est = LedoitWolf().fit(z)
-    elif shrinkage == "oas":
-        est = OAS().fit(z)
+    latents = latents.astype(np.float64)
+    residual = 0.0
+    if selection == "full":
+        arrays, residual, delta = _fit_full(latents, shrinkage)
+        k = arrays["pca_components"].shape[0]
     else:
-        est = ShrunkCovariance(shrinkage=float(shrinkage)).fit(z)
-    arrays = {
-        "pca_components": comps.astype(np.float32),
-        "pca_mean": pca.mean_.astype(np.float32),
-        "mean_vec": est.location_.astype(np.float32),
-        "inv_cov": np.linalg.pinv(est.covariance_).astype(np.float32),
-    }
+        pca = PCA(n_components=min(n, d), svd_solver="full").fit(latents)
+        comps = pca.components_
+        if selection == "top" and n_components:
+            comps = comps[:n_components]
+        elif selection == "residual" and n_components:
+            comps = comps[-n_components:]
+        z = (latents - pca.mean_) @ comps.T
+        est, delta = _shrunk(z, shrinkage)
+        arrays = {
+            "pca_components": comps.astype(np.float32),
+            "pca_mean": pca.mean_.astype(np.float32),
+            "mean_vec": est.location_.astype(np.float32),
+            "inv_cov": np.linalg.pinv(est.covariance_).astype(np.float32),
+        }
+        k = comps.shape[0]
     summary = {
         "latent_dim": int(d),
-        "pca_components": int(comps.shape[0]),
+        "pca_components": int(k),
         "pca_selection": selection,
         "shrinkage": shrinkage,
-        "shrinkage_value": float(getattr(est, "shrinkage_", 0.0) or 0.0),
+        "shrinkage_value": float(delta),
+        "residual_precision": float(residual),
     }
     return arrays, summary
 
 
-def score(latents: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+def score(
+    latents: np.ndarray, arrays: dict[str, np.ndarray], residual_precision: float = 0.0
+) -> np.ndarray:
     """(n, d) latents → (n,) Mahalanobis scores with the bundle's arrays."""
     return mahalanobis(
         latents,
@@ -64,4 +116,5 @@ def score(latents: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
         arrays["pca_mean"],
         arrays["mean_vec"],
         arrays["inv_cov"],
+        residual_precision,
     )

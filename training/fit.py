@@ -85,8 +85,9 @@ def fit(
     out_dir: Path,
     cfg: AutoencoderConfig | None = None,
     params: FeatureParams | None = None,
-    pca_selection: detector.Selection = "all",
+    pca_selection: detector.Selection = "full",
     pca_components: int | None = None,
+    shrinkage: detector.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir."""
@@ -116,9 +117,12 @@ def fit(
             for i in range(0, len(images), 64)
         ]
     )
-    arrays, det_summary = detector.fit_detector(latents[tr_idx], pca_components, pca_selection)
-    train_scores = detector.score(latents[tr_idx], arrays)
-    heldout_scores = detector.score(latents[val_idx], arrays)
+    arrays, det_summary = detector.fit_detector(
+        latents[tr_idx], pca_components, pca_selection, shrinkage
+    )
+    residual = det_summary["residual_precision"]
+    train_scores = detector.score(latents[tr_idx], arrays, residual)
+    heldout_scores = detector.score(latents[val_idx], arrays, residual)
     thresholds = calibration.from_normal_scores(heldout_scores)
 
     keras_bytes = keras_model_bytes(model.autoencoder)
@@ -132,7 +136,7 @@ def fit(
             "kind": "anomaly",
             "features": params,
             "input": TensorSpec(name="spectrogram", shape=[None, h, w, 1]),
-            "output": TensorSpec(name="latent", shape=[None, cfg.latent_dim]),
+            "output": TensorSpec(name="latent", shape=[None, int(latents.shape[1])]),
             "thresholds": thresholds,
             "scoring": {"method": "mahalanobis", **det_summary},
             "training": {

@@ -1,0 +1,374 @@
+"""Detection quality benchmark: auscult's detector against two references, side by side.
+
+    .venv/bin/python bench/quality.py            # full run + ablation table (about an hour)
+    .venv/bin/python bench/quality.py --quick    # CI: one digit, one fold, few epochs
+
+Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py, so the real
+`training` code reads them): spoken digits one-class (fsdd, mean over the 10 digits), a real
+machine with injected faults (4 folds of 10 held-out clips) and the `training synth` set.
+fsdd and the machine need ../shared/data; without it they are skipped with a message.
+
+Methods: auscult as `python -m training fit --sample-rate SR` builds it (training.fit.fit with
+the command's own argument handling), scored by training.evaluate through service.runtime,
+exactly as the service scores; the DCASE AE baseline and a Gaussian on log-mel statistics
+(bench/baselines.py). Metrics per DCASE: AUC and pAUC (max FPR 0.1) per domain, averaged over
+a dataset's subsets (digits, folds), and the harmonic mean of all of them.
+
+The ablation table refits auscult with one choice changed at a time (same `fit` arguments as
+the command line) and reports the harmonic mean per dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import harmonic_mean
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from bench import baselines, datasets
+
+DOMAINS = ("source", "target")
+QUICK_EPOCHS = 8
+QUICK_REF_EPOCHS = 5
+REF_EPOCHS = 50
+ABLATION_DIGITS = (0, 3, 6)
+
+# (name, extra `python -m training fit` arguments, what it tests). The first row is the default.
+ABLATIONS: list[tuple[str, list[str], str]] = [
+    ("default", [], "the defaults of `python -m training fit`"),
+    (
+        "previous default",
+        ["--pooling", "dense", "--bottleneck", "dense", "--latent-dim", "32", "--pca", "all"],
+        "dense latent (32), PCA span only (before issue 7)",
+    ),
+    ("pooling dense", ["--pooling", "dense"], "score the bottleneck, not time statistics"),
+    ("bottleneck dense", ["--bottleneck", "dense", "--latent-dim", "32"], "dense AE bottleneck"),
+    ("latent 16", ["--latent-dim", "16"], "wider conv bottleneck"),
+    ("depth 2", ["--filters", "16,32"], "two conv blocks"),
+    ("depth 4", ["--filters", "16,32,64,64"], "four conv blocks"),
+    ("width 256", ["--width", "256"], "time resolution x2"),
+    ("n_fft 1024", ["--n-fft", "1024", "--hop-length", "512"], "fixed FFT (fsdd: 128 ms)"),
+    ("minmax", ["--scaling", "minmax"], "per-image min-max scaling (drops level)"),
+    ("band std", ["--standardise-bands"], "per-band standardisation in the network"),
+    ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
+    ("pca top 16", ["--pca", "top", "--pca-components", "16"], "16 highest-variance PCs"),
+    ("pca residual 16", ["--pca", "residual", "--pca-components", "16"], "16 lowest-variance PCs"),
+    ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
+    ("shrinkage 0.5", ["--shrinkage", "0.5"], "fixed shrinkage 0.5"),
+]
+
+
+@dataclass
+class Dataset:
+    name: str
+    sample_rate: int
+    subsets: list[tuple[str, Callable[[Path], Any]]]  # (subset name, builder(out_dir))
+
+
+@dataclass
+class Result:
+    """Metrics of one method on one dataset: a training.evaluate.metrics_table per subset."""
+
+    per_subset: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def domain_mean(self, domain: str, key: str) -> float:
+        vals = [
+            r[key]
+            for m in self.per_subset
+            for g, r in m["groups"].items()
+            if g.endswith(domain) and key in r
+        ]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    @property
+    def hmean(self) -> float:
+        vals = [
+            v
+            for m in self.per_subset
+            for r in m["groups"].values()
+            for k, v in r.items()
+            if k in ("auc", "pauc")
+        ]
+        return float(harmonic_mean(vals)) if vals else float("nan")
+
+
+# --- methods ---------------------------------------------------------------------------------
+
+
+def fit_settings(sample_rate: int, extra: list[str]) -> dict[str, Any]:
+    """The keyword arguments `python -m training fit --sample-rate SR [extra]` gives fit()."""
+    from training.__main__ import build_parser, fit_kwargs
+
+    argv = ["fit", "--data", ".", "--out", ".", "--sample-rate", str(sample_rate), *extra]
+    return fit_kwargs(build_parser().parse_args(argv))
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Keras' per-epoch lines and progress bars (fit's own output)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def run_auscult(data: Path, bundle: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    from training.evaluate import evaluate
+    from training.fit import fit
+
+    with quiet():
+        fit(data, bundle, run_evaluation=False, **settings)
+        metrics, _ = evaluate(data, bundle, write=False)
+    return metrics
+
+
+def run_reference(data: Path, model: Any) -> dict[str, Any]:
+    from training.datasets import discover, training_clips
+    from training.evaluate import ScoredClips, metrics_table
+
+    clips = discover(data)
+    test = [c for c in clips if c.split == "test" and c.label is not None]
+    with quiet():
+        model.fit([c.path for c in training_clips(clips)])
+        scores = model.score([c.path for c in test])
+    return metrics_table(ScoredClips(test, scores))
+
+
+def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
+    """Ablation only (not in the product): the bundle's encoder latents scored by the minimum
+    Mahalanobis distance over source and target statistics (DCASE 2023's selective-Mahalanobis
+    idea: the target mean of the few target training clips with the shared covariance). None
+    when the training split has no target clips."""
+    from service.runtime import AnomalyRuntime, open_runtime
+    from training import detector
+    from training.datasets import discover, training_clips
+    from training.evaluate import ScoredClips, load_images, metrics_table
+    from training.fit import split_heldout
+
+    runtime = open_runtime(bundle)
+    assert isinstance(runtime, AnomalyRuntime) and runtime.manifest is not None
+    clips = discover(data)
+    train = training_clips(clips)
+    test = [c for c in clips if c.split == "test" and c.label is not None]
+    tr_idx, _ = split_heldout(
+        len(train),
+        runtime.manifest.training["autoencoder"]["validation_fraction"],
+        runtime.manifest.training["seed"],
+    )
+    train = [train[i] for i in tr_idx]
+    target = np.array([c.domain == "target" for c in train])
+    if not target.any():
+        return None
+    with quiet():
+        params = runtime.manifest.features
+        z_train = runtime.latents(load_images(train, params, "train"))
+        z_test = runtime.latents(load_images(test, params, "test"))
+    scoring = runtime.manifest.scoring
+    arrays, summary = detector.fit_detector(
+        z_train[~target], scoring.get("pca_components"), scoring["pca_selection"]
+    )
+    source = detector.score(z_test, arrays, summary["residual_precision"])
+    shifted = {**arrays, "pca_mean": z_train[target].mean(axis=0).astype(np.float32)}
+    tgt = detector.score(z_test, shifted, summary["residual_precision"])
+    return metrics_table(ScoredClips(test, np.minimum(source, tgt)))
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def build_datasets(
+    quick: bool, only: set[str] | None, digits: list[int] | None = None
+) -> Iterator[Dataset | str]:
+    """Datasets to run, or a message for each that is skipped."""
+    shared = datasets.SHARED_DATA
+    if only is None or "fsdd" in only:
+        if (shared / "fsdd").is_dir():
+            digits = digits if digits is not None else [0] if quick else list(range(10))
+            yield Dataset(
+                "fsdd digits",
+                8000,
+                [(f"digit {d}", lambda out, d=d: datasets.fsdd_digit(out, d)) for d in digits],
+            )
+        else:
+            yield f"fsdd digits: skipped, {shared / 'fsdd'} is absent"
+    if only is None or "machine" in only:
+        if (shared / "machine-normal").is_dir():
+            folds = [0] if quick else [0, 1, 2, 3]
+            yield Dataset(
+                "machine faults",
+                16000,
+                [(f"fold {k}", lambda out, k=k: datasets.machine_faults(out, k)) for k in folds],
+            )
+        else:
+            yield f"machine faults: skipped, {shared / 'machine-normal'} is absent"
+    if only is None or "synth" in only:
+        yield Dataset("synth gearbox", 16000, [("seed 0", lambda out: datasets.synth(out, 0))])
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def format_results(rows: list[tuple[str, str, Result]]) -> str:
+    head = (
+        f"{'dataset':<16}{'method':<24}{'src AUC':>8}{'src pAUC':>9}{'tgt AUC':>8}"
+        f"{'tgt pAUC':>9}{'hmean':>8}{'seconds':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    last = None
+    for ds, method, r in rows:
+        cells = [r.domain_mean(d, k) for d in DOMAINS for k in ("auc", "pauc")]
+        lines.append(
+            f"{ds if ds != last else '':<16}{method:<24}"
+            + "".join(f"{v:>{w}.3f}" for v, w in zip(cells, (8, 9, 8, 9), strict=True))
+            + f"{r.hmean:>8.3f}{r.seconds:>9.0f}"
+        )
+        last = ds
+    return "\n".join(lines)
+
+
+def format_ablation(table: dict[str, dict[str, Result]], names: list[str]) -> str:
+    notes = {name: note for name, _, note in ABLATIONS}
+    head = f"{'variant':<20}" + "".join(f"{n:>16}" for n in names) + "  what changes"
+    lines = [head, "-" * len(head)]
+    for variant, per_ds in table.items():
+        cells = "".join(f"{per_ds[n].hmean:>16.3f}" if n in per_ds else f"{'-':>16}" for n in names)
+        lines.append(f"{variant:<20}{cells}  {notes.get(variant, '')}")
+    return "\n".join(lines)
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="one digit, one fold, few epochs (CI)")
+    p.add_argument("--datasets", default=None, help="comma list of fsdd,machine,synth")
+    p.add_argument("--digits", default=None, help="comma list of fsdd digits (default all)")
+    p.add_argument(
+        "--ablation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the ablation table (default: on in full mode, off in --quick)",
+    )
+    p.add_argument("--keep", type=Path, default=None, help="keep datasets and bundles here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    only = set(args.datasets.split(",")) if args.datasets else None
+    digits = [int(d) for d in args.digits.split(",")] if args.digits else None
+    ablation = (not args.quick) if args.ablation is None else args.ablation
+    fit_extra = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
+    ref_epochs = QUICK_REF_EPOCHS if args.quick else REF_EPOCHS
+
+    rows: list[tuple[str, str, Result]] = []
+    messages: list[str] = []
+    ablation_table: dict[str, dict[str, Result]] = {}
+    built: list[tuple[Dataset, list[Path]]] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="auscult-bench-") as tmp:
+        root = args.keep or Path(tmp)
+        for ds in build_datasets(args.quick, only, digits):
+            if isinstance(ds, str):
+                messages.append(ds)
+                progress(ds)
+                continue
+            results = {m: Result() for m in ("auscult", "dcase", "gauss")}
+            dirs = []
+            for i, (sub, build) in enumerate(ds.subsets):
+                data = root / f"{ds.name.split()[0]}-{i}"
+                build(data)
+                dirs.append(data)
+                runs: dict[str, Callable[[], dict[str, Any]]] = {
+                    "auscult": lambda data=data, ds=ds: run_auscult(
+                        data, data / "bundle", fit_settings(ds.sample_rate, fit_extra)
+                    ),
+                    "dcase": lambda data=data, ds=ds: run_reference(
+                        data, baselines.DcaseAutoencoder(ds.sample_rate, ref_epochs)
+                    ),
+                    "gauss": lambda data=data, ds=ds: run_reference(
+                        data, baselines.GaussianStats(ds.sample_rate)
+                    ),
+                }
+                for m, run in runs.items():
+                    t0 = time.perf_counter()
+                    metrics = run()
+                    results[m].per_subset.append(metrics)
+                    results[m].seconds += time.perf_counter() - t0
+                    progress(f"[{ds.name} / {sub}] {m:<8} hmean {metrics['hmean']:.3f}")
+            built.append((ds, dirs))
+            rows += [
+                (ds.name, "auscult (training fit)", results["auscult"]),
+                (ds.name, baselines.DcaseAutoencoder.name, results["dcase"]),
+                (ds.name, baselines.GaussianStats.name, results["gauss"]),
+            ]
+
+        if ablation:
+            for ds, dirs in built:
+                chosen = list(range(len(dirs)))
+                if ds.name.startswith("fsdd") and digits is None:
+                    chosen = [d for d in ABLATION_DIGITS if d < len(dirs)]
+                defaults = next(r for n, m, r in rows if n == ds.name and m.startswith("auscult"))
+                for variant, extra, _ in ABLATIONS:
+                    res = ablation_table.setdefault(variant, {}).setdefault(ds.name, Result())
+                    for i in chosen:
+                        if variant == "default":  # the main table's bundles
+                            res.per_subset.append(defaults.per_subset[i])
+                            da = domain_aware_metrics(dirs[i], dirs[i] / "bundle")
+                            if da is not None:
+                                ablation_table.setdefault("domain-aware", {}).setdefault(
+                                    ds.name, Result()
+                                ).per_subset.append(da)
+                            continue
+                        settings = fit_settings(ds.sample_rate, fit_extra + extra)
+                        t0 = time.perf_counter()
+                        res.per_subset.append(run_auscult(dirs[i], dirs[i] / "variant", settings))
+                        res.seconds += time.perf_counter() - t0
+                    progress(f"[ablation {ds.name}] {variant:<18} hmean {res.hmean:.3f}")
+
+    print()
+    print("Detection quality (DCASE metrics; AUC/pAUC averaged over subsets, hmean over all)")
+    print(format_results(rows))
+    by_ds: dict[str, dict[str, float]] = {}
+    for ds_name, method, r in rows:
+        by_ds.setdefault(ds_name, {})[method] = r.hmean
+    for ds_name, h in by_ds.items():
+        ours = h.pop("auscult (training fit)")
+        best = max(h.values())
+        print(
+            f"{ds_name}: auscult {ours:.3f} vs best reference {best:.3f} "
+            f"({'beats both' if ours > best else 'does NOT beat both'})"
+        )
+    if ablation_table:
+        print()
+        fsdd_note = (
+            f" (fsdd: digits {','.join(map(str, ABLATION_DIGITS))})" if digits is None else ""
+        )
+        print(f"Ablation: auscult harmonic mean per dataset, one change at a time{fsdd_note}")
+        print(format_ablation(ablation_table, [ds.name for ds, _ in built]))
+        print(
+            f"{'domain-aware':<20}  = min Mahalanobis over source and target statistics "
+            "(bench-only scoring of the default bundle's latents)"
+        )
+    for m in messages:
+        print(m)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

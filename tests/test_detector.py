@@ -1,0 +1,105 @@
+"""The detector: PCA + shrinkage covariance + Mahalanobis, and the bundle's residual term."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.bundle import mahalanobis, read_manifest
+from service.runtime import AnomalyRuntime, open_runtime
+from training.detector import fit_detector, score
+
+
+def _latents(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((d, d)) / np.sqrt(d)
+    return (rng.standard_normal((n, d)) @ mixing + 2.0).astype(np.float32)
+
+
+def _ledoit_wolf_distance(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    from sklearn.covariance import LedoitWolf
+
+    est = LedoitWolf().fit(train.astype(np.float64))
+    diff = test - est.location_
+    return np.sqrt(np.einsum("bi,ij,bj->b", diff, np.linalg.inv(est.covariance_), diff))
+
+
+@pytest.mark.parametrize("n, d", [(30, 200), (200, 12)])
+def test_full_selection_is_the_ledoit_wolf_distance_in_the_whole_latent_space(
+    n: int, d: int
+) -> None:
+    train, test = _latents(n, d), _latents(7, d, seed=1)
+    arrays, summary = fit_detector(train, selection="full")
+    k = min(n - 1, d)
+    assert arrays["pca_components"].shape == (k, d)
+    assert (summary["residual_precision"] > 0) == (k < d)  # a complement exists iff n <= d
+    got = score(test, arrays, summary["residual_precision"])
+    np.testing.assert_allclose(got, _ledoit_wolf_distance(train, test), rtol=1e-3)
+
+
+def test_all_selection_ignores_what_lies_outside_the_training_span() -> None:
+    train = _latents(20, 100)
+    arrays, summary = fit_detector(train, selection="all")
+    assert summary["residual_precision"] == 0.0
+    outside = train[:1] + np.linalg.svd(train - train.mean(0))[2][-1] * 100  # null direction
+    full, full_summary = fit_detector(train, selection="full")
+    s_all = score(np.r_[train[:1], outside], arrays)
+    s_full = score(np.r_[train[:1], outside], full, full_summary["residual_precision"])
+    assert s_all[1] < 1.5 * s_all[0]  # barely moves: the span has no such direction
+    assert s_full[1] > 10 * s_full[0]
+
+
+def test_mahalanobis_without_residual_is_the_old_formula() -> None:
+    rng = np.random.default_rng(0)
+    comps = np.linalg.qr(rng.standard_normal((6, 4)))[0].T.astype(np.float32)
+    args = {
+        "pca_components": comps,
+        "pca_mean": rng.standard_normal(6).astype(np.float32),
+        "mean_vec": rng.standard_normal(4).astype(np.float32),
+        "inv_cov": np.eye(4, dtype=np.float32) * 2,
+    }
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    z = (x - args["pca_mean"]) @ comps.T - args["mean_vec"]
+    old = np.sqrt(np.einsum("bi,ij,bj->b", z, args["inv_cov"], z))
+    np.testing.assert_allclose(mahalanobis(x, **args), old, rtol=1e-6)
+    np.testing.assert_allclose(mahalanobis(x, **args, residual_precision=0.0), old, rtol=1e-6)
+
+
+def _copy_with_scoring(bundle: Path, tmp_path: Path, **scoring: object) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["scoring"] = {k: v for k, v in {**manifest["scoring"], **scoring}.items() if v != "-"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_service_scores_with_the_manifest_residual_precision(tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    assert m.scoring["pca_selection"] == "full" and m.scoring["residual_precision"] > 0
+    rt = open_runtime(tiny_bundle)
+    assert isinstance(rt, AnomalyRuntime) and rt.ready
+    images = np.random.default_rng(0).uniform(0, 1, (3, 32, 32)).astype(np.float32)
+    latents = rt.latents(images)
+    expected = mahalanobis(latents, **rt.arrays, residual_precision=m.scoring["residual_precision"])
+    np.testing.assert_array_equal(rt.score(images), expected)
+
+
+def test_bundle_without_residual_precision_still_loads(tiny_bundle: Path, tmp_path: Path) -> None:
+    old = _copy_with_scoring(tiny_bundle, tmp_path, residual_precision="-")
+    rt = open_runtime(old)
+    assert isinstance(rt, AnomalyRuntime) and rt.ready and rt.residual_precision == 0.0
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(rt.score(images), mahalanobis(rt.latents(images), **rt.arrays))
+
+
+@pytest.mark.parametrize("bad", [-1.0, "many"])
+def test_bundle_with_a_bad_residual_precision_is_refused(
+    tiny_bundle: Path, tmp_path: Path, bad: object
+) -> None:
+    rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, residual_precision=bad))
+    assert rt.status == "failed" and "residual_precision" in (rt.reason or "")
