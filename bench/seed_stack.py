@@ -9,8 +9,9 @@ server, the way the seed did:
 - 128-band mel spectrogram (fmax 8000) → dB (ref = max) → min-max to 0..255
   (uint8) → 224x224 picture;
 - the Keras autoencoder from the bundle (`autoencoder.keras`) is loaded, the
-  encoder rebuilt as `keras.Model(m.input, m.get_layer("latent").output)`, and
-  `model.predict` is called once per request;
+  encoder rebuilt from its layers (`keras.Model(m.input, m.get_layer(...).output)`,
+  via `training.autoencoder.scoring_encoder`), and `model.predict` is called once
+  per request;
 - PCA + Mahalanobis with the bundle's arrays.
 
 Adaptation (documented in bench/README.md): the seed's encoder took 224x224
@@ -38,10 +39,14 @@ def create_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     from flask import Flask, jsonify, request
     from PIL import Image
 
+    from training.autoencoder import scoring_encoder
+
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     height, width = manifest["features"]["height"], manifest["features"]["width"]
     autoencoder = keras.models.load_model(bundle_dir / "autoencoder.keras", compile=False)
-    encoder = keras.Model(autoencoder.input, autoencoder.get_layer("latent").output)
+    # the seed's `keras.Model(m.input, m.get_layer(...).output)`, for this bundle's encoder design
+    pooling = manifest["training"]["autoencoder"].get("pooling", "dense")
+    encoder = scoring_encoder(autoencoder, pooling)
     arrays = {
         k: np.load(bundle_dir / f"{k}.npy")
         for k in ("pca_components", "pca_mean", "mean_vec", "inv_cov")

@@ -436,7 +436,11 @@ async def bench_http(
             )
             res["seed_ready_s"] = seed.ready_s
             res["seed_rss_rest"] = rss_mb(seed.proc.pid)
-        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+        # keep-alive shorter than the servers' (uvicorn: 5 s), so the client never reuses a
+        # connection the server is closing at that moment (a ReadError, not a service error)
+        limits = httpx.Limits(
+            max_connections=128, max_keepalive_connections=128, keepalive_expiry=1.0
+        )
         async with httpx.AsyncClient(limits=limits, timeout=300) as client:
             score_url = f"{svc.url}/v1/models/{args.model}/score"
             batch_url = score_url + "/batch"
@@ -761,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
             f"\nERROR: {http['errors']} failed auscult requests, e.g. {http['error_samples'][:3]}",
             file=sys.stderr,
         )
+        return 1
+    seed_errors = sum(v for k, v in rows.items() if k.startswith("seed") and k.endswith("_errors"))
+    if seed_errors:
+        # a failing seed stack answers fast, so its throughput (and the ratio) would be meaningless
+        print(f"\nERROR: {seed_errors:.0f} failed seed-style requests", file=sys.stderr)
         return 1
     return 0
 
