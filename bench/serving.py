@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import re
 import resource
@@ -44,6 +45,8 @@ configure()
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bench.loadgen import HTTPError, LeanClient, build_request  # noqa: E402
 
 SR = 16000
 TARGETS = {
@@ -200,14 +203,14 @@ class Load:
 
 
 async def run_load(
-    client: httpx.AsyncClient,
-    url: str,
-    bodies: Sequence[tuple[bytes, dict[str, str]]],
+    client: LeanClient,
+    requests_: Sequence[bytes],
     requests: int,
     concurrency: int,
     clips_per_request: int = 1,
 ) -> Load:
-    """`requests` POSTs with `concurrency` in flight; throughput counts clips, not requests."""
+    """`requests` POSTs (prebuilt, cycled) with `concurrency` in flight; throughput counts
+    clips, not requests."""
     latencies: list[float] = []
     errors: list[str] = []
     next_i = 0
@@ -217,17 +220,16 @@ async def run_load(
         while next_i < requests:
             i = next_i
             next_i += 1
-            body, headers = bodies[i % len(bodies)]
             t = time.perf_counter()
             try:
-                r = await client.post(url, content=body, headers=headers)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
+                status, body = await client.send(requests_[i % len(requests_)])
+                if status != 200:
+                    errors.append(f"{status} {body[:200]!r}")
                 elif clips_per_request > 1:
-                    bad = [x for x in r.json()["results"] if "error" in x]
+                    bad = [x for x in json.loads(body)["results"] if "error" in x]
                     errors.extend(str(b) for b in bad)
-            except httpx.HTTPError as e:
-                errors.append(f"{type(e).__name__}: {e}")
+            except HTTPError as e:
+                errors.append(str(e))
             latencies.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
@@ -398,7 +400,7 @@ async def bench_http(
     env = dict(ORIGINAL_ENV, AUSCULT_ARTIFACTS_DIR=str(args.artifacts))
     env.setdefault("PYTHONUNBUFFERED", "1")
     res: dict[str, Any] = {"errors": 0, "error_samples": []}
-    singles = [multipart("file", [c]) for c in clips]
+    single_bodies = [multipart("file", [c]) for c in clips]
     batch_bodies = {
         b: [
             multipart("files", [clips[(i * b + j) % len(clips)] for j in range(b)])
@@ -406,6 +408,9 @@ async def bench_http(
         ]
         for b in sorted(set(cfg.batch_sizes) | set(cfg.scaling_batches))
     }
+
+    def requests_for(url: str, bodies: list[tuple[bytes, dict[str, str]]]) -> list[bytes]:
+        return [build_request(url, "POST", body, headers) for body, headers in bodies]
 
     svc = start_server(
         "auscult",
@@ -436,15 +441,12 @@ async def bench_http(
             )
             res["seed_ready_s"] = seed.ready_s
             res["seed_rss_rest"] = rss_mb(seed.proc.pid)
-        # keep-alive shorter than the servers' (uvicorn: 5 s), so the client never reuses a
-        # connection the server is closing at that moment (a ReadError, not a service error)
-        limits = httpx.Limits(
-            max_connections=128, max_keepalive_connections=128, keepalive_expiry=1.0
-        )
-        async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+        client, seed_client = LeanClient(svc.url), LeanClient(seed.url if seed else svc.url)
+        async with httpx.AsyncClient(timeout=60) as control:  # /metrics only, not load
             score_url = f"{svc.url}/v1/models/{args.model}/score"
-            batch_url = score_url + "/batch"
-            seed_url = f"{seed.url}/analyze" if seed else ""
+            singles = requests_for(score_url, single_bodies)
+            batches = {b: requests_for(score_url + "/batch", v) for b, v in batch_bodies.items()}
+            seed_singles = requests_for(f"{seed.url}/analyze", single_bodies) if seed else []
 
             def account(load: Load) -> Load:
                 res["errors"] += load.errors
@@ -453,21 +455,13 @@ async def bench_http(
 
             # warm-up (not measured): first requests pay lazy paths and connection set-up
             t0 = time.perf_counter()
-            first = await client.post(score_url, content=singles[0][0], headers=singles[0][1])
+            first = account(await run_load(client, singles[:1], 1, 1))
             res["first_response_s"] = svc.ready_s + time.perf_counter() - t0
-            account(
-                Load(
-                    1,
-                    0,
-                    [],
-                    int(first.status_code != 200),
-                    [first.text[:200]] * (first.status_code != 200),
-                )
-            )
-            account(await run_load(client, score_url, singles, 16, 4))
-            account(await run_load(client, batch_url, batch_bodies[8], 2, 1, 8))
+            account(await run_load(client, singles, 16, 4))
+            account(await run_load(client, batches[8], 2, 1, 8))
             if seed:
-                await run_load(client, seed_url, singles, 4, 2)
+                await run_load(seed_client, seed_singles, 4, 2)
+            del first
 
             rows: dict[str, list[float]] = {}
 
@@ -487,9 +481,7 @@ async def bench_http(
                     ip.score_one(clips[i % len(clips)])
                     mine.append(time.perf_counter() - t0)
                     core_cpu += own_cpu_seconds() - c0
-                    one = account(
-                        await run_load(client, score_url, [singles[i % len(singles)]], 1, 1)
-                    )
+                    one = account(await run_load(client, [singles[i % len(singles)]], 1, 1))
                     lat.extend(one.latencies)
                 cpu1, own1 = cpu_seconds(svc.proc.pid), own_cpu_seconds()
                 n = cfg.latency_requests
@@ -507,16 +499,11 @@ async def bench_http(
                 put("inproc", ref)
 
                 async def phase(
-                    key: str,
-                    url: str,
-                    bodies: Sequence[tuple[bytes, dict[str, str]]],
-                    n_req: int,
-                    conc: int,
-                    per_req: int = 1,
+                    key: str, reqs: Sequence[bytes], n_req: int, conc: int, per_req: int = 1
                 ) -> Load:
                     nonlocal ref
                     before = ref
-                    load = account(await run_load(client, url, bodies, n_req, conc, per_req))
+                    load = account(await run_load(client, reqs, n_req, conc, per_req))
                     ref = ip.sequential(clips, len(clips))[0]
                     put("inproc", ref)
                     put(key, load.rate)
@@ -524,20 +511,18 @@ async def bench_http(
                     return load
 
                 for c in cfg.concurrencies:
-                    s0 = await encoder_batches(client, svc.url)
-                    load = await phase(f"single{c}", score_url, singles, cfg.single_requests, c)
-                    s1 = await encoder_batches(client, svc.url)
+                    s0 = await encoder_batches(control, svc.url)
+                    load = await phase(f"single{c}", singles, cfg.single_requests, c)
+                    s1 = await encoder_batches(control, svc.url)
                     runs = s1[1] - s0[1]
                     put(f"single{c}_encbatch", (s1[0] - s0[0]) / runs if runs else float("nan"))
                     put(f"single{c}_p50", float(np.percentile(load.latencies, 50)) * 1e3)
                 for b in cfg.batch_sizes:
                     n_req = max(1, cfg.batch_clips // b)
-                    await phase(
-                        f"batch{b}", batch_url, batch_bodies[b], n_req, args.batch_concurrency, b
-                    )
+                    await phase(f"batch{b}", batches[b], n_req, args.batch_concurrency, b)
                 if seed:
                     for c in cfg.concurrencies:
-                        sl = await run_load(client, seed_url, singles, cfg.seed_requests, c)
+                        sl = await run_load(seed_client, seed_singles, cfg.seed_requests, c)
                         put(f"seed{c}", sl.rate)
                         put(f"seed{c}_errors", sl.errors)
                         put(f"seed{c}_p50", float(np.percentile(sl.latencies, 50)) * 1e3)
@@ -552,12 +537,10 @@ async def bench_http(
             res["http_batches"] = {}
             for b in cfg.scaling_batches:
                 n_req = max(2, cfg.batch_clips // b)
-                load = account(
-                    await run_load(
-                        client, batch_url, batch_bodies[b], n_req, args.batch_concurrency, b
-                    )
-                )
+                load = account(await run_load(client, batches[b], n_req, args.batch_concurrency, b))
                 res["http_batches"][b] = load.rate
+        await client.aclose()
+        await seed_client.aclose()
         res["rss_load"] = rss_mb(svc.proc.pid)
         if seed:
             res["seed_rss_load"] = rss_mb(seed.proc.pid)
@@ -566,6 +549,15 @@ async def bench_http(
         if seed:
             stop_server(seed)
     return res
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (as the service uses): the client's own CPU stays small."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print("HTTP: auscult and seed-style stack …", file=sys.stderr, flush=True)
-    http = asyncio.run(bench_http(args, cfg, clips, ip))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        http = runner.run(bench_http(args, cfg, clips, ip))
     rows = http["rows"]
     load_after = os.getloadavg()
 
@@ -651,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt(threaded)} clips/s |"
     )
     w("")
-    w("## Service over HTTP (`python -m service`, httpx async client)")
+    w("## Service over HTTP (`python -m service`; load: bench/loadgen.py, lean keep-alive client)")
     w("")
     lat = http["lat"]
     w("| measure | value |")
@@ -662,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     w(
         "| CPU per single-clip request at concurrency 1: server event loop / server worker "
-        f"threads / bench client (httpx) | {fmt(rows['cpu_loop'], 2)} / "
+        f"threads / bench client | {fmt(rows['cpu_loop'], 2)} / "
         f"{fmt(rows['cpu_workers'], 2)} / {fmt(rows['cpu_client'], 2)} ms |"
     )
     for c in cfg.concurrencies:

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         metrics.models_ready.set(reg.ready_count)
         log.info("ready", extra={"models_ready": reg.ready_count, "models": len(reg.runtimes)})
         yield
+        app.state.scorer.close()
 
     app = FastAPI(
         title="auscult",
