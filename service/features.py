@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
+import scipy.fft
 from pydantic import BaseModel, Field, model_validator
 
 from service.errors import (
@@ -256,7 +257,7 @@ def mel_filterbank(
 
     The same numbers as `librosa.filters.mel(sr=…, n_fft=…, n_mels=…, fmin=…, fmax=…)`
     (tests/test_features_filterbank.py checks it bit for bit), computed here so the
-    service never imports librosa (scipy, numba: ~2 s and ~60 MB at start-up).
+    service never imports librosa (numba and most of scipy: ~2 s and ~60 MB at start-up).
     """
     fmax = float(sample_rate) / 2 if fmax is None else fmax
     weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
@@ -275,8 +276,8 @@ def mel_filterbank(
 
 @lru_cache(maxsize=16)
 def _window(n_fft: int) -> np.ndarray:
-    # periodic Hann as librosa; float32 values (the contract), held as float64 for the FFT
-    return np.hanning(n_fft + 1)[:-1].astype(np.float32).astype(np.float64)
+    # periodic Hann as librosa, float32 like the frames it multiplies
+    return np.hanning(n_fft + 1)[:-1].astype(np.float32)
 
 
 def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -290,10 +291,10 @@ def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     if padded.shape[0] < n_fft:
         padded = np.pad(padded, (0, n_fft - padded.shape[0]))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    # float64 FFT on purpose: numpy 2's float32 rfft is ~5x slower than its float64 one,
-    # and the result differs from float32 only below float32 resolution of the image.
-    spectrum = np.fft.rfft(frames * _window(n_fft), axis=1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)  # (n_frames, bins)
+    # float32 FFT with scipy: ~4x faster than numpy's (float64-only inside) for the same
+    # image; log-mel values differ from a float64 FFT by < 1e-4 dB (tests/test_features.py).
+    spectrum = scipy.fft.rfft(frames * _window(n_fft), axis=1)  # complex64
+    power = spectrum.real**2 + spectrum.imag**2  # (n_frames, bins) float32
     fb = mel_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)
     mel = fb @ power.T  # (n_mels, n_frames)
     return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)

@@ -11,7 +11,15 @@ import pytest
 import soundfile as sf
 
 from service import errors, features
-from service.features import FeatureParams, decode_audio, image_to_png, prepare, sniff
+from service.features import (
+    FeatureParams,
+    decode_audio,
+    image_to_png,
+    log_mel,
+    mel_filterbank,
+    prepare,
+    sniff,
+)
 from tests.conftest import tone, wav_bytes
 from tests.helpers import png_bytes, with_flac_streaminfo, with_wav_sizes
 
@@ -134,3 +142,20 @@ def test_one_channel_read_matches_soundfile() -> None:
     decoded = decode_audio(data)
     assert decoded.sample_rate == sr
     np.testing.assert_array_equal(decoded.samples, expected)
+
+
+@pytest.mark.parametrize("level", [0.5, 1e-4])
+def test_log_mel_float32_fft_matches_a_float64_fft(level: float) -> None:
+    """The float32 FFT changes log-mel values by far less than the image's resolution."""
+    params = FeatureParams()
+    rng = np.random.default_rng(3)
+    t = np.arange(3 * params.sample_rate) / params.sample_rate
+    audio = (level * (np.sin(2 * np.pi * 440 * t) + 0.3 * rng.standard_normal(t.size))).astype(
+        np.float32
+    )
+    n_fft, hop = params.n_fft, params.hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(audio, n_fft // 2, "reflect"), n_fft)
+    spectrum = np.fft.rfft(frames[::hop].astype(np.float64) * np.hanning(n_fft + 1)[:-1], axis=1)
+    fb = mel_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)
+    reference = 10 * np.log10(np.maximum(fb.astype(np.float64) @ (np.abs(spectrum) ** 2).T, 1e-10))
+    np.testing.assert_allclose(log_mel(audio, params), reference, atol=1e-3)
