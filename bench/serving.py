@@ -422,6 +422,13 @@ async def bench_http(
     res["ready_s"] = svc.ready_s
     res["rss_rest"] = rss_mb(svc.proc.pid)
     seed: Server | None = None
+    floor = start_server(
+        "floor",
+        [sys.executable, str(REPO / "bench" / "floor_app.py"), "--port", str(fp := free_port())],
+        env,
+        fp,
+        timeout=60,
+    )
     try:
         if not args.no_seed:
             seed_env = dict(env, CUDA_VISIBLE_DEVICES="")
@@ -442,11 +449,13 @@ async def bench_http(
             res["seed_ready_s"] = seed.ready_s
             res["seed_rss_rest"] = rss_mb(seed.proc.pid)
         client, seed_client = LeanClient(svc.url), LeanClient(seed.url if seed else svc.url)
+        floor_client = LeanClient(floor.url)
         async with httpx.AsyncClient(timeout=60) as control:  # /metrics only, not load
             score_url = f"{svc.url}/v1/models/{args.model}/score"
             singles = requests_for(score_url, single_bodies)
             batches = {b: requests_for(score_url + "/batch", v) for b, v in batch_bodies.items()}
             seed_singles = requests_for(f"{seed.url}/analyze", single_bodies) if seed else []
+            floor_singles = requests_for(f"{floor.url}/score", single_bodies)
 
             def account(load: Load) -> Load:
                 res["errors"] += load.errors
@@ -461,6 +470,7 @@ async def bench_http(
             account(await run_load(client, batches[8], 2, 1, 8))
             if seed:
                 await run_load(seed_client, seed_singles, 4, 2)
+            account(await run_load(floor_client, floor_singles, 16, 1))
             del first
 
             rows: dict[str, list[float]] = {}
@@ -474,7 +484,7 @@ async def bench_http(
                 print(f"  repetition {rep + 1}/{cfg.reps}", file=sys.stderr, flush=True)
                 # Paired: each clip scored in-process, then the same clip over HTTP, so the
                 # two see the same machine load (others' jobs come and go on shared boxes).
-                lat, mine, core_cpu = [], [], 0.0
+                lat, mine, floor_lat, core_cpu, floor_cpu = [], [], [], 0.0, 0.0
                 cpu0, own0 = cpu_seconds(svc.proc.pid), own_cpu_seconds()
                 for i in range(cfg.latency_requests):
                     c0, t0 = own_cpu_seconds(), time.perf_counter()  # all threads (BLAS too)
@@ -483,11 +493,21 @@ async def bench_http(
                     core_cpu += own_cpu_seconds() - c0
                     one = account(await run_load(client, [singles[i % len(singles)]], 1, 1))
                     lat.extend(one.latencies)
+                    f0 = cpu_seconds(floor.proc.pid)[0]
+                    one = account(
+                        await run_load(floor_client, [floor_singles[i % len(singles)]], 1, 1)
+                    )
+                    floor_lat.extend(one.latencies)
+                    floor_cpu += cpu_seconds(floor.proc.pid)[0] - f0
                 cpu1, own1 = cpu_seconds(svc.proc.pid), own_cpu_seconds()
                 n = cfg.latency_requests
+                put("floor_p50", median(floor_lat) * 1e3)
+                put("floor_cpu_loop", floor_cpu / n * 1e3)
+                put("floor_p50_ratio", (median(mine) + median(floor_lat)) / median(mine))
                 put("cpu_loop", (cpu1[0] - cpu0[0]) / n * 1e3)
                 put("cpu_workers", (cpu1[1] - cpu0[1]) / n * 1e3)
-                put("cpu_client", (own1 - own0 - core_cpu) / n * 1e3)
+                # the client sent 2n requests of the same size (service and floor)
+                put("cpu_client", (own1 - own0 - core_cpu) / (2 * n) * 1e3)
                 latencies.extend(lat)
                 inproc_times.extend(mine)
                 put("inproc_ms", median(mine) * 1e3)
@@ -541,11 +561,13 @@ async def bench_http(
                 res["http_batches"][b] = load.rate
         await client.aclose()
         await seed_client.aclose()
+        await floor_client.aclose()
         res["rss_load"] = rss_mb(svc.proc.pid)
         if seed:
             res["seed_rss_load"] = rss_mb(seed.proc.pid)
     finally:
         stop_server(svc)
+        stop_server(floor)
         if seed:
             stop_server(seed)
     return res
@@ -658,6 +680,11 @@ def main(argv: list[str] | None = None) -> int:
         f"threads / bench client | {fmt(rows['cpu_loop'], 2)} / "
         f"{fmt(rows['cpu_workers'], 2)} / {fmt(rows['cpu_client'], 2)} ms |"
     )
+    w(
+        "| HTTP floor (bench/floor_app.py: bare ASGI app on uvicorn, same requests, parses the "
+        "upload, fixed reply): p50 / event-loop CPU per request | "
+        f"{fmt(rows['floor_p50'], 2)} / {fmt(rows['floor_cpu_loop'], 2)} ms |"
+    )
     for c in cfg.concurrencies:
         w(
             f"| single endpoint, concurrency {c} | {fmt(rows[f'single{c}'])} clips/s "
@@ -751,6 +778,12 @@ def main(argv: list[str] | None = None) -> int:
         "informational, no target): batch endpoint "
         + " / ".join(f"({b}) {fmt(rows[f'batch{b}'] / threaded, 2)}" for b in cfg.batch_sizes)
         + f", single endpoint @16 {fmt(rows['single16'] / threaded, 2)}."
+    )
+    w(
+        f"The HTTP floor alone would make the p50 ratio {fmt(rows['floor_p50_ratio'], 2)} "
+        "(in-process ms + floor p50, ÷ in-process ms): the least any service on uvicorn "
+        "pays for receiving this upload here; the rest of the service's ratio is FastAPI, "
+        "middleware and auscult's own request handling."
     )
     print("\n".join(out), flush=True)
     if http["errors"]:

@@ -111,7 +111,7 @@ async def read_files(
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if current.name != field_name:
             return  # other fields are read past, not kept
-        current.data.extend(data[start:end])
+        current.data.extend(memoryview(data)[start:end])  # no intermediate copy
         if len(current.data) > max_file_bytes:
             raise PayloadTooLarge(
                 f"file {current.filename or ''!r} is larger than {max_file_bytes} bytes"
