@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -32,24 +35,67 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        rid = request_id_var.get()
+        rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:
             out["request_id"] = rid
         for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            if key not in _STANDARD_ATTRS and not key.startswith("_") and key != "request_id":
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
+class _EnqueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread, with what only the calling thread knows: the
+    request id (a context variable) and the formatted traceback."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.request_id = request_id_var.get()
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+_queue: queue.Queue[logging.LogRecord] | None = None
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    """JSON lines on stdout, written by a background thread: formatting and the write
+    cost the event loop ~0.1-0.3 ms per line, enqueueing a record a few microseconds."""
+    global _listener, _queue
+    stop_logging()
+    writer = logging.StreamHandler(sys.stdout)
+    writer.setFormatter(JsonFormatter())
+    _queue = queue.Queue()
+    _listener = logging.handlers.QueueListener(_queue, writer)
+    _listener.start()
     root = logging.getLogger("auscult")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_EnqueueHandler(_queue)]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def flush_logs() -> None:
+    """Block until every record logged so far is written."""
+    if _queue is not None:
+        _queue.join()
+
+
+def stop_logging() -> None:
+    """Write what is queued and stop the writer thread (also run at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(stop_logging)
 
 
 class Metrics:

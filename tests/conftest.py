@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.observability import flush_logs, stop_logging
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +126,9 @@ def log_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], list[
     """
 
     def read() -> list[dict]:
+        flush_logs()  # lines are written by a background thread
         return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
 
     yield read
-    logging.getLogger("auscult").handlers.clear()  # their stream was capsys's, now closed
+    stop_logging()  # its stream was capsys's, now closed
+    logging.getLogger("auscult").handlers.clear()
