@@ -7,23 +7,33 @@ and builds nothing heavy at import time: bundles load in the lifespan handler.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from service.process import configure
 
-import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+# `uvicorn service.app:app` imports this module first: tune the process before numpy loads
+# (a no-op for what `python -m service` has already done)
+configure()
 
-from service import features
-from service.api import error_response, health, models
-from service.errors import AuscultError
-from service.observability import Metrics, RequestContextMiddleware, configure_logging
-from service.registry import ModelRegistry
-from service.scoring import Scorer
-from service.settings import Settings
+import logging  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+
+import anyio  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from service import features  # noqa: E402
+from service.api import error_response, health, models  # noqa: E402
+from service.errors import AuscultError  # noqa: E402
+from service.observability import (  # noqa: E402
+    Metrics,
+    RequestContextMiddleware,
+    configure_logging,
+)
+from service.registry import ModelRegistry  # noqa: E402
+from service.scoring import Scorer  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 log = logging.getLogger("auscult.app")
 
