@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key, scoring_slot
+from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
 from service.errors import ModelNotFound, NotReady
 from service.runtime import ModelRuntime
 from service.schemas import (
@@ -126,16 +126,16 @@ async def _uploads(request: Request, settings: SettingsDep, field: str, many: bo
     response_model=ScoreResult,
     responses=ERRORS,
     openapi_extra=openapi_body("file", many=False),
-    dependencies=[Depends(scoring_slot)],
 )
 async def score_clip(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> ScoreResult:
     """Score one clip (multipart field `file`: wav/flac/ogg/mp3 audio, or a png/jpeg
     spectrogram of the model's size). Larger scores are further from normal."""
-    runtime = registry.anomaly(name)
-    uploads = await _uploads(request, settings, "file", many=False)
-    (result,) = await scorer.score(runtime, uploads, raise_errors=True)
+    async with scorer.slot():
+        runtime = registry.anomaly(name)
+        uploads = await _uploads(request, settings, "file", many=False)
+        (result,) = await scorer.score(runtime, uploads, raise_errors=True)
     assert isinstance(result, ScoreResult)
     return result
 
@@ -145,17 +145,17 @@ async def score_clip(
     response_model=BatchScoreResponse,
     responses=ERRORS,
     openapi_extra=openapi_body("files", many=True),
-    dependencies=[Depends(scoring_slot)],
 )
 async def score_batch(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> BatchScoreResponse:
     """Score many clips (repeated multipart field `files`): one result per file, in order.
     A bad file gets its own error entry and does not fail the others."""
-    runtime = registry.anomaly(name)
-    uploads = await _uploads(request, settings, "files", many=True)
-    request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
-    results = await scorer.score(runtime, uploads)
+    async with scorer.slot():
+        runtime = registry.anomaly(name)
+        uploads = await _uploads(request, settings, "files", many=True)
+        request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
+        results = await scorer.score(runtime, uploads)
     assert runtime.manifest is not None
     return BatchScoreResponse(model=name, model_version=runtime.manifest.version, results=results)
 
@@ -165,15 +165,15 @@ async def score_batch(
     response_model=ClassifyResult,
     responses=ERRORS,
     openapi_extra=openapi_body("file", many=False),
-    dependencies=[Depends(scoring_slot)],
 )
 async def classify_clip(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> ClassifyResult:
     """Classify one clip with a classifier bundle: label, confidence, every probability."""
-    runtime = registry.classifier(name)
-    uploads = await _uploads(request, settings, "file", many=False)
-    (result,) = await scorer.classify(runtime, uploads, raise_errors=True)
+    async with scorer.slot():
+        runtime = registry.classifier(name)
+        uploads = await _uploads(request, settings, "file", many=False)
+        (result,) = await scorer.classify(runtime, uploads, raise_errors=True)
     assert isinstance(result, ClassifyResult)
     return result
 
@@ -183,16 +183,16 @@ async def classify_clip(
     response_model=BatchClassifyResponse,
     responses=ERRORS,
     openapi_extra=openapi_body("files", many=True),
-    dependencies=[Depends(scoring_slot)],
 )
 async def classify_batch(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> BatchClassifyResponse:
     """Classify many clips (repeated field `files`); per-file errors inside the response."""
-    runtime = registry.classifier(name)
-    uploads = await _uploads(request, settings, "files", many=True)
-    request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
-    results = await scorer.classify(runtime, uploads)
+    async with scorer.slot():
+        runtime = registry.classifier(name)
+        uploads = await _uploads(request, settings, "files", many=True)
+        request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
+        results = await scorer.classify(runtime, uploads)
     assert runtime.manifest is not None
     return BatchClassifyResponse(
         model=name, model_version=runtime.manifest.version, results=results

@@ -7,7 +7,6 @@ cost a thread hop per dependency per request for what is an attribute lookup.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -60,11 +59,3 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
         matched |= hmac.compare_digest(given, candidate.encode())
     if not matched:
         raise Unauthorized("the API key is not valid")
-
-
-async def scoring_slot(scorer: ScorerDep) -> AsyncIterator[None]:
-    async with scorer.slot():
-        yield
-
-
-SlotDep = Depends(scoring_slot)
