@@ -52,24 +52,39 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("default", [], "the defaults of `python -m training fit`"),
     (
         "previous default",
-        ["--pooling", "dense", "--bottleneck", "dense", "--latent-dim", "32", "--pca", "all"],
-        "dense latent (32), PCA span only (before issue 7)",
+        [
+            *("--pooling", "dense", "--bottleneck", "dense", "--latent-dim", "32"),
+            *("--pca", "all", "--width", "128", "--detector-clips", "fit"),
+        ],
+        "dense latent (32), PCA span only, width 128 (before issue 7)",
     ),
+    ("no input stats", ["--pooling", "time_stats"], "score the conv features' statistics only"),
+    ("width 128", ["--width", "128"], "time resolution / 2"),
+    ("detector fit clips", ["--detector-clips", "fit"], "detector without the held-out clips"),
+    ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
     ("pooling dense", ["--pooling", "dense"], "score the bottleneck, not time statistics"),
     ("bottleneck dense", ["--bottleneck", "dense", "--latent-dim", "32"], "dense AE bottleneck"),
+    ("latent 8", ["--latent-dim", "8"], "wider conv bottleneck"),
     ("latent 16", ["--latent-dim", "16"], "wider conv bottleneck"),
     ("depth 2", ["--filters", "16,32"], "two conv blocks"),
     ("depth 4", ["--filters", "16,32,64,64"], "four conv blocks"),
-    ("width 256", ["--width", "256"], "time resolution x2"),
     ("n_fft 1024", ["--n-fft", "1024", "--hop-length", "512"], "fixed FFT (fsdd: 128 ms)"),
     ("minmax", ["--scaling", "minmax"], "per-image min-max scaling (drops level)"),
     ("band std", ["--standardise-bands"], "per-band standardisation in the network"),
-    ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
     ("pca top 16", ["--pca", "top", "--pca-components", "16"], "16 highest-variance PCs"),
     ("pca residual 16", ["--pca", "residual", "--pca-components", "16"], "16 lowest-variance PCs"),
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
     ("shrinkage 0.5", ["--shrinkage", "0.5"], "fixed shrinkage 0.5"),
 ]
+# The rows a full run computes (all of ABLATIONS take about two hours more: --ablation-rows all).
+DEFAULT_ABLATION_ROWS = (
+    "default",
+    "previous default",
+    "no input stats",
+    "width 128",
+    "detector fit clips",
+    "pca all",
+)
 
 
 @dataclass
@@ -266,12 +281,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run the ablation table (default: on in full mode, off in --quick)",
     )
+    p.add_argument(
+        "--ablation-rows",
+        default=",".join(DEFAULT_ABLATION_ROWS),
+        help="comma list of ablation rows, or 'all' (default: %(default)s)",
+    )
     p.add_argument("--keep", type=Path, default=None, help="keep datasets and bundles here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     only = set(args.datasets.split(",")) if args.datasets else None
     digits = [int(d) for d in args.digits.split(",")] if args.digits else None
     ablation = (not args.quick) if args.ablation is None else args.ablation
+    names = {n for n, _, _ in ABLATIONS}
+    wanted = names if args.ablation_rows == "all" else set(args.ablation_rows.split(","))
+    if wanted - names:
+        p.error(f"unknown ablation rows {sorted(wanted - names)}; known: {sorted(names)}")
+    ablation_rows = [row for row in ABLATIONS if row[0] in wanted or row[0] == "default"]
     fit_extra = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
     ref_epochs = QUICK_REF_EPOCHS if args.quick else REF_EPOCHS
 
@@ -323,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ds.name.startswith("fsdd") and digits is None:
                     chosen = [d for d in ABLATION_DIGITS if d < len(dirs)]
                 defaults = next(r for n, m, r in rows if n == ds.name and m.startswith("auscult"))
-                for variant, extra, _ in ABLATIONS:
+                for variant, extra, _ in ablation_rows:
                     res = ablation_table.setdefault(variant, {}).setdefault(ds.name, Result())
                     for i in chosen:
                         if variant == "default":  # the main table's bundles

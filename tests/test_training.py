@@ -246,3 +246,29 @@ def test_fit_on_real_machine_recordings_and_score_them(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).uniform(-1, 1, 16000 * 10).astype(np.float32)
     odd = rt.score(prepare(wav_bytes(noise), m.features).image[None])[0]
     assert odd > m.thresholds.severe  # type: ignore[union-attr]
+
+
+def test_input_stats_pooling_exports_band_stats_and_scores_in_the_service(
+    synth_dir: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    from training.autoencoder import scoring_encoder
+    from training.export import onnx_run
+
+    out = tmp_path / "stats_in"
+    argv = ["fit", "--data", str(synth_dir), "--out", str(out), "--epochs", "1", *TINY]
+    assert main([*argv, "--pooling", "time_stats+input", "--detector-clips", "fit"]) == 0
+    m = read_manifest(out)
+    assert m.output.shape == [None, 2 * 4 * 8 + 2 * 32]  # last block (4 rows x 8) + 32 bands
+    assert m.scoring["detector_clips"] == "fit"
+    x = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 1)).astype(np.float32)
+    latent = onnx_run((out / "encoder.onnx").read_bytes(), x)
+    ae = keras.models.load_model(out / "autoencoder.keras", compile=False)
+    assert np.abs(latent - scoring_encoder(ae, "time_stats+input")(x).numpy()).max() <= 1e-4
+    # the last 2·32 values are every band's mean and std over time of the input
+    np.testing.assert_allclose(latent[:, -64:-32], x[..., 0].mean(axis=2), atol=1e-5)
+    np.testing.assert_allclose(latent[:, -32:], x[..., 0].std(axis=2), atol=1e-4)
+    runtime = open_runtime(out)
+    assert isinstance(runtime, AnomalyRuntime)
+    assert np.isfinite(runtime.score(x[..., 0])).all()

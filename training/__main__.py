@@ -37,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--pooling",
-        choices=["time_stats", "dense"],
+        choices=["time_stats", "time_stats+input", "dense"],
         default=ae.pooling,
         help="encoder output scored by the detector: time statistics of the last conv "
-        "block, or the bottleneck",
+        "block (+input: and per-mel-band mean/std of the input), or the bottleneck",
     )
     f.add_argument(
         "--standardise-bands",
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="standardise every mel band inside the network",
     )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
-    f.add_argument("--width", type=int, default=128, help="input width (time columns)")
+    f.add_argument("--width", type=int, default=256, help="input width (time columns)")
     f.add_argument("--sample-rate", type=int, default=16000)
     f.add_argument("--n-fft", type=int, default=None, help="default: 64 ms at the sample rate")
     f.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pca-components", type=int, default=None, help="for --pca top/residual")
     f.add_argument(
         "--shrinkage", default="ledoit_wolf", help="ledoit_wolf, oas or a number in [0, 1]"
+    )
+    f.add_argument(
+        "--detector-clips",
+        choices=["all", "fit"],
+        default="all",
+        help="clips the Mahalanobis detector is fit on: all training clips (thresholds "
+        "still from the held-out ones) or only those the autoencoder was trained on",
     )
     f.add_argument("--no-evaluate", action="store_true")
 
@@ -164,6 +171,7 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "pca_selection": args.pca,
         "pca_components": args.pca_components,
         "shrinkage": shrinkage,
+        "detector_clips": args.detector_clips,
     }
 
 

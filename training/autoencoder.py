@@ -25,8 +25,10 @@ class AutoencoderConfig:
     # What the encoder gives the detector. "time_stats": the mean and standard deviation
     # over time of every (mel row, channel) of the last conv block, 2·(height/2^depth)·
     # filters[-1] values, invariant to when things happen in the clip; "dense": the
-    # autoencoder's bottleneck (latent_dim values).
-    pooling: Literal["time_stats", "dense"] = "time_stats"
+    # autoencoder's bottleneck (latent_dim values); "time_stats+input": the time statistics
+    # of the last conv block followed by those of the input spectrogram (2·height values:
+    # every mel band's mean and std over time, the features of a Gaussian on band stats).
+    pooling: Literal["time_stats", "time_stats+input", "dense"] = "time_stats+input"
     # Standardise every mel band (mean and std of the training images over clips and time)
     # inside the network, before the first convolution.
     standardise_bands: bool = False
@@ -111,9 +113,9 @@ def _band_standardise_class() -> Any:
     return BandStandardise
 
 
-def time_stats_layer() -> Any:
+def time_stats_layer(name: str = "time_stats") -> Any:
     """A Keras layer (b, h, w, c) → (b, 2·h·c): mean and standard deviation over time (w)."""
-    return _time_stats_class()(name="time_stats")
+    return _time_stats_class()(name=name)
 
 
 def build(
@@ -157,12 +159,16 @@ def build(
 
 def scoring_encoder(autoencoder: Any, pooling: str) -> Any:
     """The model exported as encoder.onnx, built from a trained (or loaded) autoencoder:
-    (b, h, w, 1) → time statistics of its "features" block, or its flattened "latent"."""
+    (b, h, w, 1) → time statistics of its "features" block (then, for "time_stats+input",
+    those of the input), or its flattened "latent"."""
     import keras
     from keras import layers
 
-    if pooling == "time_stats":
+    if pooling.startswith("time_stats"):
         out = time_stats_layer()(autoencoder.get_layer("features").output)
+        if pooling == "time_stats+input":
+            inp = time_stats_layer("input_stats")(autoencoder.inputs[0])
+            out = layers.Concatenate(name="stats")([out, inp])
     else:
         out = layers.Flatten()(autoencoder.get_layer("latent").output)
     return keras.Model(autoencoder.inputs[0], out, name="encoder")

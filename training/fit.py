@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from training.evaluate import evaluate, load_images
 
 log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
+DetectorClips = Literal["all", "fit"]
 
 
 @dataclass
@@ -89,8 +90,14 @@ def fit(
     pca_components: int | None = None,
     shrinkage: detector.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
+    detector_clips: DetectorClips = "all",
 ) -> FitResult:
-    """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir."""
+    """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
+
+    detector_clips: "fit" fits the Mahalanobis detector on the clips the autoencoder was
+    trained on; "all" refits it on every training clip (held-out ones included) once the
+    thresholds are calibrated on the held-out clips scored by the detector fit without them.
+    """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
     params = params or FeatureParams()
@@ -124,6 +131,15 @@ def fit(
     train_scores = detector.score(latents[tr_idx], arrays, residual)
     heldout_scores = detector.score(latents[val_idx], arrays, residual)
     thresholds = calibration.from_normal_scores(heldout_scores)
+    if detector_clips == "all":  # more clips → a better covariance estimate
+        arrays, det_summary = detector.fit_detector(
+            latents, pca_components, pca_selection, shrinkage
+        )
+        residual = det_summary["residual_precision"]
+        train_scores = detector.score(latents, arrays, residual)
+        # from here on: what the bundle (the service) scores them, for the manifest
+        heldout_scores = detector.score(latents[val_idx], arrays, residual)
+    det_summary["detector_clips"] = detector_clips
 
     keras_bytes = keras_model_bytes(model.autoencoder)
 
@@ -153,6 +169,7 @@ def fit(
                 "normal_score_percentiles": {
                     f"p{q}": float(np.percentile(train_scores, q)) for q in (50, 90, 95, 99, 100)
                 },
+                # what the bundle (and so the service) scores the held-out clips
                 "heldout_scores": {
                     train[i].path.name: float(s)
                     for i, s in zip(val_idx, heldout_scores, strict=True)
