@@ -76,7 +76,7 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
     ("shrinkage 0.5", ["--shrinkage", "0.5"], "fixed shrinkage 0.5"),
 ]
-# The rows a full run computes (all of ABLATIONS take about two hours more: --ablation-rows all).
+# The rows a full run computes (all of ABLATIONS take about an hour more: --ablation-rows all).
 DEFAULT_ABLATION_ROWS = (
     "default",
     "previous default",
@@ -84,6 +84,8 @@ DEFAULT_ABLATION_ROWS = (
     "width 128",
     "detector fit clips",
     "pca all",
+    "latent 8",
+    "minmax",
 )
 
 
