@@ -1,6 +1,6 @@
 """Detection quality benchmark: auscult's detector against two references, side by side.
 
-    .venv/bin/python bench/quality.py            # full run + ablation table (about an hour)
+    .venv/bin/python bench/quality.py            # full run + ablation table (~25 min on 2 cores)
     .venv/bin/python bench/quality.py --quick    # CI: one digit, one fold, few epochs
 
 Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py, so the real
@@ -76,7 +76,7 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
     ("shrinkage 0.5", ["--shrinkage", "0.5"], "fixed shrinkage 0.5"),
 ]
-# The rows a full run computes (all of ABLATIONS take about an hour more: --ablation-rows all).
+# The rows a full run computes (--ablation-rows all: every row, about an hour more).
 DEFAULT_ABLATION_ROWS = (
     "default",
     "previous default",
