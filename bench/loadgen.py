@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 KEEPALIVE_S = 1.0  # below uvicorn's 5 s: never reuse a connection the server is closing
+TIMEOUT_S = 120.0  # per request: a hung server fails the run instead of stalling it
 
 
 class HTTPError(Exception):
@@ -46,9 +47,10 @@ def build_request(url: str, method: str, body: bytes, headers: Mapping[str, str]
 class LeanClient:
     """Kept-alive connections to one host; `send` returns (status, body)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, timeout: float = TIMEOUT_S) -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout = timeout
         self.idle: list[_Conn] = []
 
     async def _connect(self) -> _Conn:
@@ -89,8 +91,14 @@ class LeanClient:
         else:
             conn = await self._connect()
         try:
-            status, body, keep = await self._exchange(conn, request)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            status, body, keep = await asyncio.wait_for(self._exchange(conn, request), self.timeout)
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as e:
             conn.close()
             raise HTTPError(f"{type(e).__name__}: {e}") from e
         if keep:
