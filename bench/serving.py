@@ -464,14 +464,13 @@ async def bench_http(
 
             # warm-up (not measured): first requests pay lazy paths and connection set-up
             t0 = time.perf_counter()
-            first = account(await run_load(client, singles[:1], 1, 1))
+            account(await run_load(client, singles[:1], 1, 1))
             res["first_response_s"] = svc.ready_s + time.perf_counter() - t0
             account(await run_load(client, singles, 16, 4))
             account(await run_load(client, batches[8], 2, 1, 8))
             if seed:
                 await run_load(seed_client, seed_singles, 4, 2)
             account(await run_load(floor_client, floor_singles, 16, 1))
-            del first
 
             rows: dict[str, list[float]] = {}
 
@@ -738,39 +737,27 @@ def main(argv: list[str] | None = None) -> int:
     w("")
     w("| ratio | measured | target | met |")
     w("|---|---:|---:|:---:|")
+
+    def target_row(
+        label: str, value: float, digits: int, key: str, higher: bool, unit: str = ""
+    ) -> None:
+        target = TARGETS[key]
+        bound = f"{'≥' if higher else '≤'} {f'{target:.0f}' if unit else target}{unit}"
+        w(f"| {label} | {fmt(value, digits)}{unit} | {bound} | {check(value, target, higher)} |")
+
     for b in cfg.batch_sizes:
-        v = rows[f"batch{b}_ratio"]
-        w(
-            f"| batch endpoint ({b}) ÷ in-process clips/s | {fmt(v, 2)} | ≥ {TARGETS['batch']} | "
-            f"{check(v, TARGETS['batch'], True)} |"
+        target_row(
+            f"batch endpoint ({b}) ÷ in-process clips/s", rows[f"batch{b}_ratio"], 2, "batch", True
         )
-    v = rows["single16_ratio"]
-    w(
-        f"| single endpoint @16 ÷ in-process clips/s | {fmt(v, 2)} | ≥ {TARGETS['single16']} | "
-        f"{check(v, TARGETS['single16'], True)} |"
+    target_row(
+        "single endpoint @16 ÷ in-process clips/s", rows["single16_ratio"], 2, "single16", True
     )
-    v = rows["p50_ratio"]
-    w(
-        f"| single p50 @1 ÷ in-process ms per clip | {fmt(v, 2)} | ≤ {TARGETS['p50']} | "
-        f"{check(v, TARGETS['p50'], False)} |"
-    )
+    target_row("single p50 @1 ÷ in-process ms per clip", rows["p50_ratio"], 2, "p50", False)
     if not args.no_seed:
         for c in cfg.concurrencies:
-            v = rows[f"vs_seed{c}"]
-            w(
-                f"| auscult ÷ seed-style @{c} | {fmt(v, 1)} | ≥ {TARGETS['seed']} | "
-                f"{check(v, TARGETS['seed'], True)} |"
-            )
-    v = http["rss_load"]
-    w(
-        f"| service RSS after the load | {fmt(v, 0)} MB | ≤ {TARGETS['rss_mb']:.0f} MB | "
-        f"{check(v, TARGETS['rss_mb'], False)} |"
-    )
-    v = http["ready_s"]
-    w(
-        f"| start → ready | {fmt(v, 2)} s | ≤ {TARGETS['ready_s']:.0f} s | "
-        f"{check(v, TARGETS['ready_s'], False)} |"
-    )
+            target_row(f"auscult ÷ seed-style @{c}", rows[f"vs_seed{c}"], 1, "seed", True)
+    target_row("service RSS after the load", http["rss_load"], 0, "rss_mb", False, " MB")
+    target_row("start → ready", http["ready_s"], 2, "ready_s", False, " s")
     w("")
     w(
         f"Against the in-process core on {ip.settings.cpu_workers} threads "
