@@ -212,15 +212,6 @@ class Scorer:
             prepared = prepare(data, params, max_s)
             return prepared, batcher.run_inline(prepared.image) if batcher else None
 
-        async def one(item: _Item) -> None:
-            try:
-                data = item.upload.data
-                item.prepared, item.output = await self.in_thread(lambda: work(data))
-            except AuscultError as e:
-                item.error = e
-                if not raise_errors:  # raised errors are counted by the error handler
-                    self.metrics.errors.labels(e.code).inc()
-
         def work_group(group: list[_Item]) -> None:
             for item in group:
                 try:
@@ -229,21 +220,22 @@ class Scorer:
                     item.error = e
 
         if len(items) == 1:
-            await one(items[0])
+            (item,) = items
+            try:
+                item.prepared, item.output = await self.in_thread(lambda: work(item.upload.data))
+            except AuscultError as e:
+                item.error = e
         else:
             # One hand-over per worker, not per file: a batch of 32 costs 2 thread wake-ups
             # on the event loop instead of 32 (each is a measurable share of its CPU).
             n = min(len(items), self.settings.cpu_workers)
             groups = [items[i::n] for i in range(n)]
             await asyncio.gather(*(self.in_thread(partial(work_group, g)) for g in groups))
-            if not raise_errors:  # raised errors are counted by the error handler
-                for item in items:
-                    if item.error is not None:
-                        self.metrics.errors.labels(item.error.code).inc()
-        if raise_errors:
-            for item in items:
-                if item.error is not None:
-                    raise item.error
+        for item in items:
+            if item.error is not None:
+                if raise_errors:
+                    raise item.error  # counted by the error handler
+                self.metrics.errors.labels(item.error.code).inc()
         return items
 
     async def _outputs(
