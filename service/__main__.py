@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from service.process import configure
+import argparse
 
-configure()  # before numpy loads: native thread pools and malloc, see service/process.py
+import uvicorn
 
-import argparse  # noqa: E402
-
-import uvicorn  # noqa: E402
-
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app  # tunes the process on import (service/process.py)
+from service.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
