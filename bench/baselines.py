@@ -3,7 +3,8 @@
 - `DcaseAutoencoder`: the DCASE 2020/2021 Task 2 baseline. Log-mel (128 bands), 5 consecutive
   frames concatenated (640 values) → dense autoencoder 128-128-128-128-8-128-128-128-128-640
   with BatchNorm + ReLU, MSE, Adam; clip score = mean reconstruction error over its vectors.
-- `GaussianStats`: per-band mean and standard deviation of the log-mel over time (256 values),
+- `GaussianStats`: per-band mean and standard deviation of the log-mel over time (256 values
+  with the default 128 bands),
   Ledoit-Wolf shrinkage covariance, Mahalanobis distance.
 
 Both read audio with the product's decoder and log-mel (service.features), at the dataset's
@@ -112,11 +113,11 @@ class GaussianStats:
 
     name = "Gaussian log-mel stats"
 
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
+    def __init__(self, sample_rate: int, n_mels: int = N_MELS):
+        self.sample_rate, self.n_mels = sample_rate, n_mels
 
     def _features(self, paths: Sequence[Path]) -> np.ndarray:
-        return np.stack([band_stats(logmel(p, self.sample_rate)) for p in paths])
+        return np.stack([band_stats(logmel(p, self.sample_rate, self.n_mels)) for p in paths])
 
     def fit(self, paths: Sequence[Path]) -> GaussianStats:
         from sklearn.covariance import LedoitWolf

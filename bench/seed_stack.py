@@ -39,14 +39,13 @@ def create_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     from flask import Flask, jsonify, request
     from PIL import Image
 
-    from training.autoencoder import scoring_encoder
+    from training.autoencoder import scoring_encoder_for
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     height, width = manifest["features"]["height"], manifest["features"]["width"]
     autoencoder = keras.models.load_model(bundle_dir / "autoencoder.keras", compile=False)
     # the seed's `keras.Model(m.input, m.get_layer(...).output)`, for this bundle's encoder design
-    pooling = manifest["training"]["autoencoder"].get("pooling", "dense")
-    encoder = scoring_encoder(autoencoder, pooling)
+    encoder = scoring_encoder_for(autoencoder, manifest["training"]["autoencoder"])
     arrays = {
         k: np.load(bundle_dir / f"{k}.npy")
         for k in ("pca_components", "pca_mean", "mean_vec", "inv_cov")

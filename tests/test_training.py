@@ -66,11 +66,11 @@ def test_fit_writes_a_complete_verified_bundle(tiny_bundle: Path) -> None:
 def test_onnx_encoder_matches_keras(tiny_bundle: Path) -> None:
     import keras
 
-    from training.autoencoder import scoring_encoder
+    from training.autoencoder import scoring_encoder_for
     from training.export import onnx_run
 
     ae = keras.models.load_model(tiny_bundle / "autoencoder.keras", compile=False)
-    encoder = scoring_encoder(ae, read_manifest(tiny_bundle).training["autoencoder"]["pooling"])
+    encoder = scoring_encoder_for(ae, read_manifest(tiny_bundle).training["autoencoder"])
     x = np.random.default_rng(0).uniform(0, 1, (5, 32, 32, 1)).astype(np.float32)
     onnx_latent = onnx_run((tiny_bundle / "encoder.onnx").read_bytes(), x)
     assert np.abs(onnx_latent - encoder(x).numpy()).max() <= 1e-4
@@ -272,3 +272,40 @@ def test_input_stats_pooling_exports_band_stats_and_scores_in_the_service(
     runtime = open_runtime(out)
     assert isinstance(runtime, AnomalyRuntime)
     assert np.isfinite(runtime.score(x[..., 0])).all()
+
+
+def band_stats_reference(x: np.ndarray, pool: int, flux: bool) -> np.ndarray:
+    """(b, h, w) → numpy BandStats: [means, stds, peak fluxes] of h/pool averaged bands."""
+    b, h, w = x.shape
+    bands = x.reshape(b, h // pool, pool, w).mean(axis=2)
+    stats = [bands.mean(axis=2), bands.std(axis=2)]
+    if flux:
+        stats.append(np.abs(np.diff(bands, axis=2)).max(axis=2))
+    return np.concatenate(stats, axis=1)
+
+
+@pytest.mark.parametrize(("pool", "flux"), [(2, True), (4, False)])
+def test_band_stats_pooling_exports_band_statistics_and_scores_in_the_service(
+    synth_dir: Path, tmp_path: Path, pool: int, flux: bool
+) -> None:
+    from training.export import onnx_run
+
+    out = tmp_path / "bands"
+    argv = ["fit", "--data", str(synth_dir), "--out", str(out), "--epochs", "1", *TINY]
+    flags = ["--band-pool", str(pool), "--band-flux" if flux else "--no-band-flux"]
+    assert main([*argv, "--pooling", "band_stats", *flags]) == 0
+    m = read_manifest(out)
+    assert m.output.shape == [None, (3 if flux else 2) * 32 // pool]
+    x = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 1)).astype(np.float32)
+    latent = onnx_run((out / "encoder.onnx").read_bytes(), x)
+    np.testing.assert_allclose(latent, band_stats_reference(x[..., 0], pool, flux), atol=1e-4)
+    runtime = open_runtime(out)
+    assert isinstance(runtime, AnomalyRuntime)
+    assert np.isfinite(runtime.score(x[..., 0])).all()
+
+
+def test_band_pool_must_divide_the_input_height(synth_dir: Path, tmp_path: Path) -> None:
+    argv = ["fit", "--data", str(synth_dir), "--out", str(tmp_path / "b"), "--epochs", "1"]
+    with pytest.raises(ValueError, match="must divide the input height"):
+        main([*argv, *TINY, "--band-pool", "3"])
+    assert not (tmp_path / "b").exists()

@@ -37,10 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--pooling",
-        choices=["time_stats", "time_stats+input", "dense"],
+        choices=["band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"],
         default=ae.pooling,
-        help="encoder output scored by the detector: time statistics of the last conv "
-        "block (+input: and per-mel-band mean/std of the input), or the bottleneck",
+        help="encoder output scored by the detector: band statistics of the input "
+        "(mean, std, peak flux per band), time statistics of the last conv block (+input: "
+        "and per-mel-band mean/std of the input; +band_stats: and the band statistics), "
+        "or the bottleneck",
+    )
+    f.add_argument(
+        "--band-pool",
+        type=int,
+        default=ae.band_pool,
+        help="band_stats: adjacent mel bands averaged into one (2: 64 mels → 32 bands)",
+    )
+    f.add_argument(
+        "--band-flux",
+        action=argparse.BooleanOptionalAction,
+        default=ae.band_flux,
+        help="band_stats: keep each band's peak flux max |x[t+1]-x[t]|",
     )
     f.add_argument(
         "--standardise-bands",
@@ -147,6 +161,8 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         bottleneck=args.bottleneck,
         latent_dim=args.latent_dim,
         pooling=args.pooling,
+        band_pool=args.band_pool,
+        band_flux=args.band_flux,
         standardise_bands=args.standardise_bands,
         epochs=args.epochs,
         seed=args.seed,

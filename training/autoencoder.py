@@ -27,8 +27,16 @@ class AutoencoderConfig:
     # filters[-1] values, invariant to when things happen in the clip; "dense": the
     # autoencoder's bottleneck (latent_dim values); "time_stats+input": the time statistics
     # of the last conv block followed by those of the input spectrogram (2·height values:
-    # every mel band's mean and std over time, the features of a Gaussian on band stats).
-    pooling: Literal["time_stats", "time_stats+input", "dense"] = "time_stats+input"
+    # every mel band's mean and std over time, the features of a Gaussian on band stats);
+    # "band_stats": statistics of the input alone on a coarser band grid (`BandStats`), the
+    # measured best on the quality benchmark (bench/README.md); "time_stats+band_stats":
+    # the conv block's time statistics followed by those band statistics.
+    pooling: Literal[
+        "band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"
+    ] = "band_stats"
+    # BandStats: adjacent mel rows averaged into one band, and whether the peak flux is kept.
+    band_pool: int = 2
+    band_flux: bool = True
     # Standardise every mel band (mean and std of the training images over clips and time)
     # inside the network, before the first convolution.
     standardise_bands: bool = False
@@ -113,6 +121,43 @@ def _band_standardise_class() -> Any:
     return BandStandardise
 
 
+@lru_cache(maxsize=1)
+def _band_stats_class() -> Any:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class BandStats(keras.layers.Layer):
+        """(b, h, w, 1) → (b, k·h/pool): every `pool` adjacent mel rows averaged into one band,
+        then per band its mean and standard deviation over time and, with `flux`, its peak
+        flux max_t |x[t+1] - x[t]| (onsets: impacts and clicks the mean and std smooth over).
+        k = 3 with flux, else 2; order [means, stds, fluxes]."""
+
+        def __init__(self, pool: int = 2, flux: bool = True, **kw: Any):
+            super().__init__(**kw)
+            self.pool, self.flux = int(pool), bool(flux)
+
+        def call(self, x: Any) -> Any:
+            bands = int(x.shape[1]) // self.pool
+            x = ops.mean(ops.reshape(x, (-1, bands, self.pool, int(x.shape[2]))), axis=2)
+            mean = ops.mean(x, axis=2)
+            std = ops.sqrt(ops.mean(ops.square(x - ops.expand_dims(mean, 2)), axis=2) + 1e-8)
+            stats = [mean, std]
+            if self.flux:
+                stats.append(ops.max(ops.abs(x[:, :, 1:] - x[:, :, :-1]), axis=2))
+            return ops.concatenate(stats, axis=1)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "pool": self.pool, "flux": self.flux}
+
+    return BandStats
+
+
+def band_stats_layer(pool: int, flux: bool, name: str = "band_stats") -> Any:
+    """A Keras layer (b, h, w, 1) → (b, (3 if flux else 2)·h/pool); see BandStats."""
+    return _band_stats_class()(pool=pool, flux=flux, name=name)
+
+
 def time_stats_layer(name: str = "time_stats") -> Any:
     """A Keras layer (b, h, w, c) → (b, 2·h·c): mean and standard deviation over time (w)."""
     return _time_stats_class()(name=name)
@@ -133,6 +178,8 @@ def build(
     n_down = len(cfg.filters)
     if height % 2**n_down or width % 2**n_down:
         raise ValueError(f"input {height}x{width} must be divisible by {2**n_down}")
+    if "band_stats" in cfg.pooling and (cfg.band_pool < 1 or height % cfg.band_pool):
+        raise ValueError(f"--band-pool {cfg.band_pool} must divide the input height {height}")
     inp = keras.Input((height, width, 1), name="spectrogram")
     x = inp
     if cfg.standardise_bands:
@@ -154,24 +201,45 @@ def build(
     y = layers.Conv2DTranspose(1, 3, strides=2, padding="same", activation="sigmoid")(y)
     autoencoder = keras.Model(inp, y, name="autoencoder")
     autoencoder.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
-    return TrainedAutoencoder(autoencoder, scoring_encoder(autoencoder, cfg.pooling))
+    encoder = scoring_encoder(autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
+    return TrainedAutoencoder(autoencoder, encoder)
 
 
-def scoring_encoder(autoencoder: Any, pooling: str) -> Any:
+def scoring_encoder(
+    autoencoder: Any, pooling: str, band_pool: int = 2, band_flux: bool = True
+) -> Any:
     """The model exported as encoder.onnx, built from a trained (or loaded) autoencoder:
     (b, h, w, 1) → time statistics of its "features" block (then, for "time_stats+input",
-    those of the input), or its flattened "latent"."""
+    those of the input; for "+band_stats", BandStats of the input), BandStats of the input
+    alone ("band_stats"), or its flattened "latent" ("dense")."""
     import keras
     from keras import layers
 
-    if pooling.startswith("time_stats"):
+    spectrogram = autoencoder.inputs[0]
+    if pooling == "band_stats":
+        out = band_stats_layer(band_pool, band_flux)(spectrogram)
+    elif pooling.startswith("time_stats"):
         out = time_stats_layer()(autoencoder.get_layer("features").output)
         if pooling == "time_stats+input":
-            inp = time_stats_layer("input_stats")(autoencoder.inputs[0])
+            inp = time_stats_layer("input_stats")(spectrogram)
+            out = layers.Concatenate(name="stats")([out, inp])
+        elif pooling == "time_stats+band_stats":
+            inp = band_stats_layer(band_pool, band_flux)(spectrogram)
             out = layers.Concatenate(name="stats")([out, inp])
     else:
         out = layers.Flatten()(autoencoder.get_layer("latent").output)
-    return keras.Model(autoencoder.inputs[0], out, name="encoder")
+    return keras.Model(spectrogram, out, name="encoder")
+
+
+def scoring_encoder_for(autoencoder: Any, recorded: dict[str, Any]) -> Any:
+    """scoring_encoder with the settings a manifest recorded (training.autoencoder); bundles
+    from before `pooling` existed scored the dense bottleneck."""
+    return scoring_encoder(
+        autoencoder,
+        recorded.get("pooling", "dense"),
+        recorded.get("band_pool", 2),
+        recorded.get("band_flux", True),
+    )
 
 
 def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> TrainedAutoencoder:
