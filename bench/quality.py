@@ -1,6 +1,6 @@
 """Detection quality benchmark: auscult's detector against two references, side by side.
 
-    .venv/bin/python bench/quality.py            # full run + ablation table (~25 min on 2 cores)
+    .venv/bin/python bench/quality.py            # full run + ablation table (~37 min on 2 cores)
     .venv/bin/python bench/quality.py --quick    # CI: one digit, one fold, few epochs
 
 Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py, so the real
