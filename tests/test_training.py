@@ -322,8 +322,12 @@ def test_band_stats_pooling_exports_band_statistics_and_scores_in_the_service(
     assert np.isfinite(runtime.score(x[..., 0])).all()
 
 
-def test_band_pool_must_divide_the_input_height(synth_dir: Path, tmp_path: Path) -> None:
+def test_band_pool_must_divide_the_mel_bands(
+    synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["fit", "--data", str(synth_dir), "--out", str(tmp_path / "b"), "--epochs", "1"]
-    with pytest.raises(ValueError, match="must divide the input height"):
+    with pytest.raises(SystemExit) as exc:
         main([*argv, *TINY, "--band-pool", "3"])
+    assert exc.value.code == 2
+    assert "--band-pool 3 must divide --n-mels 32" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()

@@ -143,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    pools_bands = args.command == "fit" and "band_stats" in args.pooling
+    if pools_bands and (args.band_pool < 1 or args.n_mels % args.band_pool):
+        parser.error(f"--band-pool {args.band_pool} must divide --n-mels {args.n_mels}")
     try:
         return _run(args)
     except DatasetError as e:
