@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from training.autoencoder import AutoencoderConfig
+from training.autoencoder import AutoencoderConfig, Pooling
 from training.datasets import DatasetError
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--pooling",
-        choices=["band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"],
+        choices=get_args(Pooling),
         default=ae.pooling,
         help="encoder output scored by the detector: band statistics of the input "
         "(mean, std, peak flux per band), time statistics of the last conv block (+input: "

@@ -12,6 +12,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+Pooling = Literal["band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"]
+
+
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """Network shape and training settings (recorded in the manifest)."""
@@ -31,9 +34,7 @@ class AutoencoderConfig:
     # "band_stats": statistics of the input alone on a coarser band grid (`BandStats`), the
     # measured best on the quality benchmark (bench/README.md); "time_stats+band_stats":
     # the conv block's time statistics followed by those band statistics.
-    pooling: Literal[
-        "band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"
-    ] = "band_stats"
+    pooling: Pooling = "band_stats"
     # BandStats: adjacent mel rows averaged into one band, and whether the peak flux is kept.
     band_pool: int = 2
     band_flux: bool = True
@@ -216,18 +217,18 @@ def scoring_encoder(
     from keras import layers
 
     spectrogram = autoencoder.inputs[0]
-    if pooling == "band_stats":
-        out = band_stats_layer(band_pool, band_flux)(spectrogram)
-    elif pooling.startswith("time_stats"):
-        out = time_stats_layer()(autoencoder.get_layer("features").output)
-        if pooling == "time_stats+input":
-            inp = time_stats_layer("input_stats")(spectrogram)
-            out = layers.Concatenate(name="stats")([out, inp])
-        elif pooling == "time_stats+band_stats":
-            inp = band_stats_layer(band_pool, band_flux)(spectrogram)
-            out = layers.Concatenate(name="stats")([out, inp])
-    else:
-        out = layers.Flatten()(autoencoder.get_layer("latent").output)
+    if pooling == "dense":
+        return keras.Model(
+            spectrogram, layers.Flatten()(autoencoder.get_layer("latent").output), name="encoder"
+        )
+    parts = []
+    if pooling.startswith("time_stats"):
+        parts.append(time_stats_layer()(autoencoder.get_layer("features").output))
+    if pooling.endswith("+input"):
+        parts.append(time_stats_layer("input_stats")(spectrogram))
+    if pooling.endswith("band_stats"):
+        parts.append(band_stats_layer(band_pool, band_flux)(spectrogram))
+    out = parts[0] if len(parts) == 1 else layers.Concatenate(name="stats")(parts)
     return keras.Model(spectrogram, out, name="encoder")
 
 

@@ -128,17 +128,18 @@ def fit(
         latents[tr_idx], pca_components, pca_selection, shrinkage
     )
     residual = det_summary["residual_precision"]
-    train_scores = detector.score(latents[tr_idx], arrays, residual)
     heldout_scores = detector.score(latents[val_idx], arrays, residual)
     thresholds = calibration.from_normal_scores(heldout_scores)
+    detector_idx = tr_idx
     if detector_clips == "all":  # more clips → a better covariance estimate
+        detector_idx = np.arange(len(latents))
         arrays, det_summary = detector.fit_detector(
             latents, pca_components, pca_selection, shrinkage
         )
         residual = det_summary["residual_precision"]
-        train_scores = detector.score(latents, arrays, residual)
         # from here on: what the bundle (the service) scores them, for the manifest
         heldout_scores = detector.score(latents[val_idx], arrays, residual)
+    train_scores = detector.score(latents[detector_idx], arrays, residual)
     det_summary["detector_clips"] = detector_clips
 
     keras_bytes = keras_model_bytes(model.autoencoder)
