@@ -46,6 +46,23 @@ class Thresholds(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class ScoringPart(BaseModel):
+    """One part of the scoring vector (manifest `scoring.parts`): latent columns
+    [dims[0], dims[1]) scored with PCA components [components[0], components[1]) by their
+    own Mahalanobis distance d; the window score is Σ weight·d over the parts."""
+
+    name: str
+    dims: tuple[int, int]
+    components: tuple[int, int]
+    residual_precision: float = Field(0.0, ge=0)
+    weight: float = Field(1.0, gt=0)
+    loc: float | None = Field(None, description="mean of held-out normal windows' d")
+    scale: float | None = Field(None, description="their standard deviation")
+
+
+Aggregation = Literal["mean", "max", "top_k_mean"]
+
+
 class Manifest(BaseModel):
     """`manifest.json`; everything the service needs besides the binary files."""
 
@@ -241,6 +258,71 @@ def residual_precision(manifest: Manifest) -> float:
     if not np.isfinite(w) or w < 0:
         raise BundleError(f"scoring.residual_precision must be finite and >= 0, got {w}")
     return w
+
+
+def scoring_parts(manifest: Manifest, n_components: int, latent_dim: int) -> list[ScoringPart]:
+    """The manifest's `scoring.parts`, checked against the arrays' shapes; a bundle without
+    parts is one part: everything, weight 1, `scoring.residual_precision`."""
+    raw = manifest.scoring.get("parts")
+    if raw is None:
+        w = residual_precision(manifest)
+        return [
+            ScoringPart(
+                name="all", dims=(0, latent_dim), components=(0, n_components), residual_precision=w
+            )
+        ]
+    try:
+        parts = [ScoringPart.model_validate(p) for p in raw]
+    except (ValidationError, TypeError) as e:
+        raise BundleError(f"invalid scoring.parts: {e}") from e
+    if not parts:
+        raise BundleError("scoring.parts is empty")
+    for p in parts:
+        (d0, d1), (k0, k1) = p.dims, p.components
+        if not (0 <= d0 < d1 <= latent_dim and 0 <= k0 <= k1 <= n_components):
+            raise BundleError(
+                f"scoring part {p.name!r} ({p.dims}, {p.components}) does not fit arrays of "
+                f"{latent_dim} latent dims and {n_components} components"
+            )
+    return parts
+
+
+def window_scores(
+    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+) -> np.ndarray:
+    """(n, d) latents → (n,) window scores Σ weight·Mahalanobis over the parts (each part a
+    block of the PCA arrays: its components are zero outside its own latent columns)."""
+    total = np.zeros(latents.shape[0], np.float64)
+    for p in parts:
+        (d0, d1), (k0, k1) = p.dims, p.components
+        total += p.weight * mahalanobis(
+            latents[:, d0:d1],
+            arrays["pca_components"][k0:k1, d0:d1],
+            arrays["pca_mean"][d0:d1],
+            arrays["mean_vec"][k0:k1],
+            arrays["inv_cov"][k0:k1, k0:k1],
+            p.residual_precision,
+        )
+    return total
+
+
+def aggregation(manifest: Manifest) -> tuple[Aggregation, int]:
+    """How window scores make the clip score: (`scoring.aggregation`, its k); bundles
+    without windows score one window per clip (mean of one)."""
+    spec = manifest.scoring.get("aggregation", "mean")
+    k = int(manifest.scoring.get("aggregation_k", 3))
+    if spec not in ("mean", "max", "top_k_mean") or k < 1:
+        raise BundleError(f"unknown scoring.aggregation {spec!r} (k={k})")
+    return spec, k
+
+
+def aggregate(scores: np.ndarray, method: Aggregation, k: int = 3) -> float:
+    """(n_windows,) → the clip's score: their mean, max, or the mean of the k largest."""
+    if method == "max":
+        return float(scores.max())
+    if method == "top_k_mean":
+        return float(np.sort(scores)[-k:].mean())
+    return float(scores.mean())
 
 
 def level_for(score: float, thresholds: Thresholds) -> str:

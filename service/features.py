@@ -9,6 +9,9 @@ Shapes:
 - log-mel: `(n_mels, n_frames)` float32 in dB
 - model input ("image"): `(height, width)` float32 in [0, 1]; batched as
   `(batch, height, width, 1)`; row 0 is the LOWEST mel band
+- windows: with `window_seconds` set, the log-mel of a clip of any length is cut into
+  windows of that length (`(n_windows, n_mels, window_frames)`), each becoming one image;
+  without it (older bundles, classifiers) the whole clip is resized to one image
 - PNG spectrograms are stored as pictures: row 0 is the HIGHEST band
 """
 
@@ -61,6 +64,15 @@ class FeatureParams(BaseModel):
         None, description="if set, audio is padded/trimmed to this length (classifiers)"
     )
     min_seconds: float = Field(0.1, ge=0, description="shorter clips are rejected")
+    window_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="if set, a clip is cut into windows of this length, each scored on its "
+        "own; a shorter clip is mirrored in time until it fills one window",
+    )
+    window_hop_seconds: float | None = Field(
+        None, gt=0, description="start-to-start distance of windows (default: half a window)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -68,7 +80,22 @@ class FeatureParams(BaseModel):
             raise ValueError("fmax must not exceed sample_rate / 2")
         if self.db_max <= self.db_min:
             raise ValueError("db_max must be greater than db_min")
+        if self.window_hop_seconds is not None and self.window_seconds is None:
+            raise ValueError("window_hop_seconds needs window_seconds")
         return self
+
+    @property
+    def window_frames(self) -> int:
+        """Log-mel frames in one window (window_seconds must be set): as many as a clip of
+        exactly that length has (frames are centred: one more than hops)."""
+        assert self.window_seconds is not None
+        return 1 + max(1, round(self.window_seconds * self.sample_rate / self.hop_length))
+
+    @property
+    def window_hop_frames(self) -> int:
+        assert self.window_seconds is not None
+        hop_s = self.window_hop_seconds or self.window_seconds / 2
+        return max(1, round(hop_s * self.sample_rate / self.hop_length))
 
 
 @dataclass(frozen=True)
@@ -314,18 +341,73 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def to_image(mel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
     """(n_mels, n_frames) dB → (height, width) float32 in [0, 1], row 0 = lowest band."""
+    scaled = _scale(mel_db, params).astype(np.float32)
+    return np.clip(_resize(scaled, params.height, params.width), 0.0, 1.0)
+
+
+@lru_cache(maxsize=16)
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_in, n_out) float32 weights of a triangle (bilinear) resampling of an axis, widened
+    when shrinking so every input contributes (as PIL's BILINEAR); columns sum to 1."""
+    scale = n_in / n_out
+    support = max(1.0, scale)
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5
+    dist = np.abs(np.arange(n_in)[:, None] - centres[None, :]) / support
+    weights = np.maximum(0.0, 1.0 - dist)
+    weights /= np.maximum(weights.sum(axis=0, keepdims=True), 1e-12)
+    return weights.astype(np.float32)
+
+
+def _scale(mel_db: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """dB → [0, 1] by params.scaling; the last two axes are (n_mels, frames)."""
     if params.scaling == "fixed_db":
-        scaled = (np.clip(mel_db, params.db_min, params.db_max) - params.db_min) / (
+        return (np.clip(mel_db, params.db_min, params.db_max) - params.db_min) / (
             params.db_max - params.db_min
         )
-    else:
-        lo, hi = float(mel_db.min()), float(mel_db.max())
-        scaled = (mel_db - lo) / (hi - lo) if hi > lo else np.zeros_like(mel_db)
-    return np.clip(_resize(scaled.astype(np.float32), params.height, params.width), 0.0, 1.0)
+    lo = mel_db.min(axis=(-2, -1), keepdims=True)
+    hi = mel_db.max(axis=(-2, -1), keepdims=True)
+    return np.where(hi > lo, (mel_db - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+
+
+def window_starts(n_frames: int, params: FeatureParams) -> list[int]:
+    """First frame of every window of a clip with n_frames log-mel frames: every
+    `window_hop_frames`, plus one window flush with the end so the whole clip is covered.
+    A clip shorter than one window has the single start 0."""
+    size, hop = params.window_frames, params.window_hop_frames
+    if n_frames <= size:
+        return [0]
+    starts = list(range(0, n_frames - size + 1, hop))
+    if starts[-1] + size < n_frames:
+        starts.append(n_frames - size)
+    return starts
+
+
+def to_windows(mel_db: np.ndarray, params: FeatureParams) -> tuple[np.ndarray, list[int]]:
+    """(n_mels, n_frames) dB → ((n_windows, height, width) float32 in [0, 1], start frames).
+
+    A clip shorter than one window is mirrored in time (x, reversed x, x, …) until it fills
+    one: a steady sound keeps its statistics and no seam adds a jump between frames.
+    Every window is resized with the same fixed matrix, so a window's image does not depend
+    on the clip's length.
+    """
+    size = params.window_frames
+    n = mel_db.shape[1]
+    if n < size:
+        idx = np.arange(size) % (2 * n)
+        mel_db = mel_db[:, np.where(idx < n, idx, 2 * n - 1 - idx)]
+    starts = window_starts(mel_db.shape[1], params)
+    frames = np.lib.stride_tricks.sliding_window_view(mel_db, size, axis=1)[:, starts]
+    scaled = _scale(np.moveaxis(frames, 1, 0), params).astype(np.float32)  # (n_win, mels, size)
+    if size != params.width:
+        scaled = scaled @ _interp_matrix(size, params.width)
+    if params.n_mels != params.height:
+        scaled = np.einsum("mh,wmt->wht", _interp_matrix(params.n_mels, params.height), scaled)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32, copy=False), starts
 
 
 def audio_to_image(audio: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
-    """Mono (n,) at any rate → model input (height, width); the whole audio path."""
+    """Mono (n,) at any rate → model input (height, width): the whole clip as one image
+    (bundles without windows)."""
     audio = resample(audio, sample_rate, params.sample_rate)
     if params.clip_seconds is not None:
         audio = fit_length(audio, round(params.clip_seconds * params.sample_rate))
@@ -367,16 +449,39 @@ def decode_image(data: bytes, params: FeatureParams) -> np.ndarray:
     return np.ascontiguousarray(pixels[::-1] / 255.0, dtype=np.float32)
 
 
+def audio_to_windows(
+    audio: np.ndarray, sample_rate: int, params: FeatureParams
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Mono (n,) at any rate → ((n_windows, height, width) model inputs, [(start_s, end_s)]).
+    Without `window_seconds` the whole clip is one window."""
+    duration = audio.shape[0] / sample_rate
+    if params.window_seconds is None:
+        return audio_to_image(audio, sample_rate, params)[None], [(0.0, duration)]
+    audio = resample(audio, sample_rate, params.sample_rate)
+    images, starts = to_windows(log_mel(audio, params), params)
+    frame_s = params.hop_length / params.sample_rate
+    size = params.window_frames
+    spans = [(s * frame_s, min(duration, (s + size - 1) * frame_s)) for s in starts]
+    spans[-1] = (spans[-1][0], duration)  # the last window reaches the clip's end
+    return images, spans
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One upload turned into model input, plus what the response reports about it."""
 
-    image: np.ndarray  # (height, width) float32
+    images: np.ndarray  # (n_windows, height, width) float32; one window for a picture
     kind: MediaKind
     format: str
     duration_s: float | None
     sample_rate: int | None
     channels: int | None
+    spans: list[tuple[float, float]] | None = None  # (start_s, end_s) per window; audio only
+
+    @property
+    def image(self) -> np.ndarray:
+        """The first window (height, width): the whole clip for bundles without windows."""
+        return self.images[0]
 
 
 def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None) -> Prepared:
@@ -385,14 +490,14 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
         raise InvalidAudio("empty upload")
     kind, fmt = sniff(data)
     if kind == "image":
-        return Prepared(decode_image(data, params), kind, fmt, None, None, None)
+        return Prepared(decode_image(data, params)[None], kind, fmt, None, None, None)
     audio = decode_audio(data, max_seconds=max_seconds)
     if audio.duration_s < params.min_seconds:
         raise AudioTooShort(
             f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
         )
-    image = audio_to_image(audio.samples, audio.sample_rate, params)
-    return Prepared(image, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels)
+    images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
+    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
 
 
 def load_file(path: str, params: FeatureParams, max_seconds: float | None = None) -> Prepared:
@@ -404,4 +509,5 @@ def load_file(path: str, params: FeatureParams, max_seconds: float | None = None
 def warm_up(params: FeatureParams) -> None:
     """Build the cached filterbank and touch every code path once (cold-start cost)."""
     rng = np.random.default_rng(0)
-    audio_to_image(rng.standard_normal(params.sample_rate).astype(np.float32) * 0.1, 44100, params)
+    noise = rng.standard_normal(params.sample_rate).astype(np.float32) * 0.1
+    audio_to_windows(noise, 44100, params)

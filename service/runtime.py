@@ -17,17 +17,21 @@ import numpy as np
 
 from service.bundle import (
     ANOMALY_ARRAYS,
+    Aggregation,
     Manifest,
+    aggregate,
+    aggregation,
     check_anomaly_shapes,
     load_arrays,
-    mahalanobis,
     read_manifest,
-    residual_precision,
+    scoring_parts,
     verify_files,
+    window_scores,
 )
 from service.errors import BundleError
 
 log = logging.getLogger("auscult.runtime")
+RUN_CHUNK = 256
 
 
 def session_options(threads: int) -> Any:
@@ -126,31 +130,46 @@ class ModelRuntime:
         return dim if isinstance(dim, int) else None
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """(batch, h, w) float32 → first ONNX output (batch, d)."""
+        """(batch, h, w) float32 → first ONNX output (batch, d), in runs of at most
+        RUN_CHUNK inputs (a long clip's windows must not allocate activations at once)."""
         assert self.manifest is not None
-        return self.session.run(None, {self.manifest.input.name: images[..., None]})[0]
+        name = self.manifest.input.name
+        if len(images) <= RUN_CHUNK:
+            return self.session.run(None, {name: images[..., None]})[0]
+        return np.concatenate(
+            [
+                self.session.run(None, {name: images[i : i + RUN_CHUNK, ..., None]})[0]
+                for i in range(0, len(images), RUN_CHUNK)
+            ]
+        )
 
 
 class AnomalyRuntime(ModelRuntime):
-    """encoder.onnx → latent → PCA → Mahalanobis distance."""
+    """encoder.onnx → latent → per part: PCA → Mahalanobis → weighted sum (window score);
+    window scores → clip score by the manifest's aggregation."""
 
     onnx_file = "encoder.onnx"
+    aggregation: tuple[Aggregation, int] = ("mean", 3)
 
     def _load_extra(self, manifest: Manifest) -> None:
         if manifest.thresholds is None:
             raise BundleError("an anomaly bundle needs thresholds in its manifest")
         self.arrays = load_arrays(self.bundle_dir, ANOMALY_ARRAYS)
         check_anomaly_shapes(self.arrays, self.output_dim)
-        self.residual_precision = residual_precision(manifest)
+        k, d = self.arrays["pca_components"].shape
+        self.parts = scoring_parts(manifest, k, d)
+        self.aggregation = aggregation(manifest)
 
     def latents(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        """(batch, h, w) → (batch,) anomaly scores (float64)."""
-        return mahalanobis(
-            self.latents(images), **self.arrays, residual_precision=self.residual_precision
-        )
+        """(batch, h, w) windows → (batch,) window scores (float64)."""
+        return window_scores(self.latents(images), self.arrays, self.parts)
+
+    def clip_score(self, scores: np.ndarray) -> float:
+        """(n_windows,) window scores of one clip → the clip's score."""
+        return aggregate(scores, *self.aggregation)
 
 
 class ClassifierRuntime(ModelRuntime):

@@ -33,6 +33,14 @@ class ThresholdValues(BaseModel):
     severe: float = Field(examples=[5.49])
 
 
+class WindowScore(BaseModel):
+    """The score of one window of the model's length; `score` of the clip aggregates them."""
+
+    start_s: float = Field(examples=[8.0])
+    end_s: float = Field(examples=[10.0])
+    score: float = Field(examples=[1.12])
+
+
 class ScoreResult(BaseModel):
     """One clip's anomaly score: larger is further from normal."""
 
@@ -45,6 +53,11 @@ class ScoreResult(BaseModel):
     thresholds: ThresholdValues
     input: InputInfo
     filename: str | None = Field(None, examples=["pump-2026-11-21.wav"])
+    windows: list[WindowScore] | None = Field(
+        None,
+        description="every window of the model's length in the clip with its score, in "
+        "time order (audio only; none for a spectrogram picture)",
+    )
 
 
 class FileError(BaseModel):

@@ -33,6 +33,7 @@ from service.schemas import (
     InputInfo,
     ScoreResult,
     ThresholdValues,
+    WindowScore,
 )
 from service.settings import Settings
 from service.uploads import Upload
@@ -41,14 +42,14 @@ T = TypeVar("T")
 
 
 class MicroBatcher:
-    """Stacks single inputs into one model run: `fn((b, h, w)) → (b, …)`; each caller
-    gets its own row back.
+    """Stacks inputs into one model run: `fn((b, h, w)) → (b, …)`; each caller submits a
+    block of windows `(k, h, w)` and gets its own k rows back.
 
-    An idle model runs an input at once, so a lone request waits for nothing; a worker
-    thread that has just prepared an input can run it itself (`run_inline`), saving a
-    second hand-over to a thread. Inputs that arrive while a run is in flight (or queued
+    An idle model runs a block at once, so a lone request waits for nothing; a worker
+    thread that has just prepared a block can run it itself (`run_inline`), saving a
+    second hand-over to a thread. Blocks that arrive while a run is in flight (or queued
     for a worker thread) are held and go together as soon as it ends, after at most
-    `wait_s`, or at `max_batch` items.
+    `wait_s`, or at `max_batch` windows.
     """
 
     def __init__(
@@ -63,19 +64,22 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.pending: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self.pending_rows = 0
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = 0  # runs scheduled or in progress; guarded by lock (worker threads too)
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def submit(self, image: np.ndarray) -> np.ndarray:
+    async def submit(self, block: np.ndarray) -> np.ndarray:
+        """(k, h, w) → the model's (k, …) rows for them."""
         loop = self.loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        self.pending.append((image, fut))
+        self.pending.append((block, fut))
+        self.pending_rows += len(block)
         with self.lock:
             idle = self.running == 0
-        if idle or len(self.pending) >= self.max_batch:
+        if idle or self.pending_rows >= self.max_batch:
             self._flush()
         elif self.timer is None:
             self.timer = loop.call_later(self.wait_s, self._flush)
@@ -85,7 +89,7 @@ class MicroBatcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        items, self.pending = self.pending, []
+        items, self.pending, self.pending_rows = self.pending, [], 0
         if items:
             with self.lock:
                 self.running += 1
@@ -95,7 +99,7 @@ class MicroBatcher:
 
     async def _execute(self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         try:
-            batch = np.stack([img for img, _ in items])
+            batch = items[0][0] if len(items) == 1 else np.concatenate([b for b, _ in items])
             out = await self.run(lambda: self.fn(batch))  # type: ignore[misc]
         except Exception as e:
             for _, fut in items:
@@ -106,9 +110,11 @@ class MicroBatcher:
             with self.lock:
                 self.running -= 1
             self._drain()
-        for i, (_, fut) in enumerate(items):
+        start = 0
+        for block, fut in items:
             if not fut.done():
-                fut.set_result(out[i])
+                fut.set_result(out[start : start + len(block)])
+            start += len(block)
 
     def _drain(self) -> None:
         """Once the model is idle, what queued behind the last run goes now, as one batch."""
@@ -117,15 +123,15 @@ class MicroBatcher:
         if idle and self.pending:
             self._flush()
 
-    def run_inline(self, image: np.ndarray) -> np.ndarray | None:
-        """From a worker thread: run one input now if the model is idle, else None (then
-        `submit` it). Inputs that queue meanwhile are flushed when this run ends."""
+    def run_inline(self, block: np.ndarray) -> np.ndarray | None:
+        """From a worker thread: run a (k, h, w) block now if the model is idle, else None
+        (then `submit` it). Blocks that queue meanwhile are flushed when this run ends."""
         with self.lock:
             if self.running:
                 return None
             self.running += 1
         try:
-            return np.asarray(self.fn(image[None]))[0]
+            return np.asarray(self.fn(block))
         finally:
             with self.lock:
                 self.running -= 1
@@ -138,7 +144,8 @@ class _Item:
     upload: Upload
     prepared: Prepared | None = None
     error: AuscultError | None = None
-    output: np.ndarray | None = None  # model output, when the preparing thread ran it too
+    output: np.ndarray | None = None  # (n_windows, …) model output, when the preparing
+    # thread ran it too
 
 
 def _input_info(p: Prepared) -> InputInfo:
@@ -210,7 +217,7 @@ class Scorer:
 
         def work(data: bytes) -> tuple[Prepared, np.ndarray | None]:
             prepared = prepare(data, params, max_s)
-            return prepared, batcher.run_inline(prepared.image) if batcher else None
+            return prepared, batcher.run_inline(prepared.images) if batcher else None
 
         def work_group(group: list[_Item]) -> None:
             for item in group:
@@ -240,24 +247,19 @@ class Scorer:
 
     async def _outputs(
         self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray], good: list[_Item]
-    ) -> np.ndarray:
-        """Model outputs for prepared items, in order: already computed, or one model run."""
+    ) -> list[np.ndarray]:
+        """Model outputs (n_windows, …) per prepared item, in order: already computed, or
+        one model run over every item's windows."""
         if len(good) == 1 and good[0].output is not None:
-            return good[0].output[None]
-        return await self._run_model(runtime, fn, [it.prepared.image for it in good])  # type: ignore[union-attr]
-
-    async def _run_model(
-        self,
-        runtime: ModelRuntime,
-        fn: Callable[[np.ndarray], np.ndarray],
-        images: list[np.ndarray],
-    ) -> np.ndarray:
-        """Single inputs go through the micro-batcher; several run as one stacked batch."""
-        batcher = self._batcher(runtime, fn) if len(images) == 1 else None
+            return [good[0].output]
+        blocks = [it.prepared.images for it in good]  # type: ignore[union-attr]
+        batcher = self._batcher(runtime, fn) if len(blocks) == 1 else None
         if batcher is not None:
-            return np.asarray(await batcher.submit(images[0]))[None]
-        batch = np.stack(images)
-        return await self.in_thread(lambda: self._observed(fn)(batch))
+            return [np.asarray(await batcher.submit(blocks[0]))]
+        batch = np.concatenate(blocks)
+        out = await self.in_thread(lambda: self._observed(fn)(batch))
+        bounds = np.cumsum([len(b) for b in blocks])[:-1]
+        return np.split(out, bounds)
 
     def _batcher(
         self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray]
@@ -293,8 +295,8 @@ class Scorer:
         assert m is not None and m.thresholds is not None
         items = await self._prepare_all(runtime, uploads, raise_errors, runtime.score)
         good = [it for it in items if it.prepared is not None]
-        scores = await self._outputs(runtime, runtime.score, good) if good else np.empty(0)
-        score_of = {id(it): float(s) for it, s in zip(good, scores, strict=True)}
+        outputs = await self._outputs(runtime, runtime.score, good) if good else []
+        windows_of = {id(it): w for it, w in zip(good, outputs, strict=True)}
         thresholds = ThresholdValues(
             needs_maintenance=m.thresholds.needs_maintenance, severe=m.thresholds.severe
         )
@@ -304,9 +306,11 @@ class Scorer:
                 assert it.error is not None
                 results.append(_file_error(it))
                 continue
-            s = score_of[id(it)]
+            window_scores = windows_of[id(it)]
+            s = runtime.clip_score(window_scores)
             level = level_for(s, m.thresholds)
             self.metrics.clips.labels(runtime.name, level).inc()
+            spans = it.prepared.spans
             results.append(
                 ScoreResult(
                     model=runtime.name,
@@ -316,6 +320,12 @@ class Scorer:
                     thresholds=thresholds,
                     input=_input_info(it.prepared),
                     filename=it.upload.filename,
+                    windows=None
+                    if spans is None
+                    else [
+                        WindowScore(start_s=round(a, 3), end_s=round(b, 3), score=float(w))
+                        for (a, b), w in zip(spans, window_scores, strict=True)
+                    ],
                 )
             )
         return results
@@ -328,12 +338,8 @@ class Scorer:
         assert m is not None and m.labels is not None
         items = await self._prepare_all(runtime, uploads, raise_errors, runtime.probabilities)
         good = [it for it in items if it.prepared is not None]
-        probs = (
-            await self._outputs(runtime, runtime.probabilities, good)
-            if good
-            else np.empty((0, len(m.labels)))
-        )
-        row_of = {id(it): p for it, p in zip(good, probs, strict=True)}
+        probs = await self._outputs(runtime, runtime.probabilities, good) if good else []
+        row_of = {id(it): p[0] for it, p in zip(good, probs, strict=True)}
         results: list[ClassifyResult | FileError] = []
         for it in items:
             if it.prepared is None:

@@ -1,4 +1,5 @@
-"""The micro-batcher adds no wait to a lone request and stacks the ones that queue behind a run."""
+"""The micro-batcher adds no wait to a lone request and stacks the ones that queue behind a run;
+each caller submits a block of windows (k, h, w) and gets its own k rows back."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ async def test_lone_input_runs_at_once_without_waiting() -> None:
 
     batcher = MicroBatcher(recording_model(sizes), run, max_batch=8, wait_s=5.0)
     start = time.perf_counter()
-    out = await batcher.submit(np.ones((2, 2), np.float32))
+    out = await batcher.submit(np.ones((1, 2, 2), np.float32))
     assert time.perf_counter() - start < 1.0  # not the 5 s wait
-    assert float(out) == 4.0 and sizes == [1]
+    assert out.tolist() == [4.0] and sizes == [1]
 
 
 async def test_inputs_arriving_during_a_run_share_the_next_run() -> None:
@@ -43,17 +44,21 @@ async def test_inputs_arriving_during_a_run_share_the_next_run() -> None:
         return call()
 
     batcher = MicroBatcher(recording_model(sizes), run, max_batch=8, wait_s=5.0)
-    first = asyncio.ensure_future(batcher.submit(np.full((1, 1), 1.0, np.float32)))
+    first = asyncio.ensure_future(batcher.submit(np.full((1, 1, 1), 1.0, np.float32)))
     await asyncio.sleep(0)
     rest = [
-        asyncio.ensure_future(batcher.submit(np.full((1, 1), v, np.float32))) for v in (2, 3, 4)
+        asyncio.ensure_future(batcher.submit(np.full((1, 1, 1), v, np.float32))) for v in (2, 3)
     ]
+    # a long clip: three windows in one block, whose rows come back together and in order
+    rest.append(
+        asyncio.ensure_future(batcher.submit(np.arange(4, 7, dtype=np.float32)[:, None, None]))
+    )
     await asyncio.sleep(0.01)
     assert sizes == []
     release.set()
     results = await asyncio.gather(first, *rest)
-    assert [float(r) for r in results] == [1.0, 2.0, 3.0, 4.0]
-    assert sizes == [1, 3]  # the three that queued went together, right after the first run
+    assert [r.tolist() for r in results] == [[1.0], [2.0], [3.0], [4.0, 5.0, 6.0]]
+    assert sizes == [1, 5]  # the blocks that queued went together, right after the first run
 
 
 async def test_run_inline_only_when_the_model_is_idle() -> None:
@@ -65,11 +70,11 @@ async def test_run_inline_only_when_the_model_is_idle() -> None:
         return call()
 
     batcher = MicroBatcher(recording_model(sizes), run, max_batch=8, wait_s=5.0)
-    out = await asyncio.to_thread(batcher.run_inline, np.ones((1, 3), np.float32))
-    assert out is not None and float(out) == 3.0
-    busy = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32)))
+    out = await asyncio.to_thread(batcher.run_inline, np.ones((1, 1, 3), np.float32))
+    assert out is not None and out.tolist() == [3.0]
+    busy = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 1), np.float32)))
     await asyncio.sleep(0)
-    assert await asyncio.to_thread(batcher.run_inline, np.ones((1, 1), np.float32)) is None
+    assert await asyncio.to_thread(batcher.run_inline, np.ones((1, 1, 1), np.float32)) is None
     release.set()
     await busy
     assert sizes == [1, 1]
