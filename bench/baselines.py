@@ -6,9 +6,17 @@
 - `GaussianStats`: per-band mean and standard deviation of the log-mel over time (256 values
   with the default 128 bands),
   Ledoit-Wolf shrinkage covariance, Mahalanobis distance.
+- `SeedAutoencoder`: the seed's method (the stack auscult replaces). 128-band log-mel in dB
+  (80 dB range, as librosa's power_to_db), min-max scaled per image to [0, 1], resized to
+  224x224 (bilinear); a conv autoencoder (Conv2D 32 → MaxPool → Conv2D 64 → MaxPool, mirrored
+  decoder with UpSampling2D, MSE, Adam) fitted on the normal training clips; the encoder's
+  output flattened (56·56·64 values) → PCA (128 components, fewer with fewer clips) →
+  Mahalanobis distance with the pseudo-inverse covariance of the training clips' PCA scores.
 
-Both read audio with the product's decoder and log-mel (service.features), at the dataset's
-native sample rate, with the DCASE baseline's window (64 ms) and hop (32 ms).
+All read audio with the product's decoder and log-mel (service.features), at the dataset's
+native sample rate: the first two with the DCASE baseline's window (64 ms) and hop (32 ms), the
+seed's method with librosa's default window (2048 samples) and hop (512) at 22.05 kHz, scaled
+to the dataset's rate.
 """
 
 from __future__ import annotations
@@ -17,8 +25,12 @@ import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.features import FeatureParams
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,18 +38,22 @@ N_MELS = 128
 FRAMES = 5
 
 
-def logmel(path: Path, sample_rate: int, n_mels: int = N_MELS) -> np.ndarray:
-    """One clip → (n_mels, n_frames) dB log-mel at sample_rate (window 64 ms, hop 32 ms)."""
+def logmel(
+    path: Path, sample_rate: int, n_mels: int = N_MELS, params: FeatureParams | None = None
+) -> np.ndarray:
+    """One clip → (n_mels, n_frames) dB log-mel at sample_rate (window 64 ms, hop 32 ms,
+    unless `params` says otherwise)."""
     from service.features import FeatureParams, decode_audio, log_mel, resample
 
-    n_fft = 1024 * sample_rate // 16000
-    params = FeatureParams(
-        sample_rate=sample_rate,
-        n_fft=n_fft,
-        hop_length=n_fft // 2,
-        n_mels=n_mels,
-        fmax=sample_rate / 2,
-    )
+    if params is None:
+        n_fft = 1024 * sample_rate // 16000
+        params = FeatureParams(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=n_fft // 2,
+            n_mels=n_mels,
+            fmax=sample_rate / 2,
+        )
     audio = decode_audio(Path(path).read_bytes())
     return log_mel(resample(audio.samples, audio.sample_rate, sample_rate), params)
 
@@ -128,4 +144,91 @@ class GaussianStats:
 
     def score(self, paths: Sequence[Path]) -> np.ndarray:
         d = self._features(paths) - self.mean
+        return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, self.precision, d), 0.0))
+
+
+class SeedAutoencoder:
+    """The seed's method: conv-autoencoder encoder features → PCA → Mahalanobis distance."""
+
+    name = "seed conv AE + PCA"
+    size = 224  # the seed's square picture
+    top_db = 80.0  # librosa.power_to_db's default dynamic range
+    components = 128
+
+    def __init__(self, sample_rate: int, epochs: int = 50, batch_size: int = 16, seed: int = 0):
+        from service.features import FeatureParams
+
+        self.sample_rate, self.epochs, self.batch_size, self.seed = (
+            sample_rate,
+            epochs,
+            batch_size,
+            seed,
+        )
+        self.params = FeatureParams(
+            sample_rate=sample_rate,
+            n_fft=2048 * sample_rate // 22050,
+            hop_length=512 * sample_rate // 22050,
+            n_mels=N_MELS,
+            fmax=min(8000.0, sample_rate / 2),
+            height=self.size,
+            width=self.size,
+            scaling="minmax",
+        )
+
+    def _images(self, paths: Sequence[Path]) -> np.ndarray:
+        """Clips → (n, 224, 224, 1) float32 in [0, 1]."""
+        from service.features import to_image
+
+        out = np.empty((len(paths), self.size, self.size, 1), np.float32)
+        for i, p in enumerate(paths):
+            mel = logmel(p, self.sample_rate, params=self.params)
+            out[i, :, :, 0] = to_image(np.maximum(mel, mel.max() - self.top_db), self.params)
+        return out
+
+    def _latents(self, images: np.ndarray) -> np.ndarray:
+        """Encoder outputs flattened: (n, 56 * 56 * 64) float32, predicted in batches."""
+        return np.concatenate(
+            [
+                self.encoder.predict(images[i : i + 64], verbose=0).reshape(
+                    len(images[i : i + 64]), -1
+                )
+                for i in range(0, len(images), 64)
+            ]
+        )
+
+    def fit(self, paths: Sequence[Path]) -> SeedAutoencoder:
+        import keras
+        from keras import layers
+        from sklearn.decomposition import PCA
+
+        keras.utils.set_random_seed(self.seed)
+        x = self._images(paths)
+        inp = keras.Input((self.size, self.size, 1))
+        h = layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+        h = layers.MaxPooling2D(2)(h)
+        h = layers.Conv2D(64, 3, padding="same", activation="relu")(h)
+        code = layers.MaxPooling2D(2)(h)
+        h = layers.Conv2D(64, 3, padding="same", activation="relu")(code)
+        h = layers.UpSampling2D(2)(h)
+        h = layers.Conv2D(32, 3, padding="same", activation="relu")(h)
+        h = layers.UpSampling2D(2)(h)
+        out = layers.Conv2D(1, 3, padding="same", activation="sigmoid")(h)
+        autoencoder = keras.Model(inp, out)
+        autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        autoencoder.fit(
+            x, x, epochs=self.epochs, batch_size=self.batch_size, shuffle=True, verbose=0
+        )
+        self.encoder = keras.Model(inp, code)
+        z = self._latents(x)
+        del x
+        # centred training latents span len(paths) - 1 directions at most
+        k = min(self.components, len(paths) - 1, z.shape[1])
+        self.pca = PCA(k, svd_solver="full").fit(z)
+        scores = self.pca.transform(z).astype(np.float64)
+        self.mean = scores.mean(axis=0)
+        self.precision = np.linalg.pinv(np.cov(scores, rowvar=False))
+        return self
+
+    def score(self, paths: Sequence[Path]) -> np.ndarray:
+        d = self.pca.transform(self._latents(self._images(paths))).astype(np.float64) - self.mean
         return np.sqrt(np.maximum(np.einsum("bi,ij,bj->b", d, self.precision, d), 0.0))

@@ -1,21 +1,27 @@
-"""Detection quality benchmark: auscult's detector against two references, side by side.
+"""Detection quality benchmark: auscult's detector against three references, side by side.
 
-    .venv/bin/python bench/quality.py            # full run + ablation table (~37 min on 2 cores)
-    .venv/bin/python bench/quality.py --quick    # CI: one digit, one fold, few epochs
+    .venv/bin/python bench/quality.py            # full run (3 training seeds) + ablation table
+    .venv/bin/python bench/quality.py --quick    # CI: one digit, one fold, one seed, few epochs
 
-Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py, so the real
-`training` code reads them): spoken digits one-class (fsdd, mean over the 10 digits), a real
-machine with injected faults (4 folds of 10 held-out clips) and the `training synth` set.
-fsdd and the machine need ../shared/data; without it they are skipped with a message.
+Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py and
+bench/machines.py, so the real `training` code reads them): spoken digits one-class (fsdd, mean
+over the 10 digits), a real machine with injected faults (4 folds of 10 held-out clips), the
+`training synth` set, and two machines generated from physical fault models by an independent
+generator (bearing pump, gear drive; one subset per data seed). fsdd and the machine need
+../shared/data; without it they are skipped with a message. TUNING names the datasets whose
+results chose auscult's defaults; the others (HELD_OUT) are only reported.
 
-Methods: auscult as `python -m training fit --sample-rate SR` builds it (training.fit.fit with
-the command's own argument handling), scored by training.evaluate through service.runtime,
-exactly as the service scores; the DCASE AE baseline and a Gaussian on log-mel statistics
-(bench/baselines.py). Metrics per DCASE: AUC and pAUC (max FPR 0.1) per domain, averaged over
-a dataset's subsets (digits, folds), and the harmonic mean of all of them.
+Methods: auscult as `python -m training fit --sample-rate SR --seed S` builds it
+(training.fit.fit with the command's own argument handling), scored by training.evaluate
+through service.runtime, exactly as the service scores; the DCASE AE baseline, the seed's
+method (conv AE encoder → PCA → Mahalanobis) and a Gaussian on log-mel statistics
+(bench/baselines.py). The learned methods are fitted once per training seed (--seeds); the
+main table reports the mean over seeds and the spread of the harmonic mean. Metrics per DCASE:
+AUC and pAUC (max FPR 0.1) per domain, averaged over a dataset's subsets (digits, folds, data
+seeds), and the harmonic mean of all of them.
 
 The ablation table refits auscult with one choice changed at a time (same `fit` arguments as
-the command line) and reports the harmonic mean per dataset.
+the command line, first training seed only) and reports the harmonic mean per dataset.
 """
 
 from __future__ import annotations
@@ -39,12 +45,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from bench import baselines, datasets
+from bench import baselines, datasets, machines
 
 DOMAINS = ("source", "target")
 QUICK_EPOCHS = 8
 QUICK_REF_EPOCHS = 5
 REF_EPOCHS = 50
+DEFAULT_SEEDS = "0,1,2"  # training seeds of a full run; --quick: "0"
+MACHINE_DATA_SEEDS = (0, 1, 2)  # subsets of the generated machines (--quick: the first)
+# The declared split: the datasets whose results chose auscult's defaults, and those that are
+# only reported (no default was chosen on them).
+TUNING = ("synth gearbox", "fsdd digits")
+HELD_OUT = ("machine faults", "bearing pump", "gear drive")
+DATASET_KEYS = {
+    "fsdd": "fsdd digits",
+    "machine": "machine faults",
+    "synth": "synth gearbox",
+    "bearing": "bearing pump",
+    "gear": "gear drive",
+}
+AUSCULT = "auscult (training fit)"
 ABLATION_DIGITS = (0, 3, 6)
 COARSE_BANDS = 32
 GAUSS_COARSE = f"ref: Gaussian {COARSE_BANDS}"
@@ -141,6 +161,35 @@ class Result:
             if k in ("auc", "pauc")
         ]
         return float(harmonic_mean(vals)) if vals else float("nan")
+
+
+@dataclass
+class Seeded:
+    """One method on one dataset, a Result per training seed (one entry if deterministic)."""
+
+    runs: dict[int, Result] = field(default_factory=dict)
+
+    def seed(self, s: int) -> Result:
+        return self.runs.setdefault(s, Result())
+
+    def domain_mean(self, domain: str, key: str) -> float:
+        return float(np.mean([r.domain_mean(domain, key) for r in self.runs.values()]))
+
+    @property
+    def hmeans(self) -> list[float]:
+        return [r.hmean for r in self.runs.values()]
+
+    @property
+    def hmean(self) -> float:
+        return float(np.mean(self.hmeans))
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.runs.values())
+
+
+def split_of(dataset: str) -> str:
+    return "tuning" if dataset in TUNING else "held-out"
 
 
 # --- methods ---------------------------------------------------------------------------------
@@ -252,24 +301,40 @@ def build_datasets(
             yield f"machine faults: skipped, {shared / 'machine-normal'} is absent"
     if only is None or "synth" in only:
         yield Dataset("synth gearbox", 16000, [("seed 0", lambda out: datasets.synth(out, 0))])
+    data_seeds = MACHINE_DATA_SEEDS[:1] if quick else MACHINE_DATA_SEEDS
+    for key, build in (("bearing", machines.bearing_pump), ("gear", machines.gear_drive)):
+        if only is None or key in only:
+            yield Dataset(
+                DATASET_KEYS[key],
+                machines.SAMPLE_RATE,
+                [(f"data seed {k}", lambda out, k=k, b=build: b(out, k)) for k in data_seeds],
+            )
 
 
 # --- output ----------------------------------------------------------------------------------
 
 
-def format_results(rows: list[tuple[str, str, Result]]) -> str:
+def format_results(rows: list[tuple[str, str, Seeded]]) -> str:
+    """The main table: metrics are means over training seeds; sd/min/max are the spread of the
+    harmonic mean over seeds ('-' for a method fitted once)."""
     head = (
-        f"{'dataset':<16}{'method':<24}{'src AUC':>8}{'src pAUC':>9}{'tgt AUC':>8}"
-        f"{'tgt pAUC':>9}{'hmean':>8}{'seconds':>9}"
+        f"{'dataset':<16}{'set':<10}{'method':<24}{'src AUC':>8}{'src pAUC':>9}{'tgt AUC':>8}"
+        f"{'tgt pAUC':>9}{'hmean':>8}{'sd':>7}{'min':>7}{'max':>7}{'seeds':>6}{'seconds':>9}"
     )
     lines = [head, "-" * len(head)]
     last = None
     for ds, method, r in rows:
         cells = [r.domain_mean(d, k) for d in DOMAINS for k in ("auc", "pauc")]
+        h = r.hmeans
+        spread = (
+            f"{np.std(h, ddof=1):>7.3f}{min(h):>7.3f}{max(h):>7.3f}"
+            if len(h) > 1
+            else f"{'-':>7}{'-':>7}{'-':>7}"
+        )
         lines.append(
-            f"{ds if ds != last else '':<16}{method:<24}"
+            f"{ds if ds != last else '':<16}{split_of(ds) if ds != last else '':<10}{method:<24}"
             + "".join(f"{v:>{w}.3f}" for v, w in zip(cells, (8, 9, 8, 9), strict=True))
-            + f"{r.hmean:>8.3f}{r.seconds:>9.0f}"
+            + f"{r.hmean:>8.3f}{spread}{len(h):>6}{r.seconds:>9.0f}"
         )
         last = ds
     return "\n".join(lines)
@@ -289,13 +354,39 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def parse_seeds(text: str) -> list[int]:
+    seeds = [int(x) for x in text.split(",") if x.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(text)
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="one digit, one fold, few epochs (CI)")
-    p.add_argument("--datasets", default=None, help="comma list of fsdd,machine,synth")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one digit, one fold, one subset per generated machine, one seed, few epochs (CI)",
+    )
+    p.add_argument(
+        "--datasets", default=None, help=f"comma list of {','.join(DATASET_KEYS)} (default all)"
+    )
     p.add_argument("--digits", default=None, help="comma list of fsdd digits (default all)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help=f"comma list of training seeds for auscult and the learned references "
+        f"(default {DEFAULT_SEEDS}; --quick: 0)",
+    )
+    p.add_argument(
+        "--ref-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the learned references, the DCASE AE and the seed's conv AE "
+        f"(default {REF_EPOCHS}; --quick: {QUICK_REF_EPOCHS})",
+    )
     p.add_argument(
         "--ablation",
         action=argparse.BooleanOptionalAction,
@@ -311,7 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     only = set(args.datasets.split(",")) if args.datasets else None
+    if only is not None and only - set(DATASET_KEYS):
+        p.error(f"unknown datasets {sorted(only - set(DATASET_KEYS))}; known: {list(DATASET_KEYS)}")
     digits = [int(d) for d in args.digits.split(",")] if args.digits else None
+    try:
+        seeds = parse_seeds(args.seeds or ("0" if args.quick else DEFAULT_SEEDS))
+    except ValueError:
+        p.error(f"--seeds must be a comma list of distinct integers, not {args.seeds!r}")
     ablation = (not args.quick) if args.ablation is None else args.ablation
     names = {n for n, _, _ in ABLATIONS}
     wanted = names if args.ablation_rows == "all" else set(args.ablation_rows.split(","))
@@ -319,9 +416,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown ablation rows {sorted(wanted - names)}; known: {sorted(names)}")
     ablation_rows = [row for row in ABLATIONS if row[0] in wanted or row[0] == "default"]
     fit_extra = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
-    ref_epochs = QUICK_REF_EPOCHS if args.quick else REF_EPOCHS
+    ref_epochs = args.ref_epochs or (QUICK_REF_EPOCHS if args.quick else REF_EPOCHS)
 
-    rows: list[tuple[str, str, Result]] = []
+    print(f"Tuning datasets (results chose the defaults): {', '.join(TUNING)}")
+    print(f"Held-out datasets (only reported): {', '.join(HELD_OUT)}")
+    learned = f"auscult, {baselines.DcaseAutoencoder.name}, {baselines.SeedAutoencoder.name}"
+    print(
+        f"Training seeds: {','.join(map(str, seeds))} ({learned}; "
+        f"{baselines.GaussianStats.name} has no seed: fitted once); reference epochs {ref_epochs}"
+    )
+    sys.stdout.flush()
+
+    methods = ("auscult", "dcase", "seed", "gauss")
+    labels = {
+        "auscult": AUSCULT,
+        "dcase": baselines.DcaseAutoencoder.name,
+        "seed": baselines.SeedAutoencoder.name,
+        "gauss": baselines.GaussianStats.name,
+    }
+    rows: list[tuple[str, str, Seeded]] = []
     messages: list[str] = []
     ablation_table: dict[str, dict[str, Result]] = {}
     built: list[tuple[Dataset, list[Path]]] = []
@@ -333,54 +446,64 @@ def main(argv: list[str] | None = None) -> int:
                 messages.append(ds)
                 progress(ds)
                 continue
-            results = {m: Result() for m in ("auscult", "dcase", "gauss")}
+            results = {m: Seeded() for m in methods}
             dirs = []
             for i, (sub, build) in enumerate(ds.subsets):
                 data = root / f"{ds.name.split()[0]}-{i}"
                 build(data)
                 dirs.append(data)
-                runs: dict[str, Callable[[], dict[str, Any]]] = {
-                    "auscult": lambda data=data, ds=ds: run_auscult(
-                        data, data / "bundle", fit_settings(ds.sample_rate, fit_extra)
-                    ),
-                    "dcase": lambda data=data, ds=ds: run_reference(
-                        data, baselines.DcaseAutoencoder(ds.sample_rate, ref_epochs)
-                    ),
-                    "gauss": lambda data=data, ds=ds: run_reference(
-                        data, baselines.GaussianStats(ds.sample_rate)
-                    ),
-                }
-                for m, run in runs.items():
-                    t0 = time.perf_counter()
-                    metrics = run()
-                    results[m].per_subset.append(metrics)
-                    results[m].seconds += time.perf_counter() - t0
-                    progress(f"[{ds.name} / {sub}] {m:<8} hmean {metrics['hmean']:.3f}")
+                for s in seeds:
+                    runs: dict[str, Callable[[], dict[str, Any]]] = {
+                        "auscult": lambda data=data, ds=ds, s=s: run_auscult(
+                            data,
+                            data / f"bundle-seed{s}",
+                            fit_settings(ds.sample_rate, [*fit_extra, "--seed", str(s)]),
+                        ),
+                        "dcase": lambda data=data, ds=ds, s=s: run_reference(
+                            data, baselines.DcaseAutoencoder(ds.sample_rate, ref_epochs, seed=s)
+                        ),
+                        "seed": lambda data=data, ds=ds, s=s: run_reference(
+                            data, baselines.SeedAutoencoder(ds.sample_rate, ref_epochs, seed=s)
+                        ),
+                    }
+                    if s == seeds[0]:  # deterministic: once
+                        runs["gauss"] = lambda data=data, ds=ds: run_reference(
+                            data, baselines.GaussianStats(ds.sample_rate)
+                        )
+                    for m, run in runs.items():
+                        t0 = time.perf_counter()
+                        metrics = run()
+                        res = results[m].seed(s)
+                        res.per_subset.append(metrics)
+                        res.seconds += time.perf_counter() - t0
+                        progress(
+                            f"[{ds.name} / {sub}] {m:<8} seed {s} hmean {metrics['hmean']:.3f}"
+                        )
             built.append((ds, dirs))
-            rows += [
-                (ds.name, "auscult (training fit)", results["auscult"]),
-                (ds.name, baselines.DcaseAutoencoder.name, results["dcase"]),
-                (ds.name, baselines.GaussianStats.name, results["gauss"]),
-            ]
+            rows += [(ds.name, labels[m], results[m]) for m in methods]
 
         if ablation:
             for ds, dirs in built:
                 chosen = list(range(len(dirs)))
                 if ds.name.startswith("fsdd") and digits is None:
                     chosen = [d for d in ABLATION_DIGITS if d < len(dirs)]
-                defaults = next(r for n, m, r in rows if n == ds.name and m.startswith("auscult"))
+                main_row = next(r for n, m, r in rows if n == ds.name and m == AUSCULT)
+                defaults = main_row.runs[seeds[0]]
+                bundle = f"bundle-seed{seeds[0]}"
                 for variant, extra, _ in ablation_rows:
                     res = ablation_table.setdefault(variant, {}).setdefault(ds.name, Result())
                     for i in chosen:
-                        if variant == "default":  # the main table's bundles
+                        if variant == "default":  # the main table's bundles (first seed)
                             res.per_subset.append(defaults.per_subset[i])
-                            da = domain_aware_metrics(dirs[i], dirs[i] / "bundle")
+                            da = domain_aware_metrics(dirs[i], dirs[i] / bundle)
                             if da is not None:
                                 ablation_table.setdefault("domain-aware", {}).setdefault(
                                     ds.name, Result()
                                 ).per_subset.append(da)
                             continue
-                        settings = fit_settings(ds.sample_rate, fit_extra + extra)
+                        settings = fit_settings(
+                            ds.sample_rate, [*fit_extra, "--seed", str(seeds[0]), *extra]
+                        )
                         t0 = time.perf_counter()
                         res.per_subset.append(run_auscult(dirs[i], dirs[i] / "variant", settings))
                         res.seconds += time.perf_counter() - t0
@@ -392,24 +515,34 @@ def main(argv: list[str] | None = None) -> int:
                     ref.per_subset.append(run_reference(dirs[i], model))
 
     print()
-    print("Detection quality (DCASE metrics; AUC/pAUC averaged over subsets, hmean over all)")
+    print(
+        "Detection quality (DCASE metrics; AUC/pAUC averaged over subsets and training seeds, "
+        "hmean over all; sd/min/max: the hmean's spread over seeds)"
+    )
     print(format_results(rows))
-    by_ds: dict[str, dict[str, float]] = {}
+    by_ds: dict[str, dict[str, Seeded]] = {}
     for ds_name, method, r in rows:
-        by_ds.setdefault(ds_name, {})[method] = r.hmean
+        by_ds.setdefault(ds_name, {})[method] = r
     for ds_name, h in by_ds.items():
-        ours = h.pop("auscult (training fit)")
-        best = max(h.values())
+        ours = h.pop(AUSCULT)
+        best_name, best = max(h.items(), key=lambda kv: kv[1].hmean)
+        verdict = (
+            "beats every reference" if ours.hmean > best.hmean else "does NOT beat every reference"
+        )
         print(
-            f"{ds_name}: auscult {ours:.3f} vs best reference {best:.3f} "
-            f"({'beats both' if ours > best else 'does NOT beat both'})"
+            f"{ds_name}: auscult {ours.hmean:.3f} (worst seed {min(ours.hmeans):.3f}) vs best "
+            f"reference {best.hmean:.3f} ({best_name}): {verdict} [{split_of(ds_name)}]"
         )
     if ablation_table:
         print()
         fsdd_note = (
             f" (fsdd: digits {','.join(map(str, ABLATION_DIGITS))})" if digits is None else ""
         )
-        print(f"Ablation: auscult harmonic mean per dataset, one change at a time{fsdd_note}")
+        print(
+            f"Ablation: auscult harmonic mean per dataset, one change at a time{fsdd_note}; "
+            f"single training seed ({seeds[0]}), so differences within the main table's "
+            "seed spread are noise"
+        )
         print(format_ablation(ablation_table, [ds.name for ds, _ in built]))
         print(
             f"{'domain-aware':<20}  = min Mahalanobis over source and target statistics "

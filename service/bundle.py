@@ -287,15 +287,15 @@ def scoring_parts(manifest: Manifest, n_components: int, latent_dim: int) -> lis
     return parts
 
 
-def window_scores(
+def part_distances(
     latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
 ) -> np.ndarray:
-    """(n, d) latents → (n,) window scores Σ weight·Mahalanobis over the parts (each part a
-    block of the PCA arrays: its components are zero outside its own latent columns)."""
-    total = np.zeros(latents.shape[0], np.float64)
-    for p in parts:
+    """(n, d) latents → (n, n_parts) Mahalanobis distance of every part (each part a block
+    of the PCA arrays: its components are zero outside its own latent columns)."""
+    out = np.empty((latents.shape[0], len(parts)), np.float64)
+    for j, p in enumerate(parts):
         (d0, d1), (k0, k1) = p.dims, p.components
-        total += p.weight * mahalanobis(
+        out[:, j] = mahalanobis(
             latents[:, d0:d1],
             arrays["pca_components"][k0:k1, d0:d1],
             arrays["pca_mean"][d0:d1],
@@ -303,7 +303,14 @@ def window_scores(
             arrays["inv_cov"][k0:k1, k0:k1],
             p.residual_precision,
         )
-    return total
+    return out
+
+
+def window_scores(
+    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+) -> np.ndarray:
+    """(n, d) latents → (n,) window scores: Σ weight·distance over the parts."""
+    return part_distances(latents, arrays, parts) @ np.array([p.weight for p in parts])
 
 
 def aggregation(manifest: Manifest) -> tuple[Aggregation, int]:

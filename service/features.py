@@ -80,8 +80,6 @@ class FeatureParams(BaseModel):
             raise ValueError("fmax must not exceed sample_rate / 2")
         if self.db_max <= self.db_min:
             raise ValueError("db_max must be greater than db_min")
-        if self.window_hop_seconds is not None and self.window_seconds is None:
-            raise ValueError("window_hop_seconds needs window_seconds")
         return self
 
     @property

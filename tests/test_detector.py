@@ -11,7 +11,7 @@ import pytest
 
 from service.bundle import mahalanobis, read_manifest
 from service.runtime import AnomalyRuntime, open_runtime
-from training.detector import fit_detector, score
+from training.detector import distances, fit_detector, fit_parts, score, standardise
 
 
 def _latents(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -78,19 +78,54 @@ def _copy_with_scoring(bundle: Path, tmp_path: Path, **scoring: object) -> Path:
     return out
 
 
-def test_service_scores_with_the_manifest_residual_precision(tiny_bundle: Path) -> None:
+def test_service_scores_each_part_with_its_own_detector_and_weight(tiny_bundle: Path) -> None:
     m = read_manifest(tiny_bundle)
-    assert m.scoring["pca_selection"] == "full" and m.scoring["residual_precision"] > 0
+    parts = m.scoring["parts"]
+    assert [p["name"] for p in parts] == ["flat", "band_stats"]  # the default pooling
+    assert all(p["residual_precision"] > 0 and p["weight"] > 0 for p in parts)
     rt = open_runtime(tiny_bundle)
     assert isinstance(rt, AnomalyRuntime) and rt.ready
     images = np.random.default_rng(0).uniform(0, 1, (3, 32, 32)).astype(np.float32)
     latents = rt.latents(images)
-    expected = mahalanobis(latents, **rt.arrays, residual_precision=m.scoring["residual_precision"])
-    np.testing.assert_array_equal(rt.score(images), expected)
+    expected = np.zeros(3)
+    for p in parts:  # each part: its own columns, its own block of the arrays
+        (d0, d1), (k0, k1) = p["dims"], p["components"]
+        expected += p["weight"] * mahalanobis(
+            latents[:, d0:d1],
+            rt.arrays["pca_components"][k0:k1, d0:d1],
+            rt.arrays["pca_mean"][d0:d1],
+            rt.arrays["mean_vec"][k0:k1],
+            rt.arrays["inv_cov"][k0:k1, k0:k1],
+            p["residual_precision"],
+        )
+    np.testing.assert_allclose(rt.score(images), expected, rtol=1e-6)
+    # the blocks outside a part are zero: one part's columns never move another's distance
+    (d0, d1), (k0, k1) = parts[1]["dims"], parts[0]["components"]
+    assert not rt.arrays["pca_components"][k0:k1, d0:d1].any()
+
+
+def test_fit_parts_equals_separate_detectors_and_standardise_fuses_to_one() -> None:
+    a, b = _latents(40, 30), _latents(40, 6, seed=2) * 50  # very different scales
+    latents = np.concatenate([a, b], axis=1)
+    arrays, parts, _ = fit_parts(latents, [("a", 30), ("b", 6)])
+    test = np.concatenate([_latents(5, 30, seed=3), _latents(5, 6, seed=4) * 50], axis=1)
+    dist = distances(test, arrays, parts)
+    for j, (x, cols) in enumerate(((a, slice(0, 30)), (b, slice(30, 36)))):
+        alone, summary = fit_detector(x)
+        np.testing.assert_allclose(
+            dist[:, j], score(test[:, cols], alone, summary["residual_precision"]), rtol=1e-4
+        )
+    held = distances(_latents(30, 36, seed=5), arrays, parts)
+    fused = standardise(parts, held)
+    w = np.array([p.weight for p in fused])
+    assert (held @ w).mean() == pytest.approx(1.0)  # a typical normal window scores 1
+    # each part counts by its own normal spread: equal z-scores move the fused score equally
+    z_step = np.array([p.scale for p in fused]) * w
+    assert z_step[0] == pytest.approx(z_step[1])
 
 
 def test_bundle_without_residual_precision_still_loads(tiny_bundle: Path, tmp_path: Path) -> None:
-    old = _copy_with_scoring(tiny_bundle, tmp_path, residual_precision="-")
+    old = _copy_with_scoring(tiny_bundle, tmp_path, residual_precision="-", parts="-")
     rt = open_runtime(old)
     assert isinstance(rt, AnomalyRuntime) and rt.ready
     assert [p.residual_precision for p in rt.parts] == [0.0]
@@ -102,5 +137,5 @@ def test_bundle_without_residual_precision_still_loads(tiny_bundle: Path, tmp_pa
 def test_bundle_with_a_bad_residual_precision_is_refused(
     tiny_bundle: Path, tmp_path: Path, bad: object
 ) -> None:
-    rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, residual_precision=bad))
+    rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, residual_precision=bad, parts="-"))
     assert rt.status == "failed" and "residual_precision" in (rt.reason or "")

@@ -5,14 +5,34 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from training.autoencoder import AutoencoderConfig, Pooling
+from training.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
 from training.datasets import DatasetError
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
+
+
+def _pooling(text: str) -> str:
+    try:
+        pooling_parts(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
+def _window(text: str) -> float | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("use seconds (e.g. 2), auto or none") from e
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the window must be longer than 0 s")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +57,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--pooling",
-        choices=get_args(Pooling),
+        type=_pooling,
         default=ae.pooling,
-        help="encoder output scored by the detector: band statistics of the input "
-        "(mean, std, peak flux per band), time statistics of the last conv block (+input: "
-        "and per-mel-band mean/std of the input; +band_stats: and the band statistics), "
-        "or the bottleneck",
+        help=f"encoder output scored by the detector: one or more of {', '.join(PART_NAMES)} "
+        "joined by '+' (flat: the last conv block flattened; time_stats: its mean/std over "
+        "time; dense: the bottleneck; input: every mel band's mean/std; band_stats: mean, "
+        "std and peak flux of --band-pool bands). Default: %(default)s",
+    )
+    f.add_argument(
+        "--fusion",
+        choices=["scores", "concat"],
+        default="scores",
+        help="scores: a detector per part, distances fused by their held-out normal spread; "
+        "concat: one detector on the concatenated parts",
+    )
+    f.add_argument(
+        "--window-seconds",
+        type=_window,
+        default="auto",
+        help="clips are cut into windows of this length, each scored (auto: the median "
+        "training clip, at most 2 s; none: every clip is one image stretched to --width)",
+    )
+    f.add_argument(
+        "--window-hop", type=float, default=None, help="seconds between windows (default: half)"
+    )
+    f.add_argument(
+        "--aggregation",
+        choices=["mean", "max", "top_k_mean"],
+        default="mean",
+        help="window scores → clip score",
+    )
+    f.add_argument("--aggregation-k", type=int, default=3, help="k for top_k_mean")
+    f.add_argument(
+        "--codec-copies",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fit on an ogg/mp3 round trip of every training clip (healthy mp3 and "
+        "ogg uploads then score as normal)",
+    )
+    f.add_argument(
+        "--max-components",
+        type=int,
+        default=128,
+        help="principal directions kept per part (the rest share one variance); 0: all",
     )
     f.add_argument(
         "--band-pool",
@@ -63,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="standardise every mel band inside the network",
     )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
-    f.add_argument("--width", type=int, default=256, help="input width (time columns)")
+    f.add_argument("--width", type=int, default=64, help="input width: time columns of one window")
+    f.add_argument(
+        "--fmax",
+        type=float,
+        default=None,
+        help="highest mel frequency (default: 0.8 x Nyquist, below the low-pass of mp3 and "
+        "other lossy codecs, which empty the top bands)",
+    )
     f.add_argument("--sample-rate", type=int, default=16000)
     f.add_argument("--n-fft", type=int, default=None, help="default: 64 ms at the sample rate")
     f.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
@@ -145,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    pools_bands = args.command == "fit" and "band_stats" in args.pooling
+    pools_bands = args.command == "fit" and "band_stats" in pooling_parts(args.pooling)
     if pools_bands and (args.band_pool < 1 or args.n_mels % args.band_pool):
         parser.error(f"--band-pool {args.band_pool} must divide --n-mels {args.n_mels}")
     try:
@@ -179,8 +243,9 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         n_mels=args.n_mels,
         height=args.n_mels,
         width=args.width,
-        fmax=min(8000.0, args.sample_rate / 2),
+        fmax=args.fmax if args.fmax is not None else 0.8 * args.sample_rate / 2,
         scaling=args.scaling,
+        window_hop_seconds=args.window_hop if args.window_seconds is not None else None,
     )
     shrinkage = args.shrinkage
     if shrinkage not in ("ledoit_wolf", "oas"):
@@ -192,6 +257,12 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "pca_components": args.pca_components,
         "shrinkage": shrinkage,
         "detector_clips": args.detector_clips,
+        "window_seconds": args.window_seconds,
+        "fusion": args.fusion,
+        "aggregation": args.aggregation,
+        "aggregation_k": args.aggregation_k,
+        "max_components": args.max_components or None,
+        "codec_copies": args.codec_copies,
     }
 
 

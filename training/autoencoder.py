@@ -12,7 +12,26 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-Pooling = Literal["band_stats", "time_stats+band_stats", "time_stats", "time_stats+input", "dense"]
+# What the scoring encoder outputs: one or more parts joined by "+", concatenated in order.
+#   flat        the last conv block flattened, (h/2^depth)·(w/2^depth)·filters[-1] values (the
+#               seeds' recipe: where in the window and at which band a pattern sits)
+#   time_stats  mean and std over time of every (row, channel) of the last conv block
+#   dense       the autoencoder's bottleneck (latent_dim values; needs --bottleneck dense)
+#   input       every mel band's mean and std over time of the input
+#   band_stats  BandStats of the input: bands of `band_pool` rows, mean/std/peak flux each
+PART_NAMES = ("flat", "time_stats", "dense", "input", "band_stats")
+Pooling = str
+
+
+def pooling_parts(pooling: str) -> list[str]:
+    """ "flat+band_stats" → ["flat", "band_stats"]; raises ValueError for unknown parts."""
+    parts = [p for p in pooling.split("+") if p]
+    unknown = [p for p in parts if p not in PART_NAMES]
+    if not parts or unknown or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"pooling {pooling!r}: use one or more of {', '.join(PART_NAMES)} joined by '+'"
+        )
+    return parts
 
 
 @dataclass(frozen=True)
@@ -25,16 +44,8 @@ class AutoencoderConfig:
     # layer of latent_dim units on the flattened last conv block.
     bottleneck: Literal["conv", "dense"] = "conv"
     latent_dim: int = 4
-    # What the encoder gives the detector. "time_stats": the mean and standard deviation
-    # over time of every (mel row, channel) of the last conv block, 2·(height/2^depth)·
-    # filters[-1] values, invariant to when things happen in the clip; "dense": the
-    # autoencoder's bottleneck (latent_dim values); "time_stats+input": the time statistics
-    # of the last conv block followed by those of the input spectrogram (2·height values:
-    # every mel band's mean and std over time, the features of a Gaussian on band stats);
-    # "band_stats": statistics of the input alone on a coarser band grid (`BandStats`), the
-    # measured best on the quality benchmark (bench/README.md); "time_stats+band_stats":
-    # the conv block's time statistics followed by those band statistics.
-    pooling: Pooling = "band_stats"
+    # What the encoder gives the detector: parts joined by "+" (see PART_NAMES above).
+    pooling: Pooling = "flat+band_stats"
     # BandStats: adjacent mel rows averaged into one band, and whether the peak flux is kept.
     band_pool: int = 2
     band_flux: bool = True
@@ -179,7 +190,7 @@ def build(
     n_down = len(cfg.filters)
     if height % 2**n_down or width % 2**n_down:
         raise ValueError(f"input {height}x{width} must be divisible by {2**n_down}")
-    if "band_stats" in cfg.pooling and (cfg.band_pool < 1 or height % cfg.band_pool):
+    if "band_stats" in pooling_parts(cfg.pooling) and (cfg.band_pool < 1 or height % cfg.band_pool):
         raise ValueError(f"--band-pool {cfg.band_pool} must divide the input height {height}")
     inp = keras.Input((height, width, 1), name="spectrogram")
     x = inp
@@ -210,26 +221,37 @@ def scoring_encoder(
     autoencoder: Any, pooling: str, band_pool: int = 2, band_flux: bool = True
 ) -> Any:
     """The model exported as encoder.onnx, built from a trained (or loaded) autoencoder:
-    (b, h, w, 1) → time statistics of its "features" block (then, for "time_stats+input",
-    those of the input; for "+band_stats", BandStats of the input), BandStats of the input
-    alone ("band_stats"), or its flattened "latent" ("dense")."""
+    (b, h, w, 1) → the parts of `pooling` concatenated in order (see PART_NAMES)."""
+    return _scoring_encoder(autoencoder, pooling, band_pool, band_flux)[0]
+
+
+def scoring_encoder_parts(
+    autoencoder: Any, pooling: str, band_pool: int = 2, band_flux: bool = True
+) -> list[tuple[str, int]]:
+    """[(part name, width)] of scoring_encoder's output, in order."""
+    return _scoring_encoder(autoencoder, pooling, band_pool, band_flux)[1]
+
+
+def _scoring_encoder(
+    autoencoder: Any, pooling: str, band_pool: int, band_flux: bool
+) -> tuple[Any, list[tuple[str, int]]]:
     import keras
     from keras import layers
 
     spectrogram = autoencoder.inputs[0]
-    if pooling == "dense":
-        return keras.Model(
-            spectrogram, layers.Flatten()(autoencoder.get_layer("latent").output), name="encoder"
-        )
-    parts = []
-    if pooling.startswith("time_stats"):
-        parts.append(time_stats_layer()(autoencoder.get_layer("features").output))
-    if pooling.endswith("+input"):
-        parts.append(time_stats_layer("input_stats")(spectrogram))
-    if pooling.endswith("band_stats"):
-        parts.append(band_stats_layer(band_pool, band_flux)(spectrogram))
-    out = parts[0] if len(parts) == 1 else layers.Concatenate(name="stats")(parts)
-    return keras.Model(spectrogram, out, name="encoder")
+    features = autoencoder.get_layer("features").output
+    build = {
+        "flat": lambda: layers.Flatten(name="flat")(features),
+        "time_stats": lambda: time_stats_layer()(features),
+        "dense": lambda: layers.Flatten(name="dense")(autoencoder.get_layer("latent").output),
+        "input": lambda: time_stats_layer("input_stats")(spectrogram),
+        "band_stats": lambda: band_stats_layer(band_pool, band_flux)(spectrogram),
+    }
+    names = pooling_parts(pooling)
+    outputs = [build[n]() for n in names]
+    out = outputs[0] if len(outputs) == 1 else layers.Concatenate(name="stats")(outputs)
+    widths = [(n, int(o.shape[-1])) for n, o in zip(names, outputs, strict=True)]
+    return keras.Model(spectrogram, out, name="encoder"), widths
 
 
 def scoring_encoder_for(autoencoder: Any, recorded: dict[str, Any]) -> Any:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import mahalanobis
+from service.bundle import ScoringPart, mahalanobis, part_distances
 
 Selection = Literal["full", "all", "top", "residual"]
 Shrinkage = Literal["ledoit_wolf", "oas"] | float
@@ -27,7 +27,7 @@ def _shrunk(latents: np.ndarray, shrinkage: Shrinkage) -> tuple[Any, float]:
 
 
 def _fit_full(
-    latents: np.ndarray, shrinkage: Shrinkage
+    latents: np.ndarray, shrinkage: Shrinkage, max_components: int | None = None
 ) -> tuple[dict[str, np.ndarray], float, float]:
     """Mahalanobis under the shrunk covariance Σ = (1-δ)·S + δ·μ·I of the FULL latent space.
 
@@ -47,13 +47,17 @@ def _fit_full(
     mu = float(eig.sum() / d)
     delta = max(delta, 1e-6) if rank < d else delta
     shrunk = (1 - delta) * eig[:rank] + delta * mu
-    arrays = {
-        "pca_components": vt[:rank].astype(np.float32),
-        "pca_mean": mean.astype(np.float32),
-        "mean_vec": np.zeros(rank, np.float32),
-        "inv_cov": np.diag(1.0 / shrunk).astype(np.float32),
-    }
     residual = 1.0 / (delta * mu) if rank < d and mu > 0 else 0.0
+    keep = rank if max_components is None else min(rank, max_components)
+    if keep < rank:  # the dropped directions join the complement: one mean variance for all
+        rest = (shrunk[keep:].sum() + (d - rank) * delta * mu) / (d - keep)
+        residual = 1.0 / rest
+    arrays = {
+        "pca_components": vt[:keep].astype(np.float32),
+        "pca_mean": mean.astype(np.float32),
+        "mean_vec": np.zeros(keep, np.float32),
+        "inv_cov": np.diag(1.0 / shrunk[:keep]).astype(np.float32),
+    }
     return arrays, residual, delta
 
 
@@ -62,6 +66,7 @@ def fit_detector(
     n_components: int | None = None,
     selection: Selection = "full",
     shrinkage: Shrinkage = "ledoit_wolf",
+    max_components: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """latents (n, d) of normal training clips → arrays for the bundle and a summary
     (the summary goes into the manifest's `scoring`; `residual_precision` is read back).
@@ -77,7 +82,7 @@ def fit_detector(
     latents = latents.astype(np.float64)
     residual = 0.0
     if selection == "full":
-        arrays, residual, delta = _fit_full(latents, shrinkage)
+        arrays, residual, delta = _fit_full(latents, shrinkage, max_components)
         k = arrays["pca_components"].shape[0]
     else:
         pca = PCA(n_components=min(n, d), svd_solver="full").fit(latents)
@@ -118,3 +123,68 @@ def score(
         arrays["inv_cov"],
         residual_precision,
     )
+
+
+def fit_parts(
+    latents: np.ndarray,
+    widths: list[tuple[str, int]],
+    n_components: int | None = None,
+    selection: Selection = "full",
+    shrinkage: Shrinkage = "ledoit_wolf",
+    max_components: int | None = None,
+) -> tuple[dict[str, np.ndarray], list[ScoringPart], list[dict[str, Any]]]:
+    """One detector per part of the latent (widths: [(name, n_columns)] in order) →
+    block-diagonal bundle arrays, the parts (weight 1 each until `standardise`) and each
+    part's fit summary. One part spanning every column is the plain detector."""
+    blocks, parts, summaries = [], [], []
+    d0 = k0 = 0
+    for name, width in widths:
+        arrays, summary = fit_detector(
+            latents[:, d0 : d0 + width], n_components, selection, shrinkage, max_components
+        )
+        k = arrays["pca_components"].shape[0]
+        parts.append(
+            ScoringPart(
+                name=name,
+                dims=(d0, d0 + width),
+                components=(k0, k0 + k),
+                residual_precision=summary["residual_precision"],
+            )
+        )
+        blocks.append(arrays)
+        summaries.append({"part": name, **summary})
+        d0, k0 = d0 + width, k0 + k
+    comps = np.zeros((k0, d0), np.float32)
+    inv_cov = np.zeros((k0, k0), np.float32)
+    for p, arrays in zip(parts, blocks, strict=True):
+        (a, b), (i, j) = p.dims, p.components
+        comps[i:j, a:b] = arrays["pca_components"]
+        inv_cov[i:j, i:j] = arrays["inv_cov"]
+    merged = {
+        "pca_components": comps,
+        "pca_mean": np.concatenate([a["pca_mean"] for a in blocks]),
+        "mean_vec": np.concatenate([a["mean_vec"] for a in blocks]),
+        "inv_cov": inv_cov,
+    }
+    return merged, parts, summaries
+
+
+def standardise(parts: list[ScoringPart], distances: np.ndarray) -> list[ScoringPart]:
+    """Weights that fuse the parts by their held-out normal distances (n, n_parts): with each
+    part's mean m and standard deviation s, the score Σ (d/s) / Σ (m/s) ranks windows as the
+    mean of the parts' z-scores (each part counts by its own normal spread) and is 1 for a
+    window at every part's normal mean."""
+    loc = distances.mean(axis=0)
+    scale = np.maximum(distances.std(axis=0), 1e-6 * np.maximum(loc, 1e-12))
+    norm = float((loc / scale).sum())
+    return [
+        p.model_copy(update={"weight": float(1 / (s * norm)), "loc": float(m), "scale": float(s)})
+        for p, m, s in zip(parts, loc, scale, strict=True)
+    ]
+
+
+def distances(
+    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+) -> np.ndarray:
+    """(n, d) → (n, n_parts): every part's Mahalanobis distance, as the service computes it."""
+    return part_distances(latents, arrays, parts)

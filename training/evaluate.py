@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.bundle import Manifest, update_bundle
+from service.bundle import Manifest, aggregate, update_bundle
 from service.features import FeatureParams, load_file
 from service.runtime import AnomalyRuntime, open_runtime
-from training.datasets import Clip, DatasetError, discover
+from training.augment import codec_copy
+from training.datasets import AUDIO_EXTS, Clip, DatasetError, discover
 
 MAX_FPR = 0.1
 
@@ -31,27 +32,49 @@ class ScoredClips:
     scores: np.ndarray  # (n,)
 
 
-def load_images(clips: list[Clip], params: FeatureParams, desc: str) -> np.ndarray:
-    """Features for every clip → (n, h, w). Raises DatasetError listing unreadable files."""
-    images, bad = [], []
-    for clip in tqdm(clips, desc=desc, unit="clip", leave=False):
+def load_windows(
+    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs of every clip's windows → ((n_windows, h, w), (n_windows,) index of the
+    clip each window belongs to). With codec_copies, each audio clip i also contributes the
+    windows of a lossy-codec round trip of itself (training.augment), as clip i + len(clips).
+    Raises DatasetError listing unreadable files."""
+    blocks, owners, bad = [], [], []
+    for i, clip in enumerate(tqdm(clips, desc=desc, unit="clip", leave=False)):
         try:
-            images.append(load_file(str(clip.path), params).image)
+            images = load_file(str(clip.path), params).images
+            if codec_copies and clip.path.suffix.lower() in AUDIO_EXTS:
+                copy = codec_copy(clip.path, i, params).images
+                blocks.append(copy)
+                owners.append(np.full(len(copy), i + len(clips)))
         except Exception as e:
             bad.append(f"{clip.path.name} ({e})")
+            continue
+        blocks.append(images)
+        owners.append(np.full(len(images), i))
     if bad:
         shown = "; ".join(bad[:10]) + (f"; … {len(bad) - 10} more" if len(bad) > 10 else "")
         raise DatasetError(f"{len(bad)} unreadable file(s): {shown}")
-    return np.stack(images).astype(np.float32)
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
 
 
-def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 32) -> ScoredClips:
+def clip_scores(
+    window_scores: np.ndarray, owners: np.ndarray, n_clips: int, runtime_or_method: Any
+) -> np.ndarray:
+    """(n_windows,) scores and their clips' indices → (n_clips,) clip scores, aggregated as
+    the bundle does (an AnomalyRuntime, or an (aggregation, k) pair)."""
+    method, k = getattr(runtime_or_method, "aggregation", runtime_or_method)
+    return np.array([aggregate(window_scores[owners == i], method, k) for i in range(n_clips)])
+
+
+def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) -> ScoredClips:
+    """Every clip scored as the service scores it: its windows, then the aggregation."""
     assert runtime.manifest is not None
-    images = load_images(clips, runtime.manifest.features, "features (test)")
-    scores = np.concatenate(
+    images, owners = load_windows(clips, runtime.manifest.features, "features (test)")
+    windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )
-    return ScoredClips(clips, scores)
+    return ScoredClips(clips, clip_scores(windows, owners, len(clips), runtime))
 
 
 def metrics_table(scored: ScoredClips) -> dict[str, Any]:
@@ -118,7 +141,9 @@ def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
 
     ax = axes[1]
     labels = np.array([c.label or "unlabelled" for c in scored.clips])
-    bins = np.linspace(0, float(scored.scores.max()) * 1.05 + 1e-9, 40)
+    bins = np.linspace(
+        min(0.0, float(scored.scores.min())), float(scored.scores.max()) * 1.05 + 1e-9, 40
+    )
     for lab, color in (("normal", "tab:blue"), ("anomaly", "tab:red"), ("unlabelled", "tab:grey")):
         if (labels == lab).any():
             ax.hist(scored.scores[labels == lab], bins=bins, alpha=0.6, label=lab, color=color)

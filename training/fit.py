@@ -13,17 +13,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
+from service.bundle import Aggregation, TensorSpec, read_manifest, update_bundle, write_bundle
 from service.features import FeatureParams
 from training import calibration, detector, export
-from training.autoencoder import AutoencoderConfig
+from training.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.autoencoder import fit as fit_autoencoder
-from training.datasets import DatasetError, discover, labelled_test_clips, training_clips
-from training.evaluate import evaluate, load_images
+from training.datasets import Clip, DatasetError, discover, labelled_test_clips, training_clips
+from training.evaluate import clip_scores, evaluate, load_windows
 
 log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
 DetectorClips = Literal["all", "fit"]
+Fusion = Literal["scores", "concat"]
+AUTO_WINDOW_MAX_S = 2.0  # "auto" window: the median training clip, at most this long
 
 
 @dataclass
@@ -39,6 +41,22 @@ def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
 
     with Image.open(first_image) as img:
         return base.model_copy(update={"height": img.height, "width": img.width})
+
+
+def auto_window(clips: list[Clip]) -> float:
+    """The window for `--window-seconds auto`: the median training clip's duration (to
+    0.1 s), at most AUTO_WINDOW_MAX_S, so long recordings give many windows to fit on."""
+    import soundfile as sf
+
+    durations = []
+    for c in clips:
+        try:
+            durations.append(sf.info(str(c.path)).duration)
+        except Exception:  # an unreadable file is reported by load_windows with the others
+            continue
+    if not durations:
+        return AUTO_WINDOW_MAX_S
+    return float(min(AUTO_WINDOW_MAX_S, max(0.1, round(float(np.median(durations)), 1))))
 
 
 def split_heldout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,12 +109,25 @@ def fit(
     shrinkage: detector.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
     detector_clips: DetectorClips = "all",
+    window_seconds: float | Literal["auto"] | None = "auto",
+    fusion: Fusion = "scores",
+    aggregation: Aggregation = "mean",
+    aggregation_k: int = 3,
+    max_components: int | None = 128,
+    codec_copies: bool = True,
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
+    Clips are cut into windows of `window_seconds` ("auto": see `auto_window`; None: each
+    clip is one image, as bundles before windows); the autoencoder and the detector are fit
+    on windows, the split into fit and held-out data is by clip. Every part of the encoder's
+    output (cfg.pooling) gets its own detector whose distances are fused by their held-out
+    normal spread (`fusion="scores"`), or all parts are scored as one vector ("concat").
     detector_clips: "fit" fits the Mahalanobis detector on the clips the autoencoder was
     trained on; "all" refits it on every training clip (held-out ones included) once the
-    thresholds are calibrated on the held-out clips scored by the detector fit without them.
+    thresholds and fusion weights are set from the held-out clips scored without them.
+    codec_copies: every training clip is also fit on as a lossy-codec round trip
+    (training.augment), so a healthy mp3 or ogg is scored as normal.
     """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
@@ -105,10 +136,18 @@ def fit(
     train = training_clips(clips)
     if train[0].path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         params = image_params(train[0].path, params)
+        window_seconds = None  # a picture is one window of the model's size
+    if window_seconds == "auto":
+        window_seconds = auto_window(train)
+    params = params.model_copy(update={"window_seconds": window_seconds})
+    params = FeatureParams.model_validate(params.model_dump())  # re-check the new fields
     tr_idx, val_idx = split_heldout(len(train), cfg.validation_fraction, cfg.seed)
 
-    images = load_images(train, params, "features (train)")
-    model = fit_autoencoder(images[tr_idx], images[val_idx], cfg)
+    images, owners = load_windows(train, params, "features (train)", codec_copies)
+    source = owners % len(train)  # a codec copy belongs with its clip
+    tr_w, val_w = np.isin(source, tr_idx), np.isin(source, val_idx)
+    original = owners < len(train)
+    model = fit_autoencoder(images[tr_w], images[val_w], cfg)
 
     encoder_onnx = export.to_onnx(model.encoder, "spectrogram", "latent")
     autoencoder_onnx = export.to_onnx(model.autoencoder, "spectrogram", "reconstruction")
@@ -124,28 +163,51 @@ def fit(
             for i in range(0, len(images), 64)
         ]
     )
-    arrays, det_summary = detector.fit_detector(
-        latents[tr_idx], pca_components, pca_selection, shrinkage
-    )
-    residual = det_summary["residual_precision"]
-    heldout_scores = detector.score(latents[val_idx], arrays, residual)
-    thresholds = calibration.from_normal_scores(heldout_scores)
-    detector_idx = tr_idx
-    if detector_clips == "all":  # more clips → a better covariance estimate
-        detector_idx = np.arange(len(latents))
-        arrays, det_summary = detector.fit_detector(
-            latents, pca_components, pca_selection, shrinkage
+    widths = scoring_encoder_parts(model.autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
+    if fusion == "concat" or len(widths) == 1:
+        widths = [(cfg.pooling, int(latents.shape[1]))]
+
+    def fit_on(rows: np.ndarray) -> tuple[dict[str, np.ndarray], list[Any], list[Any]]:
+        return detector.fit_parts(
+            latents[rows], widths, pca_components, pca_selection, shrinkage, max_components
         )
-        residual = det_summary["residual_precision"]
+
+    arrays, parts, part_fits = fit_on(tr_w)
+    parts = detector.standardise(parts, detector.distances(latents[val_w], arrays, parts))
+
+    def scores_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(window scores, clip scores) of the training clips whose windows are `rows`."""
+        windows = detector.distances(latents[rows], arrays, parts) @ [p.weight for p in parts]
+        ids, own = np.unique(owners[rows], return_inverse=True)
+        return windows, clip_scores(windows, own, len(ids), (aggregation, aggregation_k))
+
+    held_windows, _ = scores_of(val_w)
+    _, held_clips = scores_of(val_w & original)
+    # With the mean, a clip's score varies at most as much as one window's: thresholds from
+    # windows hold for clips of any length. Other aggregations grow with the number of
+    # windows; their thresholds come from clips of the training clips' length.
+    thresholds = calibration.from_normal_scores(
+        held_windows if aggregation == "mean" else held_clips
+    )
+    detector_rows = tr_w
+    if detector_clips == "all":  # more clips → a better covariance estimate
+        detector_rows = np.ones(len(latents), bool)
+        weights = parts
+        arrays, parts, part_fits = fit_on(detector_rows)
+        parts = [
+            p.model_copy(update={"weight": w.weight, "loc": w.loc, "scale": w.scale})
+            for p, w in zip(parts, weights, strict=True)
+        ]
         # from here on: what the bundle (the service) scores them, for the manifest
-        heldout_scores = detector.score(latents[val_idx], arrays, residual)
-    train_scores = detector.score(latents[detector_idx], arrays, residual)
-    det_summary["detector_clips"] = detector_clips
+        _, held_clips = scores_of(val_w & original)
+    _, train_scores = scores_of(detector_rows & original)
+    window_counts = np.bincount(owners[original], minlength=len(train))
 
     keras_bytes = keras_model_bytes(model.autoencoder)
 
     out_dir = Path(out_dir)
     h, w = params.height, params.width
+    val_clips = np.flatnonzero(np.isin(np.arange(len(train)), val_idx))
     write_bundle(
         out_dir,
         {
@@ -155,12 +217,30 @@ def fit(
             "input": TensorSpec(name="spectrogram", shape=[None, h, w, 1]),
             "output": TensorSpec(name="latent", shape=[None, int(latents.shape[1])]),
             "thresholds": thresholds,
-            "scoring": {"method": "mahalanobis", **det_summary},
+            "scoring": {
+                "method": "mahalanobis",
+                "fusion": fusion,
+                "parts": [p.model_dump(mode="json") for p in parts],
+                "aggregation": aggregation,
+                "aggregation_k": aggregation_k,
+                "calibrated_on": "heldout_windows" if aggregation == "mean" else "heldout_clips",
+                "pca_selection": pca_selection,
+                "shrinkage": shrinkage,
+                "max_components": max_components,
+                "detector_clips": detector_clips,
+                "part_fits": part_fits,
+            },
             "training": {
                 "data": Path(data_dir).name,
                 "clips": len(train),
                 "clips_fit": len(tr_idx),
                 "clips_heldout": len(val_idx),
+                "windows": len(images),
+                "windows_per_clip": {
+                    "min": int(window_counts.min()),
+                    "median": float(np.median(window_counts)),
+                    "max": int(window_counts.max()),
+                },
                 "epochs": model.epochs_run,
                 "seed": cfg.seed,
                 "autoencoder": cfg.to_dict(),
@@ -172,8 +252,7 @@ def fit(
                 },
                 # what the bundle (and so the service) scores the held-out clips
                 "heldout_scores": {
-                    train[i].path.name: float(s)
-                    for i, s in zip(val_idx, heldout_scores, strict=True)
+                    train[i].path.name: float(s) for i, s in zip(val_clips, held_clips, strict=True)
                 },
                 "fit_seconds": round(time.perf_counter() - start, 1),
             },
