@@ -137,7 +137,8 @@ def test_band_stats_detector_does_not_depend_on_the_training_seed(
     synth_dir: Path, tmp_path: Path
 ) -> None:
     """band_stats alone scores statistics of the input, fitted on every training clip: the
-    autoencoder's random start cannot move the scores."""
+    autoencoder's random start cannot move the scores. (The seed draws the held-out clips,
+    whose mean distance is the score's unit: scores may differ by one constant factor.)"""
     scores = []
     for seed in ("0", "1"):
         out = tmp_path / seed
@@ -147,7 +148,8 @@ def test_band_stats_detector_does_not_depend_on_the_training_seed(
         report = json.loads((out / "report.json").read_text())
         scores.append({c["file"]: c["score"] for c in report["clips"]})
     assert scores[0].keys() == scores[1].keys()
-    np.testing.assert_allclose(list(scores[0].values()), list(scores[1].values()), rtol=1e-5)
+    ratio = np.array(list(scores[0].values())) / np.array(list(scores[1].values()))
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
 
 
 def test_evaluate_prints_the_table_and_writes_the_report(
