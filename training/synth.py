@@ -75,6 +75,29 @@ def _anomaly(
     return x
 
 
+def recording(
+    machine: str = "gearbox",
+    domain: str = "source",
+    seconds: float = 10.0,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    fault: str | None = None,
+    fault_span: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """One healthy recording of `machine` (n,) float32 scaled as the dataset's files, or one
+    with `fault` (an ANOMALY_KINDS entry, strong) over fault_span seconds (default: all)."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * sample_rate)
+    cond = MACHINES[machine][domain]
+    x = _normal(rng, cond, sample_rate, n)
+    if fault is not None:
+        a, b = fault_span or (0.0, seconds)
+        i, j = round(a * sample_rate), round(b * sample_rate)
+        faulty = _anomaly(rng, fault, cond, sample_rate, j - i, x[i:j])
+        x = np.concatenate([x[:i], faulty, x[j:]])
+    return (0.25 * x / (np.max(np.abs(x)) + 1e-9)).astype(np.float32)
+
+
 def _write(path: Path, x: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
