@@ -258,7 +258,7 @@ class InProcess:
 
     def __init__(self, bundle_dir: Path) -> None:
         from service import features
-        from service.bundle import mahalanobis
+        from service.bundle import window_scores
         from service.runtime import AnomalyRuntime, open_runtime
         from service.settings import Settings
 
@@ -266,20 +266,36 @@ class InProcess:
         self.rt = open_runtime(bundle_dir, self.settings.ort_threads)
         if not isinstance(self.rt, AnomalyRuntime) or not self.rt.ready:
             raise SystemExit(f"{bundle_dir} is not a ready anomaly bundle: {self.rt.reason}")
+        self.AnomalyRuntime = AnomalyRuntime
         assert self.rt.manifest is not None
         self.params = self.rt.manifest.features
         self.F = features
-        self.mahalanobis = mahalanobis
+        self.window_scores = window_scores
         features.warm_up(self.params)
 
     def prepare(self, data: bytes) -> np.ndarray:
-        return self.F.prepare(data, self.params, self.settings.max_audio_seconds).image
+        """Bytes → the clip's windows (n_windows, h, w)."""
+        return self.F.prepare(data, self.params, self.settings.max_audio_seconds).images
 
     def score_one(self, data: bytes) -> float:
-        return float(self.rt.score(self.prepare(data)[None])[0])
+        """One clip's score as the service computes it: every window, then the aggregation."""
+        assert isinstance(self.rt, self.AnomalyRuntime)
+        return self.rt.clip_score(self.rt.score(self.prepare(data)))
 
     def score_batch(self, datas: Sequence[bytes]) -> np.ndarray:
-        return self.rt.score(np.stack([self.prepare(d) for d in datas]))
+        """Clips scored together: all their windows in one model run, one score per clip."""
+        assert isinstance(self.rt, self.AnomalyRuntime)
+        blocks = [self.prepare(d) for d in datas]
+        windows = np.split(
+            self.rt.score(np.concatenate(blocks)), np.cumsum(list(map(len, blocks)))[:-1]
+        )
+        return np.array([self.rt.clip_score(w) for w in windows])
+
+    def _images(self, mel: np.ndarray) -> np.ndarray:
+        """A clip's log-mel → its model inputs (windows, or the one stretched image)."""
+        if self.params.window_seconds is None:
+            return self.F.to_image(mel, self.params)[None]
+        return self.F.to_windows(mel, self.params)[0]
 
     def sequential(self, clips: Sequence[bytes], n: int) -> tuple[float, float]:
         """One clip at a time on this thread → (clips/s over the wall time, median ms per clip).
@@ -319,7 +335,7 @@ class InProcess:
                 "decode",
                 "resample",
                 "spectrogram",
-                "resize/normalise",
+                "windows/normalise",
                 "encoder",
                 "PCA+Mahalanobis",
             )
@@ -339,9 +355,12 @@ class InProcess:
                 "resample", lambda a=audio: F.resample(a.samples, a.sample_rate, p.sample_rate)
             )
             mel = timed("spectrogram", lambda s=samples: F.log_mel(s, p))
-            image = timed("resize/normalise", lambda m=mel: F.to_image(m, p))
-            latent = timed("encoder", lambda i=image: self.rt.latents(i[None]))
-            timed("PCA+Mahalanobis", lambda z=latent: self.mahalanobis(z, **self.rt.arrays))
+            images = timed("windows/normalise", lambda m=mel: self._images(m))
+            latent = timed("encoder", lambda i=images: self.rt.latents(i))
+            timed(
+                "PCA+Mahalanobis",
+                lambda z=latent: self.window_scores(z, self.rt.arrays, self.rt.parts),
+            )
         return {k: median(v) for k, v in times.items()}
 
 

@@ -183,12 +183,12 @@ def test_spectrograms_command_writes_pngs_that_score_like_the_audio(
     )
     assert rc == 0
     pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 8
+    assert len(pngs) == 8 and pngs[0].stem.endswith("_w000")  # 1-s clips: one window each
     rt = open_runtime(tiny_bundle)
     assert isinstance(rt, AnomalyRuntime)
     params = read_manifest(tiny_bundle).features
-    wav = synth_dir / "source_test" / pngs[0].with_suffix(".wav").name
-    from_audio = rt.score(load_file(str(wav), params).image[None])[0]
+    wav = synth_dir / "source_test" / f"{pngs[0].stem.removesuffix('_w000')}.wav"
+    from_audio = rt.score(load_file(str(wav), params).images)[0]
     from_png = rt.score(load_file(str(pngs[0]), params).image[None])[0]
     assert from_png == pytest.approx(from_audio, rel=0.05)
 

@@ -11,7 +11,9 @@ from training.datasets import AUDIO_EXTS
 
 
 def write_spectrograms(in_dir: Path, out_dir: Path, params: FeatureParams) -> tuple[int, list[str]]:
-    """Every audio file under in_dir → a grayscale PNG at the same relative path under out_dir.
+    """Every audio file under in_dir → a grayscale PNG at the same relative path under out_dir;
+    with windowed params (a windowed bundle's), one PNG per window: NAME_w000.png, … — each
+    is an input that bundle scores as one window.
 
     Returns (written, failures) where failures are "name: reason" strings.
     """
@@ -20,12 +22,16 @@ def write_spectrograms(in_dir: Path, out_dir: Path, params: FeatureParams) -> tu
     written, failures = 0, []
     for path in tqdm(files, desc="spectrograms", unit="clip"):
         try:
-            image = load_file(str(path), params).image
+            images = load_file(str(path), params).images
         except Exception as e:
             failures.append(f"{path.relative_to(in_dir)}: {e}")
             continue
         target = out_dir / path.relative_to(in_dir).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(image_to_png(image))
+        if params.window_seconds is None:
+            target.write_bytes(image_to_png(images[0]))
+        else:
+            for i, image in enumerate(images):
+                target.with_stem(f"{target.stem}_w{i:03d}").write_bytes(image_to_png(image))
         written += 1
     return written, failures
