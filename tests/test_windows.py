@@ -60,10 +60,10 @@ def test_bundles_record_their_window(window_artifacts: Path) -> None:
     from service.bundle import read_manifest
 
     two, ten = read_manifest(window_artifacts / "two"), read_manifest(window_artifacts / "ten")
-    assert two.features.window_seconds == 2.0 and ten.features.window_seconds == 2.0
-    assert two.training["windows_per_clip"]["median"] == 1
-    # 10 s: 2-s windows every 31 frames (0.992 s), and one flush with the end
-    assert ten.training["windows_per_clip"]["median"] == 10
+    assert two.features.window_seconds == 1.0 and ten.features.window_seconds == 1.0
+    # 1-s windows (32 frames) every 16 frames (0.512 s), and one flush with the end:
+    assert two.training["windows_per_clip"]["median"] == 3  # 63 frames: 0, 16, 31
+    assert ten.training["windows_per_clip"]["median"] == 19  # 313 frames: 0 … 272, 281
     assert two.scoring["aggregation"] == "mean"
 
 
@@ -76,13 +76,13 @@ async def test_healthy_clips_of_any_length_score_normal(
     assert body["level"] == "normal", body["score"]
     windows = body["windows"]
     assert windows[0]["start_s"] == 0.0 and windows[-1]["end_s"] == seconds
-    assert len(windows) == (1 if seconds <= 2 else round(seconds))  # about one a second
+    assert len(windows) == {2.0: 3, 10.0: 19, 60.0: 117}[seconds]  # one every 0.512 s
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in windows]))
 
 
 async def test_a_clip_shorter_than_one_window_is_one_window(api: httpx.AsyncClient) -> None:
-    body = await _score(api, "two", wav_bytes(recording(seconds=0.7, seed=101)))
-    assert [(w["start_s"], w["end_s"]) for w in body["windows"]] == [(0.0, 0.7)]
+    body = await _score(api, "two", wav_bytes(recording(seconds=0.6, seed=101)))
+    assert [(w["start_s"], w["end_s"]) for w in body["windows"]] == [(0.0, 0.6)]
     assert body["level"] == "normal", body["score"]
 
 

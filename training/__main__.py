@@ -23,13 +23,13 @@ def _pooling(text: str) -> str:
     return text
 
 
-def _window(text: str) -> float | str | None:
-    if text in ("auto", "none"):
-        return None if text == "none" else text
+def _window(text: str) -> float | None:
+    if text == "none":
+        return None
     try:
         value = float(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError("use seconds (e.g. 2), auto or none") from e
+        raise argparse.ArgumentTypeError("use seconds (e.g. 2) or none") from e
     if value <= 0:
         raise argparse.ArgumentTypeError("the window must be longer than 0 s")
     return value
@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--window-seconds",
         type=_window,
-        default="auto",
-        help="clips are cut into windows of this length, each scored (auto: the median "
-        "training clip, at most 2 s; none: every clip is one image stretched to --width)",
+        default=1.0,
+        help="clips are cut into windows of this many seconds, each scored (none: every "
+        "clip is one image stretched to --width). Default: %(default)s",
     )
     f.add_argument(
         "--window-hop", type=float, default=None, help="seconds between windows (default: half)"

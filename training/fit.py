@@ -18,14 +18,14 @@ from service.features import FeatureParams
 from training import calibration, detector, export
 from training.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.autoencoder import fit as fit_autoencoder
-from training.datasets import Clip, DatasetError, discover, labelled_test_clips, training_clips
+from training.datasets import DatasetError, discover, labelled_test_clips, training_clips
 from training.evaluate import clip_scores, evaluate, load_windows
 
 log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
 DetectorClips = Literal["all", "fit"]
 Fusion = Literal["scores", "concat"]
-AUTO_WINDOW_MAX_S = 2.0  # "auto" window: the median training clip, at most this long
+WINDOW_SECONDS = 1.0  # the default window (bench/README.md: chosen on digits and synth)
 
 
 @dataclass
@@ -41,22 +41,6 @@ def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
 
     with Image.open(first_image) as img:
         return base.model_copy(update={"height": img.height, "width": img.width})
-
-
-def auto_window(clips: list[Clip]) -> float:
-    """The window for `--window-seconds auto`: the median training clip's duration (to
-    0.1 s), at most AUTO_WINDOW_MAX_S, so long recordings give many windows to fit on."""
-    import soundfile as sf
-
-    durations = []
-    for c in clips:
-        try:
-            durations.append(sf.info(str(c.path)).duration)
-        except Exception:  # an unreadable file is reported by load_windows with the others
-            continue
-    if not durations:
-        return AUTO_WINDOW_MAX_S
-    return float(min(AUTO_WINDOW_MAX_S, max(0.1, round(float(np.median(durations)), 1))))
 
 
 def split_heldout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +93,7 @@ def fit(
     shrinkage: detector.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
     detector_clips: DetectorClips = "all",
-    window_seconds: float | Literal["auto"] | None = "auto",
+    window_seconds: float | None = WINDOW_SECONDS,
     fusion: Fusion = "scores",
     aggregation: Aggregation = "mean",
     aggregation_k: int = 3,
@@ -118,8 +102,8 @@ def fit(
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
-    Clips are cut into windows of `window_seconds` ("auto": see `auto_window`; None: each
-    clip is one image, as bundles before windows); the autoencoder and the detector are fit
+    Clips are cut into windows of `window_seconds` (None: each clip is one image stretched
+    to the model's width, as bundles before windows); the autoencoder and the detector are fit
     on windows, the split into fit and held-out data is by clip. Every part of the encoder's
     output (cfg.pooling) gets its own detector whose distances are fused by their held-out
     normal spread (`fusion="scores"`), or all parts are scored as one vector ("concat").
@@ -137,8 +121,6 @@ def fit(
     if train[0].path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         params = image_params(train[0].path, params)
         window_seconds = None  # a picture is one window of the model's size
-    if window_seconds == "auto":
-        window_seconds = auto_window(train)
     params = params.model_copy(update={"window_seconds": window_seconds})
     params = FeatureParams.model_validate(params.model_dump())  # re-check the new fields
     tr_idx, val_idx = split_heldout(len(train), cfg.validation_fraction, cfg.seed)
