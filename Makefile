@@ -37,9 +37,9 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-## default-bundle: rebuild the committed anomaly bundle artifacts/gearbox from synthetic data
+## default-bundle: rebuild the committed anomaly bundle artifacts/gearbox from synthetic 10-s recordings
 default-bundle: $(VENV)/.dev-installed
-	$(BIN)/python -m training synth --out data/gearbox-synth --seed 0
+	$(BIN)/python -m training synth --out data/gearbox-synth --seed 0 --seconds 10
 	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0
 
 ## digits-bundle: rebuild the committed spoken-digit classifier from ../shared/data/fsdd
