@@ -241,11 +241,14 @@ def mahalanobis(
     c = latents.astype(np.float32) - pca_mean
     p = c @ pca_components.T
     z = p - mean_vec
-    d2 = np.einsum("bi,ij,bj->b", z, inv_cov, z)
+    d2 = ((z @ inv_cov) * z).sum(axis=1, dtype=np.float64)
     if residual_precision:
-        r = c - p @ pca_components
-        d2 = d2 + np.float32(residual_precision) * np.einsum("bi,bi->b", r, r)
-    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float64)
+        # ‖r‖² = ‖c‖² − ‖p‖² (the components are orthonormal rows): no reconstruction p·V,
+        # which cost as much as the projection itself
+        rr = np.einsum("bi,bi->b", c, c, dtype=np.float64)
+        rr -= np.einsum("bi,bi->b", p, p, dtype=np.float64)
+        d2 = d2 + residual_precision * np.maximum(rr, 0.0)
+    return np.sqrt(np.maximum(d2, 0.0))
 
 
 def residual_precision(manifest: Manifest) -> float:
@@ -287,30 +290,51 @@ def scoring_parts(manifest: Manifest, n_components: int, latent_dim: int) -> lis
     return parts
 
 
+def part_blocks(
+    arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+) -> list[dict[str, np.ndarray]]:
+    """Each part's own block of the bundle arrays, as contiguous copies (slicing the shared
+    arrays on every call would copy a part's components each time)."""
+    blocks = []
+    for p in parts:
+        (d0, d1), (k0, k1) = p.dims, p.components
+        blocks.append(
+            {
+                "pca_components": np.ascontiguousarray(arrays["pca_components"][k0:k1, d0:d1]),
+                "pca_mean": np.ascontiguousarray(arrays["pca_mean"][d0:d1]),
+                "mean_vec": np.ascontiguousarray(arrays["mean_vec"][k0:k1]),
+                "inv_cov": np.ascontiguousarray(arrays["inv_cov"][k0:k1, k0:k1]),
+            }
+        )
+    return blocks
+
+
 def part_distances(
-    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+    latents: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    parts: list[ScoringPart],
+    blocks: list[dict[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """(n, d) latents → (n, n_parts) Mahalanobis distance of every part (each part a block
-    of the PCA arrays: its components are zero outside its own latent columns)."""
+    of the PCA arrays: its components are zero outside its own latent columns). `blocks`:
+    part_blocks(arrays, parts), computed once by a caller that scores many batches."""
+    blocks = blocks if blocks is not None else part_blocks(arrays, parts)
     out = np.empty((latents.shape[0], len(parts)), np.float64)
-    for j, p in enumerate(parts):
-        (d0, d1), (k0, k1) = p.dims, p.components
-        out[:, j] = mahalanobis(
-            latents[:, d0:d1],
-            arrays["pca_components"][k0:k1, d0:d1],
-            arrays["pca_mean"][d0:d1],
-            arrays["mean_vec"][k0:k1],
-            arrays["inv_cov"][k0:k1, k0:k1],
-            p.residual_precision,
-        )
+    for j, (p, block) in enumerate(zip(parts, blocks, strict=True)):
+        d0, d1 = p.dims
+        out[:, j] = mahalanobis(latents[:, d0:d1], **block, residual_precision=p.residual_precision)
     return out
 
 
 def window_scores(
-    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
+    latents: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    parts: list[ScoringPart],
+    blocks: list[dict[str, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """(n, d) latents → (n,) window scores: Σ weight·distance over the parts."""
-    return part_distances(latents, arrays, parts) @ np.array([p.weight for p in parts])
+    weights = np.array([p.weight for p in parts])
+    return part_distances(latents, arrays, parts, blocks) @ weights
 
 
 def aggregation(manifest: Manifest) -> tuple[Aggregation, int]:

@@ -23,6 +23,7 @@ from service.bundle import (
     aggregation,
     check_anomaly_shapes,
     load_arrays,
+    part_blocks,
     read_manifest,
     scoring_parts,
     verify_files,
@@ -158,6 +159,7 @@ class AnomalyRuntime(ModelRuntime):
         check_anomaly_shapes(self.arrays, self.output_dim)
         k, d = self.arrays["pca_components"].shape
         self.parts = scoring_parts(manifest, k, d)
+        self.blocks = part_blocks(self.arrays, self.parts)
         self.aggregation = aggregation(manifest)
 
     def latents(self, images: np.ndarray) -> np.ndarray:
@@ -165,7 +167,7 @@ class AnomalyRuntime(ModelRuntime):
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """(batch, h, w) windows → (batch,) window scores (float64)."""
-        return window_scores(self.latents(images), self.arrays, self.parts)
+        return window_scores(self.latents(images), self.arrays, self.parts, self.blocks)
 
     def clip_score(self, scores: np.ndarray) -> float:
         """(n_windows,) window scores of one clip → the clip's score."""
