@@ -243,7 +243,7 @@ def mahalanobis(
     z = p - mean_vec
     d2 = ((z @ inv_cov) * z).sum(axis=1, dtype=np.float64)
     if residual_precision:
-        # ‖r‖² = ‖c‖² − ‖p‖² (the components are orthonormal rows): no reconstruction p·V,
+        # ‖r‖² = ‖c‖² - ‖p‖² (the components are orthonormal rows): no reconstruction p·V,
         # which cost as much as the projection itself
         rr = np.einsum("bi,bi->b", c, c, dtype=np.float64)
         rr -= np.einsum("bi,bi->b", p, p, dtype=np.float64)
