@@ -76,58 +76,39 @@ GAUSS_COARSE = f"ref: Gaussian {COARSE_BANDS}"
 ABLATIONS: list[tuple[str, list[str], str]] = [
     ("default", [], "the defaults of `python -m training fit`"),
     (
-        "AE + band stats",
+        "no AE (band stats)",
+        ["--pooling", "band_stats"],
+        "the autoencoder's features removed: band statistics alone (issue 7's default)",
+    ),
+    ("AE only (flat)", ["--pooling", "flat"], "the flattened conv maps alone"),
+    ("concat", ["--fusion", "concat"], "one detector on the concatenated parts, no fusion"),
+    (
+        "AE time stats",
         ["--pooling", "time_stats+band_stats"],
-        "the autoencoder's conv-feature statistics scored with the band statistics",
+        "the conv maps' mean/std over time instead of the flattened maps",
     ),
-    ("AE features only", ["--pooling", "time_stats"], "conv-feature statistics only"),
-    (
-        "session-2 default",
-        ["--pooling", "time_stats+input"],
-        "conv-feature statistics + 64-band mean/std (previous default)",
-    ),
-    (
-        "original default",
-        [
-            *("--pooling", "dense", "--bottleneck", "dense", "--latent-dim", "32"),
-            *("--pca", "all", "--width", "128", "--detector-clips", "fit"),
-        ],
-        "dense latent (32), PCA span only, width 128 (before issue 7)",
-    ),
+    ("window 2 s", ["--window-seconds", "2"], "2-s windows"),
+    ("whole clip", ["--window-seconds", "none"], "no windows: each clip stretched to one image"),
+    ("no codec copies", ["--no-codec-copies"], "trained on the original recordings only"),
+    ("aggregation max", ["--aggregation", "max"], "clip score = its worst window"),
+    ("minmax", ["--scaling", "minmax"], "per-window min-max scaling (drops level)"),
     ("no flux", ["--no-band-flux"], "band mean and std only"),
-    ("band pool 1", ["--band-pool", "1"], "64 bands"),
-    ("band pool 4", ["--band-pool", "4"], "16 bands"),
-    ("width 128", ["--width", "128"], "time resolution / 2"),
-    ("detector fit clips", ["--detector-clips", "fit"], "detector without the held-out clips"),
     ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
-    ("pca top 16", ["--pca", "top", "--pca-components", "16"], "16 highest-variance PCs"),
-    ("pca residual 16", ["--pca", "residual", "--pca-components", "16"], "16 lowest-variance PCs"),
-    ("minmax", ["--scaling", "minmax"], "per-image min-max scaling (drops level)"),
+    ("detector fit clips", ["--detector-clips", "fit"], "detector without the held-out clips"),
+    ("width 128", ["--width", "128"], "each window stretched to 128 columns"),
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
-    ("shrinkage 0.5", ["--shrinkage", "0.5"], "fixed shrinkage 0.5"),
-    ("pooling dense", ["--pooling", "dense"], "score the AE bottleneck"),
-    ("latent 8", ["--pooling", "time_stats", "--latent-dim", "8"], "AE features, wider bottleneck"),
-    ("depth 2", ["--pooling", "time_stats", "--filters", "16,32"], "AE features, two conv blocks"),
-    (
-        "band std",
-        ["--pooling", "time_stats", "--standardise-bands"],
-        "AE features, bands standardised",
-    ),
 ]
-# The rows a full run computes (--ablation-rows all: every row, about an hour more).
+# The rows a full run computes (--ablation-rows all: every row).
 DEFAULT_ABLATION_ROWS = (
     "default",
-    "AE + band stats",
-    "AE features only",
-    "session-2 default",
-    "original default",
-    "no flux",
-    "band pool 1",
-    "band pool 4",
-    "width 128",
-    "detector fit clips",
-    "pca all",
-    "minmax",
+    "no AE (band stats)",
+    "AE only (flat)",
+    "concat",
+    "AE time stats",
+    "window 2 s",
+    "whole clip",
+    "no codec copies",
+    "aggregation max",
 )
 
 
@@ -223,6 +204,33 @@ def run_auscult(data: Path, bundle: Path, settings: dict[str, Any]) -> dict[str,
     return metrics
 
 
+CODEC_COLUMNS = ("wav", "mp3-128", "mp3-64", "ogg")
+
+
+def codec_false_alarms(data: Path, bundle: Path) -> dict[str, list[bool]]:
+    """For every normal test clip: is its score at or above the bundle's needs_maintenance
+    threshold, as recorded (wav) and after a round trip through each codec?"""
+    from service.bundle import level_for
+    from service.features import prepare
+    from service.runtime import AnomalyRuntime, open_runtime
+    from training.augment import round_trip
+    from training.datasets import discover
+
+    runtime = open_runtime(bundle)
+    assert isinstance(runtime, AnomalyRuntime) and runtime.manifest is not None
+    m = runtime.manifest
+    assert m.thresholds is not None
+    normal = [c for c in discover(data) if c.split == "test" and c.label == "normal"]
+    out: dict[str, list[bool]] = {k: [] for k in CODEC_COLUMNS}
+    for clip in normal:
+        raw = clip.path.read_bytes()
+        for codec in CODEC_COLUMNS:
+            data_ = raw if codec == "wav" else round_trip(raw, codec)
+            score = runtime.clip_score(runtime.score(prepare(data_, m.features).images))
+            out[codec].append(level_for(score, m.thresholds) != "normal")
+    return out
+
+
 def run_reference(data: Path, model: Any) -> dict[str, Any]:
     from training.datasets import discover, training_clips
     from training.evaluate import ScoredClips, metrics_table
@@ -293,7 +301,10 @@ def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
 
 
 def build_datasets(
-    quick: bool, only: set[str] | None, digits: list[int] | None = None
+    quick: bool,
+    only: set[str] | None,
+    digits: list[int] | None = None,
+    machine_subsets: int | None = None,
 ) -> Iterator[Dataset | str]:
     """Datasets to run, or a message for each that is skipped."""
     shared = datasets.SHARED_DATA
@@ -319,7 +330,7 @@ def build_datasets(
             yield f"machine faults: skipped, {shared / 'machine-normal'} is absent"
     if only is None or "synth" in only:
         yield Dataset("synth gearbox", 16000, [("seed 0", lambda out: datasets.synth(out, 0))])
-    data_seeds = MACHINE_DATA_SEEDS[:1] if quick else MACHINE_DATA_SEEDS
+    data_seeds = MACHINE_DATA_SEEDS[: 1 if quick else machine_subsets]
     for key, build in (("bearing", machines.bearing_pump), ("gear", machines.gear_drive)):
         if (key in only) if only is not None else (not quick or key in QUICK_MACHINES):
             yield Dataset(
@@ -368,6 +379,18 @@ def format_ablation(table: dict[str, dict[str, Result]], names: list[str]) -> st
     return "\n".join(lines)
 
 
+def format_codecs(table: dict[str, dict[str, dict[str, list[bool]]]]) -> str:
+    head = f"{'variant':<20}{'dataset':<18}" + "".join(f"{k:>9}" for k in CODEC_COLUMNS) + "  clips"
+    lines = [head, "-" * len(head)]
+    for variant, per_ds in table.items():
+        for ds_name, cols in per_ds.items():
+            n = len(cols["wav"])
+            shares = [float(np.mean(cols[k])) if n else float("nan") for k in CODEC_COLUMNS]
+            cells = "".join(f"{v:>9.2f}" for v in shares)
+            lines.append(f"{variant:<20}{ds_name:<18}{cells}  {n}")
+    return "\n".join(lines)
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -398,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"comma list of training seeds for auscult and the learned references "
         f"(default {DEFAULT_SEEDS}; --quick: 0)",
+    )
+    p.add_argument(
+        "--machine-subsets",
+        type=int,
+        default=None,
+        help=f"data seeds per generated machine (default all {len(MACHINE_DATA_SEEDS)})",
     )
     p.add_argument(
         "--ref-epochs",
@@ -456,11 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, Seeded]] = []
     messages: list[str] = []
     ablation_table: dict[str, dict[str, Result]] = {}
+    codec_table: dict[str, dict[str, dict[str, list[bool]]]] = {}
     built: list[tuple[Dataset, list[Path]]] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="auscult-bench-") as tmp:
         root = args.keep or Path(tmp)
-        for ds in build_datasets(args.quick, only, digits):
+        for ds in build_datasets(args.quick, only, digits, args.machine_subsets):
             if isinstance(ds, str):
                 messages.append(ds)
                 progress(ds)
@@ -511,9 +541,14 @@ def main(argv: list[str] | None = None) -> int:
                 bundle = f"bundle-seed{seeds[0]}"
                 for variant, extra, _ in ablation_rows:
                     res = ablation_table.setdefault(variant, {}).setdefault(ds.name, Result())
+                    alarms = codec_table.setdefault(variant, {}).setdefault(
+                        ds.name, {k: [] for k in CODEC_COLUMNS}
+                    )
                     for i in chosen:
                         if variant == "default":  # the main table's bundles (first seed)
                             res.per_subset.append(defaults.per_subset[i])
+                            for k, v in codec_false_alarms(dirs[i], dirs[i] / bundle).items():
+                                alarms[k] += v
                             da = domain_aware_metrics(dirs[i], dirs[i] / bundle)
                             if da is not None:
                                 ablation_table.setdefault("domain-aware", {}).setdefault(
@@ -526,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()
                         res.per_subset.append(run_auscult(dirs[i], dirs[i] / "variant", settings))
                         res.seconds += time.perf_counter() - t0
+                        for k, v in codec_false_alarms(dirs[i], dirs[i] / "variant").items():
+                            alarms[k] += v
                     progress(f"[ablation {ds.name}] {variant:<18} hmean {res.hmean:.3f}")
                 # a stronger reference than the main table's: fewer bands, a better covariance
                 ref = ablation_table.setdefault(GAUSS_COARSE, {}).setdefault(ds.name, Result())
@@ -571,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{GAUSS_COARSE:<20}  = the Gaussian reference on {COARSE_BANDS} mel bands instead "
             f"of {baselines.N_MELS} (not auscult; for comparison)"
         )
+        print()
+        print(
+            "Codecs: share of NORMAL test clips at or above needs_maintenance (normal-based "
+            "thresholds), as recorded and after a round trip, per ablation row"
+        )
+        print(format_codecs(codec_table))
     for m in messages:
         print(m)
     print(f"total {time.perf_counter() - start:.0f} s")
