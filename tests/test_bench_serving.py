@@ -40,3 +40,19 @@ def test_serving_bench_quick_runs_and_prints_the_table() -> None:
     for row in ratios:  # every ratio was measured: | name | value | target | met |
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] != "n/a" and cells[3] in ("yes", "NO"), row
+
+
+@pytest.mark.slow
+def test_windowing_bench_quick_compares_two_bundles(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run(
+        [sys.executable, "bench/windowing.py", "--quick", "--baseline", str(tiny_bundle)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("windowed") and "19 windows of 1 s" in lines[0]
+    assert lines[1].startswith("baseline") and "audio s/s" in lines[1]
+    assert lines[2].startswith("windowed ÷ baseline audio s/s: ")
