@@ -139,3 +139,24 @@ def test_bundle_with_a_bad_residual_precision_is_refused(
 ) -> None:
     rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, residual_precision=bad, parts="-"))
     assert rt.status == "failed" and "residual_precision" in (rt.reason or "")
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],
+        [{"name": "x", "dims": [0, 10**6], "components": [0, 1]}],  # beyond the latent
+        [{"name": "x", "dims": [0, 4], "components": [0, 1], "weight": -1}],
+        "many",
+    ],
+)
+def test_bundle_with_bad_scoring_parts_is_refused(
+    tiny_bundle: Path, tmp_path: Path, parts: object
+) -> None:
+    rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, parts=parts))
+    assert rt.status == "failed" and "part" in (rt.reason or ""), rt.reason
+
+
+def test_bundle_with_an_unknown_aggregation_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, aggregation="median"))
+    assert rt.status == "failed" and "aggregation" in (rt.reason or "")
