@@ -293,7 +293,7 @@ def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
     source = window_scores(z_test, arrays, parts)
     shifted = {**arrays, "pca_mean": z_train[target_w].mean(axis=0).astype(np.float32)}
     tgt = window_scores(z_test, shifted, parts)
-    scores = clip_scores(np.minimum(source, tgt), test_owners, len(test), runtime)
+    scores = clip_scores(np.minimum(source, tgt), test_owners, len(test), runtime.aggregation)
     return metrics_table(ScoredClips(test, scores))
 
 

@@ -266,7 +266,6 @@ class InProcess:
         self.rt = open_runtime(bundle_dir, self.settings.ort_threads)
         if not isinstance(self.rt, AnomalyRuntime) or not self.rt.ready:
             raise SystemExit(f"{bundle_dir} is not a ready anomaly bundle: {self.rt.reason}")
-        self.AnomalyRuntime = AnomalyRuntime
         assert self.rt.manifest is not None
         self.params = self.rt.manifest.features
         self.F = features
@@ -279,12 +278,10 @@ class InProcess:
 
     def score_one(self, data: bytes) -> float:
         """One clip's score as the service computes it: every window, then the aggregation."""
-        assert isinstance(self.rt, self.AnomalyRuntime)
         return self.rt.clip_score(self.rt.score(self.prepare(data)))
 
     def score_batch(self, datas: Sequence[bytes]) -> np.ndarray:
         """Clips scored together: all their windows in one model run, one score per clip."""
-        assert isinstance(self.rt, self.AnomalyRuntime)
         blocks = [self.prepare(d) for d in datas]
         windows = np.split(
             self.rt.score(np.concatenate(blocks)), np.cumsum(list(map(len, blocks)))[:-1]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import mahalanobis, read_manifest
+from service.bundle import mahalanobis, part_distances, read_manifest
 from service.runtime import AnomalyRuntime, open_runtime
-from training.detector import distances, fit_detector, fit_parts, score, standardise
+from training.detector import fit_detector, fit_parts, score, standardise
 
 
 def _latents(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -109,13 +109,13 @@ def test_fit_parts_equals_separate_detectors_and_standardise_fuses_to_one() -> N
     latents = np.concatenate([a, b], axis=1)
     arrays, parts, _ = fit_parts(latents, [("a", 30), ("b", 6)])
     test = np.concatenate([_latents(5, 30, seed=3), _latents(5, 6, seed=4) * 50], axis=1)
-    dist = distances(test, arrays, parts)
+    dist = part_distances(test, arrays, parts)
     for j, (x, cols) in enumerate(((a, slice(0, 30)), (b, slice(30, 36)))):
         alone, summary = fit_detector(x)
         np.testing.assert_allclose(
             dist[:, j], score(test[:, cols], alone, summary["residual_precision"]), rtol=1e-4
         )
-    held = distances(_latents(30, 36, seed=5), arrays, parts)
+    held = part_distances(_latents(30, 36, seed=5), arrays, parts)
     fused = standardise(parts, held)
     w = np.array([p.weight for p in fused])
     assert (held @ w).mean() == pytest.approx(1.0)  # a typical normal window scores 1

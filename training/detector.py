@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import ScoringPart, mahalanobis, part_distances
+from service.bundle import ScoringPart, mahalanobis
 
 Selection = Literal["full", "all", "top", "residual"]
 Shrinkage = Literal["ledoit_wolf", "oas"] | float
@@ -181,10 +181,3 @@ def standardise(parts: list[ScoringPart], distances: np.ndarray) -> list[Scoring
         p.model_copy(update={"weight": float(1 / (s * norm)), "loc": float(m), "scale": float(s)})
         for p, m, s in zip(parts, loc, scale, strict=True)
     ]
-
-
-def distances(
-    latents: np.ndarray, arrays: dict[str, np.ndarray], parts: list[ScoringPart]
-) -> np.ndarray:
-    """(n, d) → (n, n_parts): every part's Mahalanobis distance, as the service computes it."""
-    return part_distances(latents, arrays, parts)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.bundle import Manifest, aggregate, update_bundle
+from service.bundle import Aggregation, Manifest, aggregate, update_bundle
 from service.features import FeatureParams, load_file
 from service.runtime import AnomalyRuntime, open_runtime
 from training.augment import codec_copy
@@ -59,12 +59,11 @@ def load_windows(
 
 
 def clip_scores(
-    window_scores: np.ndarray, owners: np.ndarray, n_clips: int, runtime_or_method: Any
+    window_scores: np.ndarray, owners: np.ndarray, n_clips: int, method: tuple[Aggregation, int]
 ) -> np.ndarray:
-    """(n_windows,) scores and their clips' indices → (n_clips,) clip scores, aggregated as
-    the bundle does (an AnomalyRuntime, or an (aggregation, k) pair)."""
-    method, k = getattr(runtime_or_method, "aggregation", runtime_or_method)
-    return np.array([aggregate(window_scores[owners == i], method, k) for i in range(n_clips)])
+    """(n_windows,) scores and their clips' indices → (n_clips,) clip scores, aggregated by
+    `method`: the bundle's (aggregation, k), e.g. `AnomalyRuntime.aggregation`."""
+    return np.array([aggregate(window_scores[owners == i], *method) for i in range(n_clips)])
 
 
 def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) -> ScoredClips:
@@ -74,7 +73,7 @@ def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) ->
     windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )
-    return ScoredClips(clips, clip_scores(windows, owners, len(clips), runtime))
+    return ScoredClips(clips, clip_scores(windows, owners, len(clips), runtime.aggregation))
 
 
 def metrics_table(scored: ScoredClips) -> dict[str, Any]:

@@ -13,7 +13,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import Aggregation, TensorSpec, read_manifest, update_bundle, write_bundle
+from service.bundle import (
+    Aggregation,
+    TensorSpec,
+    part_distances,
+    read_manifest,
+    update_bundle,
+    window_scores,
+    write_bundle,
+)
 from service.features import FeatureParams
 from training import calibration, detector, export
 from training.autoencoder import AutoencoderConfig, scoring_encoder_parts
@@ -155,11 +163,11 @@ def fit(
         )
 
     arrays, parts, part_fits = fit_on(tr_w)
-    parts = detector.standardise(parts, detector.distances(latents[val_w], arrays, parts))
+    parts = detector.standardise(parts, part_distances(latents[val_w], arrays, parts))
 
     def scores_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(window scores, clip scores) of the training clips whose windows are `rows`."""
-        windows = detector.distances(latents[rows], arrays, parts) @ [p.weight for p in parts]
+        windows = window_scores(latents[rows], arrays, parts)
         ids, own = np.unique(owners[rows], return_inverse=True)
         return windows, clip_scores(windows, own, len(ids), (aggregation, aggregation_k))
 
@@ -189,7 +197,6 @@ def fit(
 
     out_dir = Path(out_dir)
     h, w = params.height, params.width
-    val_clips = np.flatnonzero(np.isin(np.arange(len(train)), val_idx))
     write_bundle(
         out_dir,
         {
@@ -234,7 +241,7 @@ def fit(
                 },
                 # what the bundle (and so the service) scores the held-out clips
                 "heldout_scores": {
-                    train[i].path.name: float(s) for i, s in zip(val_clips, held_clips, strict=True)
+                    train[i].path.name: float(s) for i, s in zip(val_idx, held_clips, strict=True)
                 },
                 "fit_seconds": round(time.perf_counter() - start, 1),
             },
