@@ -357,8 +357,9 @@ def aggregate(scores: np.ndarray, method: Aggregation, k: int = 3) -> float:
 
 
 def level_for(score: float, thresholds: Thresholds) -> str:
-    """normal < needs_maintenance ≤ score < severe ≤ severe."""
-    if score >= thresholds.severe:
+    """normal < needs_maintenance ≤ score < severe ≤ severe; NaN is severe, never normal
+    (a last line of defence: the service refuses non-finite scores before this)."""
+    if score >= thresholds.severe or score != score:
         return "severe"
     if score >= thresholds.needs_maintenance:
         return "needs_maintenance"
