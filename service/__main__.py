@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from service.app import create_app  # tunes the process on import (service/process.py)
+from service.server import uvicorn_options
 from service.settings import Settings
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         access_log=False,  # the app writes its own JSON access lines
         timeout_graceful_shutdown=10,
+        **uvicorn_options(settings),  # connection, header and timeout limits
     )
 
 

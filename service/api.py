@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
-from service.errors import ModelNotFound, NotReady
+from service.errors import (
+    ClientDisconnected,
+    ModelNotFound,
+    NotReady,
+    RequestTimeout,
+    public_message,
+)
 from service.runtime import ModelRuntime
 from service.schemas import (
     BatchClassifyResponse,
@@ -23,17 +33,26 @@ from service.schemas import (
     Readiness,
     ScoreResult,
 )
+from service.scoring import Scorer
+from service.settings import Settings
 from service.uploads import Upload, openapi_body, read_files
+
+TRIM_AFTER_BYTES = 8 * 1024 * 1024  # a request that buffered more gives memory back after
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in (
-        (401, "missing or wrong API key (unauthorized)"),
+        (401, "missing or wrong API key (unauthorized, with WWW-Authenticate)"),
         (404, "unknown model (model_not_found)"),
+        (408, "the upload did not arrive within AUSCULT_BODY_TIMEOUT_S (request_timeout)"),
         (409, "the model is of the other kind (wrong_model_kind)"),
         (413, "payload_too_large / batch_too_large"),
         (415, "not multipart, or content that is neither audio nor image (unsupported_media_type)"),
-        (422, "invalid_audio / invalid_image / audio_too_short / audio_too_long / invalid_request"),
+        (
+            422,
+            "invalid_audio / invalid_image / audio_too_short / audio_too_long / "
+            "sample_rate_out_of_range / non_finite_values / invalid_request",
+        ),
         (503, "overloaded (with Retry-After) / not_ready"),
     )
 }
@@ -49,10 +68,15 @@ async def read_health() -> Health:
 
 
 @health.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}})
-async def read_readiness(registry: RegistryDep) -> Readiness:
-    """Readiness: 200 once at least one bundle is loaded, else 503 not_ready."""
+async def read_readiness(registry: RegistryDep, settings: SettingsDep) -> Readiness:
+    """Readiness: 200 once at least one bundle is loaded (and the default model, when one
+    is set), else 503 not_ready."""
     if registry.ready_count == 0:
         raise NotReady("no model bundle is loaded")
+    default = settings.default_model
+    rt = registry.runtimes.get(default) if default is not None else None
+    if rt is not None and not rt.ready:
+        raise NotReady(f"the default model {default!r} is not loaded")
     return Readiness(status="ready", models_ready=registry.ready_count)
 
 
@@ -70,13 +94,13 @@ def _info(rt: ModelRuntime) -> ModelInfo:
         name=rt.name,
         kind=rt.kind,
         status=rt.status,
-        reason=rt.reason,
+        reason=public_message(rt.reason) if rt.reason else None,
         version=m.version if m else None,
         created_at=m.created_at if m else None,
     )
 
 
-@models.get("/models", response_model=ModelList)
+@models.get("/models", response_model=ModelList, responses={401: ERRORS[401]})
 async def read_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
     """Every bundle found: name, kind, status (ready / failed with the reason), version."""
     return ModelList(
@@ -110,15 +134,37 @@ async def read_model(name: str, registry: RegistryDep) -> ModelDetail:
     return detail
 
 
-async def _uploads(request: Request, settings: SettingsDep, field: str, many: bool) -> list[Upload]:
-    return await read_files(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        field,
-        settings.max_batch_files if many else 1,
-        settings.max_upload_bytes,
-    )
+@asynccontextmanager
+async def _uploads(
+    request: Request, settings: Settings, scorer: Scorer, field: str, many: bool
+) -> AsyncIterator[list[Upload]]:
+    """The request's files, read whole within AUSCULT_BODY_TIMEOUT_S and the memory
+    budgets, *before* a scoring slot is taken: a slow upload holds no slot. The bytes
+    count against AUSCULT_MAX_BUFFERED_BYTES until the request ends."""
+    with scorer.buffers.lease() as lease:
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                uploads = await read_files(
+                    request.headers.get("content-type"),
+                    request.headers.get("content-length"),
+                    request.stream(),
+                    field,
+                    settings.max_batch_files if many else 1,
+                    settings.max_upload_bytes,
+                    max_body_bytes=settings.max_batch_bytes,
+                    max_parts=settings.max_form_parts,
+                    reserve=lease,
+                )
+        except TimeoutError as e:
+            raise RequestTimeout(
+                f"the upload did not arrive within {settings.body_timeout_s:g} s",
+                headers={"Connection": "close"},
+            ) from e
+        except ClientDisconnect as e:
+            raise ClientDisconnected("the client went away before its upload was read") from e
+        yield uploads
+    if lease.taken >= TRIM_AFTER_BYTES:
+        scorer.release_memory_soon()
 
 
 @models.post(
@@ -132,9 +178,11 @@ async def score_clip(
 ) -> ScoreResult:
     """Score one clip (multipart field `file`: wav/flac/ogg/mp3 audio, or a png/jpeg
     spectrogram of the model's size). Larger scores are further from normal."""
-    async with scorer.slot():
-        runtime = registry.anomaly(name)
-        uploads = await _uploads(request, settings, "file", many=False)
+    runtime = registry.anomaly(name)
+    async with (
+        _uploads(request, settings, scorer, "file", many=False) as uploads,
+        scorer.slot(),  # taken once the body is in: a slow upload holds no slot
+    ):
         (result,) = await scorer.score(runtime, uploads, raise_errors=True)
     assert isinstance(result, ScoreResult)
     return result
@@ -151,11 +199,11 @@ async def score_batch(
 ) -> BatchScoreResponse:
     """Score many clips (repeated multipart field `files`): one result per file, in order.
     A bad file gets its own error entry and does not fail the others."""
-    async with scorer.slot():
-        runtime = registry.anomaly(name)
-        uploads = await _uploads(request, settings, "files", many=True)
+    runtime = registry.anomaly(name)
+    async with _uploads(request, settings, scorer, "files", many=True) as uploads:
         request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
-        results = await scorer.score(runtime, uploads)
+        async with scorer.slot():
+            results = await scorer.score(runtime, uploads)
     assert runtime.manifest is not None
     return BatchScoreResponse(model=name, model_version=runtime.manifest.version, results=results)
 
@@ -170,9 +218,11 @@ async def classify_clip(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> ClassifyResult:
     """Classify one clip with a classifier bundle: label, confidence, every probability."""
-    async with scorer.slot():
-        runtime = registry.classifier(name)
-        uploads = await _uploads(request, settings, "file", many=False)
+    runtime = registry.classifier(name)
+    async with (
+        _uploads(request, settings, scorer, "file", many=False) as uploads,
+        scorer.slot(),  # taken once the body is in: a slow upload holds no slot
+    ):
         (result,) = await scorer.classify(runtime, uploads, raise_errors=True)
     assert isinstance(result, ClassifyResult)
     return result
@@ -188,11 +238,11 @@ async def classify_batch(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> BatchClassifyResponse:
     """Classify many clips (repeated field `files`); per-file errors inside the response."""
-    async with scorer.slot():
-        runtime = registry.classifier(name)
-        uploads = await _uploads(request, settings, "files", many=True)
+    runtime = registry.classifier(name)
+    async with _uploads(request, settings, scorer, "files", many=True) as uploads:
         request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
-        results = await scorer.classify(runtime, uploads)
+        async with scorer.slot():
+            results = await scorer.classify(runtime, uploads)
     assert runtime.manifest is not None
     return BatchClassifyResponse(
         model=name, model_version=runtime.manifest.version, results=results

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from service import features  # noqa: E402
 from service.api import error_response, health, models  # noqa: E402
-from service.errors import AuscultError  # noqa: E402
+from service.errors import AuscultError, public_message  # noqa: E402
 from service.observability import (  # noqa: E402
     Metrics,
     RequestContextMiddleware,
@@ -33,6 +33,7 @@ from service.observability import (  # noqa: E402
 )
 from service.registry import ModelRegistry  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
+from service.server import DrainBeforeError  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 log = logging.getLogger("auscult.app")
@@ -91,14 +92,18 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
     app.include_router(health)
     app.include_router(models)
+    app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
     @app.exception_handler(AuscultError)
     async def on_domain_error(request: Request, exc: AuscultError) -> JSONResponse:
         metrics.errors.labels(exc.code).inc()
-        if exc.status_code >= 500 and exc.code not in ("overloaded", "not_ready"):
+        if exc.code == "client_disconnected":
+            log.info("client_disconnected", extra={"path": request.url.path})
+        elif exc.status_code >= 500 and exc.code not in ("overloaded", "not_ready"):
             log.error("error", extra={"code": exc.code, "detail": exc.message})
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+        message = public_message(exc.message)
+        return error_response(exc.status_code, exc.code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

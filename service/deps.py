@@ -9,7 +9,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Unauthorized
 from service.registry import ModelRegistry
@@ -43,7 +44,20 @@ def presented_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
+# Declared so the OpenAPI document lists both schemes and the docs page can send a key;
+# auto_error=False: the check below decides (the API may be open).
+_api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="one of AUSCULT_API_KEYS"
+)
+_bearer_scheme = HTTPBearer(auto_error=False, description="one of AUSCULT_API_KEYS")
+
+
+async def require_api_key(
+    request: Request,
+    settings: SettingsDep,
+    _key: Annotated[str | None, Security(_api_key_scheme)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
+) -> None:
     """When API keys are configured, demand one (X-API-Key or Authorization: Bearer).
 
     Every configured key is compared in constant time; the key is never logged.

@@ -6,6 +6,8 @@ One exception handler (service/app.py) turns them into
 
 from __future__ import annotations
 
+import re
+
 
 class AuscultError(Exception):
     """Base: an error with a stable code and an HTTP status."""
@@ -61,8 +63,33 @@ class AudioTooLong(InvalidInput):
     code = "audio_too_long"
 
 
+class NonFiniteValues(InvalidInput):
+    """Samples, features or scores that are NaN, infinite or too large to compute with:
+    never reported as a score (a corrupt stream must not read as a healthy machine)."""
+
+    code = "non_finite_values"
+
+
+class SampleRateOutOfRange(InvalidInput):
+    code = "sample_rate_out_of_range"
+
+
 class Unauthorized(AuscultError):
     status_code, code = 401, "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="auscult"'})
+
+
+class RequestTimeout(AuscultError):
+    status_code, code = 408, "request_timeout"
+
+
+class ClientDisconnected(AuscultError):
+    """The client went away before its request was read; nobody reads the answer.
+    499 (the status nginx uses for this) so logs and metrics tell it from a server fault."""
+
+    status_code, code = 499, "client_disconnected"
 
 
 class Overloaded(AuscultError):
@@ -81,3 +108,24 @@ class InvalidRequest(AuscultError):
     """The request itself is malformed (not multipart, missing field, bad form)."""
 
     status_code, code = 422, "invalid_request"
+
+
+class Failure(AuscultError):
+    """An error rebuilt from stored data (status, code, message): a batch keeps its
+    per-file errors as data, not as exception objects whose tracebacks would keep
+    every frame's locals (the upload bytes among them) alive."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code, self.code = status_code, code
+
+
+_OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
+_ABS_PATH = re.compile(r"(?<![\w.:/-])(?:/[^/\s'\"():,;]+)+/([^/\s'\"():,;]+)")
+
+
+def public_message(message: str) -> str:
+    """A message safe to send: object reprs lose their heap address and absolute paths
+    keep only their last component (the server's folders are nobody's business)."""
+    message = _OBJECT_REPR.sub(r"<\1>", message)
+    return _ABS_PATH.sub(r"\1", message)

@@ -11,6 +11,14 @@ from service.runtime import AnomalyRuntime, ClassifierRuntime, ModelRuntime, ope
 log = logging.getLogger("auscult.registry")
 
 
+def disable_ort_telemetry() -> None:
+    """onnxruntime may send usage events (its Windows builds do by default); a service
+    scoring other people's recordings sends nothing anywhere."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+
+
 class ModelRegistry:
     """name → runtime. A failed bundle stays listed with its reason; others keep serving."""
 
@@ -20,6 +28,7 @@ class ModelRegistry:
     @classmethod
     def from_dir(cls, artifacts_dir: Path, threads: int = 1) -> ModelRegistry:
         """Load every sub-folder (hidden ones are work in progress and skipped)."""
+        disable_ort_telemetry()
         runtimes = {}
         for path in sorted(Path(artifacts_dir).iterdir()):
             if path.is_dir() and not path.name.startswith("."):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,11 @@ from typing import TypeVar
 import numpy as np
 
 from service.bundle import level_for
-from service.errors import AuscultError, Overloaded
-from service.features import Prepared, prepare
+from service.errors import AuscultError, Failure, NonFiniteValues, Overloaded, public_message
+from service.features import Prepared
+from service.inputs import InputLimits, SampleBudget, prepare_bounded
 from service.observability import Metrics
+from service.process import release_memory
 from service.runtime import AnomalyRuntime, ClassifierRuntime, ModelRuntime
 from service.schemas import (
     ClassifyResult,
@@ -36,7 +39,7 @@ from service.schemas import (
     WindowScore,
 )
 from service.settings import Settings
-from service.uploads import Upload
+from service.uploads import BufferBudget, Upload
 
 T = TypeVar("T")
 
@@ -139,11 +142,25 @@ class MicroBatcher:
                 self.loop.call_soon_threadsafe(self._drain)
 
 
+@dataclass(frozen=True)
+class _Error:
+    """A file's error kept as data: an exception object would keep its traceback, and
+    with it the frames' locals (the upload's bytes), alive until the cycle collector runs."""
+
+    status_code: int
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, e: AuscultError) -> _Error:
+        return cls(e.status_code, e.code, public_message(e.message))
+
+
 @dataclass
 class _Item:
     upload: Upload
     prepared: Prepared | None = None
-    error: AuscultError | None = None
+    error: _Error | None = None
     output: np.ndarray | None = None  # (n_windows, …) model output, when the preparing
     # thread ran it too
 
@@ -167,6 +184,8 @@ class Scorer:
         self.executor: ThreadPoolExecutor | None = None
         self.inflight = 0
         self.batchers: dict[str, MicroBatcher] = {}
+        self.buffers = BufferBudget(settings.max_buffered_bytes)
+        self.trimming: asyncio.Future[bool] | None = None
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run fn on one of `cpu_workers` worker threads (a plain executor: anyio's
@@ -183,6 +202,12 @@ class Scorer:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+
+    def release_memory_soon(self) -> None:
+        """After a request that buffered a lot: return freed memory to the OS, in a
+        thread (a trim takes milliseconds), one at a time."""
+        if self.trimming is None or self.trimming.done():
+            self.trimming = asyncio.get_running_loop().run_in_executor(None, release_memory)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -211,27 +236,36 @@ class Scorer:
         idle is also run through `fn` in the same thread call (one hand-over, not two)."""
         assert runtime.manifest is not None
         params = runtime.manifest.features
-        max_s = self.settings.max_audio_seconds
+        s = self.settings
+        limits = InputLimits(s.max_audio_seconds, s.min_sample_rate, s.max_sample_rate)
+        budget = SampleBudget(s.max_request_samples)
         items = [_Item(u) for u in uploads]
         batcher = self._batcher(runtime, fn) if len(items) == 1 else None
 
-        def work(data: bytes) -> tuple[Prepared, np.ndarray | None]:
-            prepared = prepare(data, params, max_s)
+        def work(upload: Upload) -> tuple[Prepared, np.ndarray | None]:
+            try:
+                prepared = prepare_bounded(upload.data, params, limits, budget)
+            finally:
+                upload.data = b""  # the bytes are not needed past this point
             return prepared, batcher.run_inline(prepared.images) if batcher else None
 
         def work_group(group: list[_Item]) -> None:
             for item in group:
                 try:
-                    item.prepared = prepare(item.upload.data, params, max_s)
+                    item.prepared = prepare_bounded(item.upload.data, params, limits, budget)
                 except AuscultError as e:
-                    item.error = e
+                    item.error = _Error.of(e)
+                finally:
+                    item.upload.data = b""
 
         if len(items) == 1:
             (item,) = items
             try:
-                item.prepared, item.output = await self.in_thread(lambda: work(item.upload.data))
+                item.prepared, item.output = await self.in_thread(lambda: work(item.upload))
             except AuscultError as e:
-                item.error = e
+                if raise_errors:
+                    raise  # counted by the error handler
+                item.error = _Error.of(e)
         else:
             # One hand-over per worker, not per file: a batch of 32 costs 2 thread wake-ups
             # on the event loop instead of 32 (each is a measurable share of its CPU).
@@ -241,9 +275,19 @@ class Scorer:
         for item in items:
             if item.error is not None:
                 if raise_errors:
-                    raise item.error  # counted by the error handler
+                    err = item.error
+                    raise Failure(err.status_code, err.code, err.message)  # counted by the handler
                 self.metrics.errors.labels(item.error.code).inc()
         return items
+
+    def _non_finite(self, item: _Item, raise_errors: bool, what: str) -> None:
+        """A non-finite model output: the file's error, never a score or a label."""
+        e = NonFiniteValues(f"the model's {what} for this input is not a finite number")
+        if raise_errors:
+            raise e
+        item.error = _Error.of(e)
+        item.prepared = None
+        self.metrics.errors.labels(e.code).inc()
 
     async def _outputs(
         self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray], good: list[_Item]
@@ -302,12 +346,15 @@ class Scorer:
         )
         results: list[ScoreResult | FileError] = []
         for it in items:
+            if it.prepared is not None:
+                window_scores = windows_of[id(it)]
+                s = runtime.clip_score(window_scores)
+                if not (math.isfinite(s) and np.isfinite(window_scores).all()):
+                    self._non_finite(it, raise_errors, "score")
             if it.prepared is None:
                 assert it.error is not None
                 results.append(_file_error(it))
                 continue
-            window_scores = windows_of[id(it)]
-            s = runtime.clip_score(window_scores)
             level = level_for(s, m.thresholds)
             self.metrics.clips.labels(runtime.name, level).inc()
             spans = it.prepared.spans
@@ -342,6 +389,8 @@ class Scorer:
         row_of = {id(it): p[0] for it, p in zip(good, probs, strict=True)}
         results: list[ClassifyResult | FileError] = []
         for it in items:
+            if it.prepared is not None and not np.isfinite(row_of[id(it)]).all():
+                self._non_finite(it, raise_errors, "probabilities")
             if it.prepared is None:
                 results.append(_file_error(it))
                 continue

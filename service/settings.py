@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -24,8 +24,32 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, gt=0)
     """Most files in one batch request."""
 
+    max_batch_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Largest request body (a batch's files together, with the multipart framing); a
+    larger Content-Length is refused before reading, a larger stream as it crosses it."""
+
+    max_form_parts: int = Field(128, gt=0)
+    """Most multipart parts (any field) in one request: a body of many tiny parts costs
+    parser time on the event loop out of all proportion to its size."""
+
+    max_buffered_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """Upload bytes held in memory by all requests together; a request that would cross it
+    gets 503 overloaded. With the per-file working set this bounds the service's memory
+    (README, "Limits and timeouts")."""
+
     max_audio_seconds: float = Field(300.0, gt=0)
     """Longest accepted clip, judged from the header before samples are decoded."""
+
+    min_sample_rate: int = Field(1000, gt=0)
+    """Lowest accepted sample rate (Hz): a 692-byte WAV claiming 1 Hz is minutes of audio
+    once resampled."""
+
+    max_sample_rate: int = Field(384_000, gt=0)
+    """Highest accepted sample rate (Hz)."""
+
+    max_request_samples: int = Field(1 << 25, gt=0)
+    """Samples one request may decode and resample, all its files together (about 35 min
+    of 16-kHz audio): what bounds its CPU time when a small compressed file claims a lot."""
 
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated keys; empty means the API is open. Never logged."""
@@ -47,6 +71,28 @@ class Settings(BaseSettings):
     max_micro_batch: int = Field(32, ge=1)
     """Largest encoder batch the micro-batcher forms."""
 
+    max_connections: int = Field(256, ge=1)
+    """Open HTTP connections (`python -m service`); a connection beyond is closed at once
+    and requests beyond get uvicorn's 503."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Request line and headers together; more gets 431 and the connection is closed."""
+
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds from the first byte of a request to the end of its headers; a slower
+    client's connection is closed."""
+
+    body_timeout_s: float = Field(60.0, gt=0)
+    """Seconds to receive an upload's whole body once its headers are in; slower gets 408
+    request_timeout (and the connection is closed a little later if still unread)."""
+
+    keep_alive_timeout_s: int = Field(5, ge=1)
+    """Seconds an idle keep-alive connection stays open."""
+
+    drain_bytes: int = Field(1024 * 1024, ge=0)
+    """An error answered before the body was read first reads (and drops) up to this many
+    more bytes, for at most a second, so the client sees the answer, not a reset."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("api_keys", mode="before")
@@ -60,6 +106,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Settings:
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError("min_sample_rate must not exceed max_sample_rate")
+        if self.max_upload_bytes > self.max_batch_bytes:
+            raise ValueError("max_upload_bytes must not exceed max_batch_bytes")
+        if self.max_batch_bytes > self.max_buffered_bytes:
+            raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
+        return self
 
     @field_validator("artifacts_dir")
     @classmethod

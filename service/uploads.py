@@ -7,15 +7,59 @@ limit, not after it has been buffered.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import BatchTooLarge, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    BatchTooLarge,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 FORM_OVERHEAD = 64 * 1024  # headers and boundaries, per request
+MAX_PART_HEADER_BYTES = 8 * 1024  # one part's headers together
+
+
+class BufferBudget:
+    """Upload bytes held in memory by all requests together (used on the event loop only).
+
+    A request leases bytes as its body arrives and gives them back when it ends; one
+    that would go over the limit is refused with 503 overloaded, not buffered.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @contextmanager
+    def lease(self) -> Iterator[Lease]:
+        lease = Lease(self)
+        try:
+            yield lease
+        finally:
+            self.used -= lease.taken
+
+
+class Lease:
+    def __init__(self, budget: BufferBudget) -> None:
+        self.budget = budget
+        self.taken = 0
+
+    def __call__(self, n: int) -> None:
+        b = self.budget
+        if b.used + n > b.limit:
+            raise Overloaded(
+                "too many upload bytes are held by requests in flight; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        b.used += n
+        self.taken += n
 
 
 @dataclass
@@ -59,12 +103,17 @@ async def read_files(
     field_name: str,
     max_files: int,
     max_file_bytes: int,
+    max_body_bytes: int | None = None,
+    max_parts: int | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> list[Upload]:
     """Parse a multipart/form-data body → the files of `field_name`, in order.
 
     Raises UnsupportedMediaType (not multipart), PayloadTooLarge (a file over
-    max_file_bytes or a body over the whole budget), BatchTooLarge (more than
-    max_files files) and InvalidRequest (malformed body, no such field).
+    max_file_bytes or a body over max_body_bytes, by default what max_files files
+    need), BatchTooLarge (more than max_files files or max_parts parts of any field)
+    and InvalidRequest (malformed body, no such field). `reserve(n)` is called for
+    every chunk before it is kept; it may raise (a process-wide memory budget).
     """
     mime, options = parse_options_header(content_type or "")
     if mime != b"multipart/form-data":
@@ -76,21 +125,36 @@ async def read_files(
     if not boundary:
         raise InvalidRequest("multipart body without a boundary")
     body_limit = max_files * (max_file_bytes + 4096) + FORM_OVERHEAD
+    if max_body_bytes is not None:
+        body_limit = min(body_limit, max_body_bytes)
     if content_length and content_length.isdigit() and int(content_length) > body_limit:
         raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {body_limit}")
 
     files: list[Upload] = []
     current = _Part()
     header_name, header_value = bytearray(), bytearray()
+    parts = header_bytes = 0
 
     def on_part_begin() -> None:
-        nonlocal current
+        nonlocal current, parts, header_bytes
         current = _Part()
+        parts += 1
+        header_bytes = 0
+        if max_parts is not None and parts > max_parts:
+            raise BatchTooLarge(f"a request holds at most {max_parts} multipart parts")
+
+    def count_header(n: int) -> None:
+        nonlocal header_bytes
+        header_bytes += n
+        if header_bytes > MAX_PART_HEADER_BYTES:
+            raise InvalidRequest(f"a multipart part's headers exceed {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         header_name.extend(data[start:end])
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header(end - start)
         header_value.extend(data[start:end])
 
     def on_header_end() -> None:
@@ -121,27 +185,28 @@ async def read_files(
         if current.name == field_name:
             files.append(Upload(current.filename, bytes(current.data)))
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     received = 0
     try:
+        # the constructor refuses a boundary over 256 bytes (FormParserError)
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         async for chunk in stream:
             received += len(chunk)
             if received > body_limit:
                 raise PayloadTooLarge(f"request body is larger than {body_limit} bytes")
+            if reserve is not None:
+                reserve(len(chunk))
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as e:
+    except (MultipartParseError, FormParserError) as e:
         raise InvalidRequest(f"malformed multipart body: {e}") from e
     if not files:
         raise InvalidRequest(f"the multipart field {field_name!r} is required")

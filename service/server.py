@@ -1,0 +1,234 @@
+"""Connection-level limits for `python -m service`: what uvicorn offers, and the rest.
+
+uvicorn gives a keep-alive timeout, a request cap (`limit_concurrency`: 503 beyond)
+and, for its h11 parser only, a header size limit. Its httptools protocol (the faster
+parser, used here) has no header size limit and no timeout while headers or a body
+arrive: one connection could send a 64 MB header, and 200 slow ones stay open for
+ever. `protocol_class(settings)` subclasses it with:
+
+- a cap on open connections (a connection beyond `max_connections` is closed at once);
+- a header size limit (request line + headers): 431 and close;
+- a header deadline from the first byte of a request (or from the connection's
+  opening) to the end of its headers: 408 and close;
+- a hard deadline for the whole request body (the app answers 408 first, at
+  `body_timeout_s`, where it reads an upload; this closes what nobody reads).
+
+`DrainBeforeError` (ASGI middleware) reads what remains of a small request body before
+an error response goes out, so a `Connection: close` client gets the answer instead of
+a connection reset (closing a socket with unread input sends RST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import Settings
+
+log = logging.getLogger("auscult.server")
+
+BODY_DEADLINE_MARGIN_S = 5.0  # past the app's body timeout, so the app answers first
+DRAIN_SECONDS = 1.0
+
+
+def _error_bytes(status: int, code: str, message: str) -> bytes:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+def protocol_class(settings: Settings) -> type[Any]:
+    """uvicorn's httptools protocol with the limits of `settings` (pass as `http=`)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    max_connections = settings.max_connections
+    max_header_bytes = settings.max_header_bytes
+    header_timeout = settings.header_timeout_s
+    body_deadline = settings.body_timeout_s + BODY_DEADLINE_MARGIN_S
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.header_bytes = 0
+            self.rejection: tuple[int, str, str] | None = None
+            self.header_timer: asyncio.TimerHandle | None = None
+            self.body_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("connection_refused", extra={"open": len(self.connections) - 1})
+                transport.close()
+                return
+            self._arm_header_timer()  # a new connection must send a request in time
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_timers()
+            super().connection_lost(exc)
+
+        def _cancel_timers(self) -> None:
+            for timer in (self.header_timer, self.body_timer):
+                if timer is not None:
+                    timer.cancel()
+            self.header_timer = self.body_timer = None
+
+        def _arm_header_timer(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _reject(self, status: int, code: str, message: str) -> None:
+            self._cancel_timers()
+            if not self.transport.is_closing():
+                self.transport.write(_error_bytes(status, code, message))
+                self.transport.close()
+
+        def _headers_late(self) -> None:
+            self.header_timer = None
+            log.info("header_timeout", extra={"client": self.client and self.client[0]})
+            self._reject(
+                408, "request_timeout", f"request headers took longer than {header_timeout:g} s"
+            )
+
+        def _body_late(self) -> None:
+            self.body_timer = None
+            log.info("body_timeout", extra={"client": self.client and self.client[0]})
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False  # a response under way closes the connection after
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.close()  # the app sees a disconnect if it still waits
+
+        def send_400_response(self, msg: str) -> None:
+            # the parser stops on an exception from a callback and uvicorn answers 400;
+            # when the exception was ours, answer what it was
+            if self.rejection is not None:
+                self._reject(*self.rejection)
+            else:
+                super().send_400_response(msg)
+
+        def _count_header(self, n: int) -> None:
+            self.header_bytes += n
+            if self.header_bytes > max_header_bytes:
+                self.rejection = (
+                    431,
+                    "headers_too_large",
+                    f"request line and headers exceed {max_header_bytes} bytes",
+                )
+                raise OverflowError("headers too large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.header_bytes = 0
+            self._arm_header_timer()
+
+        def on_url(self, url: bytes) -> None:
+            self._count_header(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_header(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+            super().on_headers_complete()
+            if self.body_timer is not None:
+                self.body_timer.cancel()
+            self.body_timer = self.loop.call_later(body_deadline, self._body_late)
+
+        def on_message_complete(self) -> None:
+            if self.body_timer is not None:
+                self.body_timer.cancel()
+                self.body_timer = None
+            super().on_message_complete()
+
+    return LimitedHttpToolsProtocol
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `uvicorn.run` that apply the connection limits."""
+    options: dict[str, Any] = {
+        # the protocol closes connections beyond max_connections; uvicorn's cap then
+        # bounds the requests still running (a disconnected client's among them)
+        "limit_concurrency": settings.max_connections + 1,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
+    try:
+        import httptools  # noqa: F401
+    except ImportError:  # h11: header limit only (uvicorn's own)
+        options["http"] = "h11"
+    else:
+        options["http"] = protocol_class(settings)
+    return options
+
+
+class DrainBeforeError:
+    """Before an error response (4xx/5xx) starts while the request body is still coming,
+    read and drop the rest of it: at most `max_bytes`, for at most a second."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if not chunked and not (length.isdigit() and int(length) > 0):
+            await self.app(scope, receive, send)
+            return
+        remaining = int(length) if length.isdigit() else None
+        done = False
+
+        async def tracked_receive() -> Message:
+            nonlocal done, remaining
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            elif remaining is not None:
+                remaining -= len(message.get("body", b""))
+            return message
+
+        async def drain() -> None:
+            nonlocal done
+            budget = self.max_bytes
+            while not done and budget > 0:
+                message = await receive()
+                budget -= len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    done = True
+
+        async def send_after_drain(message: Message) -> None:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] >= 400
+                and not done
+                and (remaining is None or remaining <= self.max_bytes)
+            ):
+                try:
+                    async with asyncio.timeout(DRAIN_SECONDS):
+                        await drain()
+                except TimeoutError:
+                    pass
+            await send(message)
+
+        await self.app(scope, tracked_receive, send_after_drain)
