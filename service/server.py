@@ -62,7 +62,9 @@ def protocol_class(settings: Settings) -> type[Any]:
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.header_bytes = 0
+            self.header_bytes = 0  # parsed: request line and headers of this request
+            self.raw_header_bytes = 0  # received while headers were incomplete
+            self.reading_headers = True
             self.rejection: tuple[int, str, str] | None = None
             self.header_timer: asyncio.TimerHandle | None = None
             self.body_timer: asyncio.TimerHandle | None = None
@@ -111,6 +113,26 @@ def protocol_class(settings: Settings) -> type[Any]:
             if cycle is None or cycle.response_complete or not cycle.response_started:
                 self.transport.close()  # the app sees a disconnect if it still waits
 
+        def data_received(self, data: bytes) -> None:
+            # httptools keeps a header value to itself until it ends: count what arrives,
+            # or one endless header would fill memory before on_header ever runs
+            if self.reading_headers:
+                self.raw_header_bytes += len(data)
+            super().data_received(data)
+            if (
+                self.reading_headers
+                and self.raw_header_bytes > max_header_bytes
+                and not self.transport.is_closing()
+            ):
+                self._reject(*self._too_large())
+
+        def _too_large(self) -> tuple[int, str, str]:
+            return (
+                431,
+                "headers_too_large",
+                f"request line and headers exceed {max_header_bytes} bytes",
+            )
+
         def send_400_response(self, msg: str) -> None:
             # the parser stops on an exception from a callback and uvicorn answers 400;
             # when the exception was ours, answer what it was
@@ -122,11 +144,7 @@ def protocol_class(settings: Settings) -> type[Any]:
         def _count_header(self, n: int) -> None:
             self.header_bytes += n
             if self.header_bytes > max_header_bytes:
-                self.rejection = (
-                    431,
-                    "headers_too_large",
-                    f"request line and headers exceed {max_header_bytes} bytes",
-                )
+                self.rejection = self._too_large()
                 raise OverflowError("headers too large")
 
         def on_message_begin(self) -> None:
@@ -143,6 +161,7 @@ def protocol_class(settings: Settings) -> type[Any]:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self.reading_headers = False
             if self.header_timer is not None:
                 self.header_timer.cancel()
                 self.header_timer = None
@@ -155,6 +174,7 @@ def protocol_class(settings: Settings) -> type[Any]:
             if self.body_timer is not None:
                 self.body_timer.cancel()
                 self.body_timer = None
+            self.reading_headers, self.raw_header_bytes = True, 0  # the next request's
             super().on_message_complete()
 
     return LimitedHttpToolsProtocol

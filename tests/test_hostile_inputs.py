@@ -139,9 +139,7 @@ async def test_a_batch_stops_decoding_at_the_request_sample_budget(settings_fact
         codes = [e.get("error", {}).get("code") for e in r.json()["results"]]
         assert codes == [None, None, "audio_too_long", "audio_too_long"]
         # a 44.1-kHz second is decoded and resampled: 44100 + 16000 samples, over budget
-        r = await c.post(
-            "/v1/models/tiny/score", **one(wav_bytes(tone(1.0, sr=44100), sr=44100))
-        )
+        r = await c.post("/v1/models/tiny/score", **one(wav_bytes(tone(1.0, sr=44100), sr=44100)))
         assert_error(r, 422, "audio_too_long")
         await assert_still_scores(c)
 
@@ -151,7 +149,7 @@ async def test_a_batch_stops_decoding_at_the_request_sample_budget(settings_fact
 
 async def test_an_overlong_boundary_is_a_422_not_a_500(client: httpx.AsyncClient) -> None:
     boundary = "b" * 300
-    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
     r = await client.post(
         "/v1/models/tiny/score",
         content=body.encode() + GOOD_WAV + f"\r\n--{boundary}--\r\n".encode(),
@@ -172,9 +170,13 @@ async def test_many_tiny_parts_are_refused_at_the_part_cap(settings_factory) -> 
 async def test_part_headers_are_bounded(client: httpx.AsyncClient) -> None:
     boundary = "xyz"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
-        f"X-Pad: {'p' * 20000}\r\n\r\n"
-    ).encode() + GOOD_WAV + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+            f"X-Pad: {'p' * 20000}\r\n\r\n"
+        ).encode()
+        + GOOD_WAV
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     r = await client.post(
         "/v1/models/tiny/score",
         content=body,
@@ -270,3 +272,88 @@ async def test_openapi_declares_the_key_schemes_and_401s(settings_factory) -> No
         assert_error(r, 401, "unauthorized")
         assert r.headers["www-authenticate"].startswith("Bearer")
         assert (await c.get("/v1/models", headers={"x-api-key": "k1"})).status_code == 200
+
+
+# --- bodies: drained before early errors, bounded in memory --------------------------
+
+
+async def test_an_early_error_reads_the_rest_of_a_small_body_first(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    # a client that sends `Connection: close` gets a reset instead of the answer when the
+    # server closes with its body unread; the app reads it (bounded) before answering
+    app = create_app(settings_factory(drain_bytes=1_000_000))
+    chunks = [b"x" * 10_000] * 20
+    events: list[str] = []
+
+    async def receive() -> dict:
+        if chunks:
+            events.append("body")
+            return {"type": "http.request", "body": chunks.pop(), "more_body": bool(chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        events.append(message["type"])
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/v1/models/nope/score",
+        "raw_path": b"/v1/models/nope/score",
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "headers": [
+            (b"content-type", b"multipart/form-data; boundary=b"),
+            (b"content-length", b"200000"),
+            (b"connection", b"close"),
+        ],
+    }
+    async with serve(app):  # lifespan run
+        await app(scope, receive, send)
+    assert events.count("body") == 20
+    assert events.index("http.response.start") > max(i for i, e in enumerate(events) if e == "body")
+
+
+async def test_uploads_beyond_the_buffer_budget_are_overloaded(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    import anyio
+
+    settings = settings_factory(
+        max_upload_bytes=200_000, max_batch_bytes=300_000, max_buffered_bytes=300_000
+    )
+    boundary = "held"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    ).encode()
+    gate = anyio.Event()
+
+    async def held_body():  # type: ignore[no-untyped-def]
+        yield head + GOOD_WAV
+        yield b"\0" * 150_000  # part of the file: 180 kB held in memory
+        await gate.wait()
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async with serve(create_app(settings)) as c:
+        held: dict = {}
+
+        async def first() -> None:
+            held["r"] = await c.post(
+                "/v1/models/tiny/score",
+                content=held_body(),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await anyio.sleep(0.2)
+            r = await c.post(
+                "/v1/models/tiny/score/batch", **many(GOOD_WAV, GOOD_WAV, GOOD_WAV, GOOD_WAV)
+            )
+            assert_error(r, 503, "overloaded")
+            assert r.headers["retry-after"] == "1"
+            gate.set()
+        # the held upload was a valid WAV followed by zero padding (more silent samples)
+        assert held["r"].status_code == 200, held["r"].text
+        await assert_still_scores(c)  # the budget was given back
