@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.bundle import read_manifest
 from tests.conftest import REPO, tone, wav_bytes
 from tests.helpers import GOOD_WAV
 
@@ -282,7 +283,7 @@ def test_an_early_error_reaches_a_connection_close_client(
         assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
 
 
-def test_memory_after_four_rounds_of_worst_case_batches(server: Server) -> None:
+def test_memory_after_four_rounds_of_worst_case_batches(server: Server, tiny_bundle: Path) -> None:
     garbage = GOOD_WAV[:12] + np.random.default_rng(1).bytes(1_000_000)
     long_float = wav_bytes(tone(15.0), subtype="FLOAT")  # ~1 MB, 15 s: decoded and scored
     files = [garbage, long_float, garbage, long_float]  # just under MAX_BATCH_BYTES
@@ -317,6 +318,12 @@ def test_memory_after_four_rounds_of_worst_case_batches(server: Server) -> None:
     after_four = server.rss_mb()
     assert after_four <= 2 * after_one, (baseline, after_one, after_four)
     # README's bound: uploads in memory + the per-file working set of the worker threads
-    bound = baseline + (2 * MAX_BUFFERED_BYTES + CPU_WORKERS * 40 * MAX_REQUEST_SAMPLES) / 2**20
+    # + the model inputs of every scoring request
+    f = read_manifest(tiny_bundle).features
+    assert f.window_seconds is not None
+    windows = MAX_REQUEST_SAMPLES / f.sample_rate / (f.window_hop_seconds or f.window_seconds / 2)
+    images = MAX_CONCURRENCY * windows * f.height * f.width * 4
+    per_file = CPU_WORKERS * 40 * MAX_REQUEST_SAMPLES
+    bound = baseline + (2 * MAX_BUFFERED_BYTES + per_file + images) / 2**20
     assert after_four <= bound, (baseline, after_one, after_four, bound)
     assert server.metric('auscult_errors_total{code="internal_error"}') == 0
