@@ -33,17 +33,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def create_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
-    import keras
     import librosa
     import numpy as np
     from flask import Flask, jsonify, request
     from PIL import Image
 
-    from training.autoencoder import scoring_encoder_for
+    from training.autoencoder import load_autoencoder, scoring_encoder_for
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     height, width = manifest["features"]["height"], manifest["features"]["width"]
-    autoencoder = keras.models.load_model(bundle_dir / "autoencoder.keras", compile=False)
+    autoencoder = load_autoencoder(bundle_dir / "autoencoder.keras")
     # the seed's `keras.Model(m.input, m.get_layer(...).output)`, for this bundle's encoder design
     encoder = scoring_encoder_for(autoencoder, manifest["training"]["autoencoder"])
     arrays = {

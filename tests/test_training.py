@@ -64,12 +64,10 @@ def test_fit_writes_a_complete_verified_bundle(tiny_bundle: Path) -> None:
 
 
 def test_onnx_encoder_matches_keras(tiny_bundle: Path) -> None:
-    import keras
-
-    from training.autoencoder import scoring_encoder_for
+    from training.autoencoder import load_autoencoder, scoring_encoder_for
     from training.export import onnx_run
 
-    ae = keras.models.load_model(tiny_bundle / "autoencoder.keras", compile=False)
+    ae = load_autoencoder(tiny_bundle / "autoencoder.keras")
     encoder = scoring_encoder_for(ae, read_manifest(tiny_bundle).training["autoencoder"])
     x = np.random.default_rng(0).uniform(0, 1, (5, 32, 32, 1)).astype(np.float32)
     onnx_latent = onnx_run((tiny_bundle / "encoder.onnx").read_bytes(), x)

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=ae.standardise_bands,
         help="standardise every mel band inside the network",
     )
+    f.add_argument(
+        "--ae-input",
+        choices=("image", "minmax"),
+        default=ae.ae_input,
+        help="what the autoencoder's convolutions see: the window as scaled (image) or every "
+        "window min-max scaled on its own (minmax: level-independent; band_stats keeps the level)",
+    )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
     f.add_argument("--width", type=int, default=64, help="input width: time columns of one window")
     f.add_argument(
@@ -232,6 +239,7 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         band_pool=args.band_pool,
         band_flux=args.band_flux,
         standardise_bands=args.standardise_bands,
+        ae_input=args.ae_input,
         epochs=args.epochs,
         seed=args.seed,
     )

@@ -52,6 +52,10 @@ class AutoencoderConfig:
     # Standardise every mel band (mean and std of the training images over clips and time)
     # inside the network, before the first convolution.
     standardise_bands: bool = False
+    # What the convolutions see: the window as scaled by the features ("image"), or every
+    # window min-max scaled on its own ("minmax": the conv parts ignore level and gain, as the
+    # seeds' images did; band_stats still sees the level).
+    ae_input: Literal["image", "minmax"] = "image"
     epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -94,6 +98,30 @@ def _time_stats_class() -> Any:
             return ops.concatenate([ops.reshape(mean, flat), ops.reshape(std, flat)], axis=1)
 
     return TimeStats
+
+
+@lru_cache(maxsize=1)
+def _minmax_class() -> Any:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class MinMax(keras.layers.Layer):
+        """(b, h, w, 1) → every sample scaled to [0, 1] by its own min and max."""
+
+        def call(self, x: Any) -> Any:
+            lo = ops.min(x, axis=(1, 2, 3), keepdims=True)
+            hi = ops.max(x, axis=(1, 2, 3), keepdims=True)
+            return (x - lo) / ops.maximum(hi - lo, 1e-6)
+
+    return MinMax
+
+
+def minmax(images: np.ndarray) -> np.ndarray:
+    """(n, h, w) → every image scaled to [0, 1] by its own min and max (as MinMax)."""
+    lo = images.min(axis=(1, 2), keepdims=True)
+    hi = images.max(axis=(1, 2), keepdims=True)
+    return ((images - lo) / np.maximum(hi - lo, 1e-6)).astype(np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -194,6 +222,8 @@ def build(
         raise ValueError(f"--band-pool {cfg.band_pool} must divide the input height {height}")
     inp = keras.Input((height, width, 1), name="spectrogram")
     x = inp
+    if cfg.ae_input == "minmax":
+        x = _minmax_class()(name="minmax")(x)
     if cfg.standardise_bands:
         mean, std = band_stats if band_stats is not None else (np.zeros(height), np.ones(height))
         x = _band_standardise_class()(mean, std, name="standardise_bands")(x)
@@ -254,6 +284,15 @@ def _scoring_encoder(
     return keras.Model(spectrogram, out, name="encoder"), widths
 
 
+def load_autoencoder(path: Any) -> Any:
+    """A saved autoencoder.keras, with auscult's custom layers registered first."""
+    import keras
+
+    for register in (_time_stats_class, _band_stats_class, _band_standardise_class, _minmax_class):
+        register()
+    return keras.models.load_model(path, compile=False)
+
+
 def scoring_encoder_for(autoencoder: Any, recorded: dict[str, Any]) -> Any:
     """scoring_encoder with the settings a manifest recorded (training.autoencoder); bundles
     from before `pooling` existed scored the dense bottleneck."""
@@ -273,6 +312,12 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     band_stats = (images.mean(axis=(0, 2)), images.std(axis=(0, 2)) + 1e-3)
     model = build(images.shape[1], images.shape[2], cfg, band_stats)
     x, xv = images[..., None], val_images[..., None]
+    # the autoencoder reconstructs what its convolutions see
+    y, yv = (
+        (minmax(images)[..., None], minmax(val_images)[..., None])
+        if cfg.ae_input == "minmax"
+        else (x, xv)
+    )
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
@@ -280,8 +325,8 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     ]
     hist = model.autoencoder.fit(
         x,
-        x,
-        validation_data=(xv, xv),
+        y,
+        validation_data=(xv, yv),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         shuffle=True,
