@@ -336,3 +336,17 @@ def test_band_pool_must_divide_the_mel_bands(
     assert exc.value.code == 2
     assert "--band-pool 3 must divide --n-mels 32" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_minmax_ae_input_makes_the_conv_part_level_independent() -> None:
+    # --ae-input minmax: the flattened conv maps of a window and of a gain/offset change of
+    # it are the same; the band statistics beside them still see the change
+    from training.autoencoder import AutoencoderConfig, build
+
+    cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="minmax")
+    model = build(16, 16, cfg)
+    x = np.random.default_rng(0).uniform(0.2, 0.6, (3, 16, 16, 1)).astype(np.float32)
+    a, b = model.encoder(x).numpy(), model.encoder(0.5 * x + 0.3).numpy()
+    flat = 4 * 4 * 8
+    np.testing.assert_allclose(a[:, :flat], b[:, :flat], atol=1e-5)
+    assert np.abs(a[:, flat:] - b[:, flat:]).max() > 0.05
