@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: serve test lint typecheck bench bench-quality default-bundle digits-bundle smoke clean
+.PHONY: serve test lint typecheck chromium screenshots bench bench-quality default-bundle digits-bundle smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,30 @@ serve: $(VENV)/.serve-installed
 		$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 ## test: set up (once), lint, type-check and run the whole test suite
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## chromium: Debian's chromium for the browser tests (tests/web/), installed with apt
+## when it is missing; AUSCULT_CHROMIUM names another executable. Without one the browser
+## tests skip with the reason; under CI (CI=true) a failed install fails the run.
+chromium:
+	@if [ -n "$$AUSCULT_CHROMIUM" ] || [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		{ $$sudo apt-get update -q >/dev/null && \
+		  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends \
+			chromium fonts-dejavu-core >/dev/null; } || \
+		{ echo "could not install chromium: the browser tests will skip" >&2; [ -z "$$CI" ] || exit 1; }; \
+	else \
+		echo "no chromium and no apt-get: the browser tests will skip (set AUSCULT_CHROMIUM)" >&2; \
+	fi
+
+## screenshots: retake the page's screenshots in docs/ (the browser tests write them)
+screenshots: $(VENV)/.dev-installed chromium
+	AUSCULT_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/web
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -35,6 +35,8 @@ from service.registry import ModelRegistry  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
 from service.server import DrainBeforeError  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.web import install as install_web  # noqa: E402
+from service.web import package_version  # noqa: E402
 
 log = logging.getLogger("auscult.app")
 
@@ -81,10 +83,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     app = FastAPI(
         title="auscult",
-        version="1.0.0",
+        version=package_version(),
         summary="Anomaly scores and classes for machine sounds",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc: service.web serves them with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
     app.include_router(health)
     app.include_router(models)
+    install_web(app)  # the page at /, /docs, /redoc, the spectrogram endpoint
     app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 

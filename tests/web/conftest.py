@@ -1,0 +1,223 @@
+"""Browser tests: the real service in a subprocess, driven by Debian's chromium through
+Playwright (launched by executable path: Playwright's own browser download is not used).
+
+Chromium is found at $AUSCULT_CHROMIUM, /usr/bin/chromium or on PATH (`make test` installs
+Debian's package when apt is usable); without it, or without the playwright package, every
+test here skips with the reason. Every page runs with all requests to hosts other than the
+loopback address aborted and recorded: a test fails if the page tried to reach one.
+
+AUSCULT_SCREENSHOTS=DIR makes the tests save their screenshots there (`make screenshots`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, wav_bytes
+
+# read at import: the suite's autouse fixture clears AUSCULT_* variables inside each test
+CHROMIUM_ENV = os.environ.get("AUSCULT_CHROMIUM")
+SCREENSHOTS = os.environ.get("AUSCULT_SCREENSHOTS")
+DEFAULT_CHROMIUM = "/usr/bin/chromium"  # Debian's package
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+TABLET = {"width": 820, "height": 1180}  # a tablet held upright
+# Without the background-networking flags chromium keeps trying hosts that a closed
+# network refuses; Playwright gives every launch a fresh temporary profile of its own.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+
+
+def find_chromium() -> str | None:
+    for candidate in (CHROMIUM_ENV, DEFAULT_CHROMIUM):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Save a full-page screenshot as DIR/name.png when AUSCULT_SCREENSHOTS=DIR is set."""
+    if SCREENSHOTS:
+        out = Path(SCREENSHOTS)
+        if not out.is_absolute():
+            out = REPO / out
+        out.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+
+def start_service(log_dir: Path, **env_overrides: str) -> Service:
+    """`python -m service` on a free port, serving the committed bundles; waits for /readyz."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
+    env.update(AUSCULT_ARTIFACTS_DIR=str(REPO / "artifacts"), AUSCULT_LOG_LEVEL="warning")
+    env.update(env_overrides)
+    log = log_dir / f"service-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the service never answered /healthz")
+        time.sleep(0.1)
+    return Service(url, proc, log)
+
+
+def stop_service(service: Service) -> None:
+    service.proc.terminate()
+    try:
+        service.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install -e '.[dev]')")
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no chromium: install Debian's package (make chromium) or set AUSCULT_CHROMIUM")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What chromium's fake microphone plays: a healthy gearbox recording (48 kHz wav)."""
+    from training.synth import recording
+
+    path = tmp_path_factory.mktemp("mic") / "gearbox.wav"
+    path.write_bytes(wav_bytes(recording(seconds=4, seed=2, sample_rate=48000), sr=48000))
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: str, fake_microphone: Path) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={fake_microphone}"]
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="session")
+def service(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = start_service(tmp_path_factory.mktemp("service"))
+    yield svc
+    stop_service(svc)
+
+
+@dataclass
+class Offline:
+    """Requests a page tried to send to hosts other than loopback (all aborted)."""
+
+    blocked: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def open_page(browser: Any, offline: Offline, **context_args: Any) -> Any:
+    """A page in a fresh browser context where any non-loopback request is aborted and
+    recorded, and page errors (uncaught JavaScript exceptions) are collected."""
+    context = browser.new_context(viewport=TABLET, accept_downloads=True, **context_args)
+
+    def route(r: Any) -> None:
+        host = urlsplit(r.request.url).hostname or ""
+        if r.request.url.startswith(("data:", "blob:")) or host in LOOPBACK:
+            r.continue_()
+        else:
+            offline.blocked.append(r.request.url)
+            r.abort("internetdisconnected")
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    page.on("pageerror", lambda e: offline.failed.append(f"page error: {e}"))
+    return page
+
+
+@pytest.fixture
+def offline() -> Offline:
+    return Offline()
+
+
+@pytest.fixture
+def page(browser: Any, offline: Offline) -> Iterator[Any]:
+    p = open_page(browser, offline)
+    try:
+        yield p
+    finally:
+        p.context.close()
+    assert offline.blocked == [], f"the page tried to reach the network: {offline.blocked}"
+    assert offline.failed == [], offline.failed
+
+
+def clip_wav(path: Path, seconds: float = 4.0, fault: str | None = None, **kw: Any) -> Path:
+    """Write a synthetic gearbox recording (healthy, or with `fault`) as a 16-kHz wav."""
+    from training.synth import recording
+
+    x = recording(seconds=seconds, seed=1, fault=fault, **kw)
+    path.write_bytes(wav_bytes(x))
+    return path
+
+
+def tone_wav(path: Path, seconds: float = 1.0, sr: int = 8000) -> Path:
+    t = np.arange(round(seconds * sr)) / sr
+    path.write_bytes(wav_bytes((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), sr=sr))
+    return path
