@@ -16,7 +16,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import ARTIFACTS, tone, wav_bytes
+from service.web.page import STATIC
+from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
 from tests.helpers import assert_error, png_bytes, serve
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +200,15 @@ async def test_spectrogram_needs_the_key_when_keys_are_on() -> None:
         r = await c.post("/v1/models/gearbox/spectrogram", files=files, headers={"X-API-Key": "k1"})
         assert r.status_code == 200
         assert (await c.get("/")).status_code == 200  # the page itself is open; its calls are not
+
+
+def test_the_pages_files_ship_in_the_package() -> None:
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["service.web"]
+    assert patterns == ["static/*"]
+    files = list(STATIC.rglob("*"))
+    assert {"index.html", "app.js", "style.css"} <= {f.name for f in files}
+    assert all(f.parent == STATIC for f in files)  # no sub-folder that static/* would miss

@@ -3,6 +3,7 @@ several clips or record one, and see levels, scores, charts, spectrograms, bars,
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import time
@@ -62,10 +63,24 @@ def test_a_healthy_clip_chosen_with_the_keyboard_is_normal_with_its_score_chart_
     assert "1 clip done: 1 normal" in page.locator("#status").inner_text()
 
 
-def test_a_faulty_clip_is_severe(page: Any, service: Service, tmp_path: Path) -> None:
+def test_a_faulty_clip_dropped_on_the_page_is_severe(
+    page: Any, service: Service, tmp_path: Path
+) -> None:
     _open(page, service, "gearbox")
     faulty = clip_wav(tmp_path / "pump-rubbing.wav", seconds=4, fault="rubbing")
-    page.set_input_files("#files", str(faulty))
+    # what a drag and drop from the file manager delivers: a DataTransfer holding the file
+    data = base64.b64encode(faulty.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "audio/wav" }));
+            return dt;
+        }""",
+        [faulty.name, data],
+    )
+    page.dispatch_event("#drop", "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     card = page.locator("#results .card[data-level]").first
     card.wait_for()
     assert card.get_attribute("data-level") == "severe"
