@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from service import features  # noqa: E402
 from service.api import error_response, health, models  # noqa: E402
+from service.deps import describe_open_access  # noqa: E402
 from service.errors import AuscultError, public_message  # noqa: E402
 from service.observability import (  # noqa: E402
     Metrics,
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(health)
     app.include_router(models)
     install_web(app)  # the page at /, /docs, /redoc, the spectrogram endpoint
+    if not settings.api_keys:
+        describe_open_access(app)  # the document says no key is needed
     app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 

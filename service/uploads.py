@@ -76,10 +76,25 @@ class _Part:
     data: bytearray = field(default_factory=bytearray)
 
 
+# What the service recognises by its content (magic bytes), whatever a part's Content-Type says.
+UPLOAD_MEDIA_TYPES = (
+    "audio/wav, audio/flac, audio/ogg, audio/mpeg, image/png, image/jpeg, application/octet-stream"
+)
+UPLOAD_DESCRIPTION = (
+    "a file part (with a filename): wav, flac, ogg or mp3 audio, or a png/jpeg spectrogram "
+    "of the model's input size; recognised by its content. Content that is neither gets 415 "
+    "unsupported_media_type, audio or an image that does not decode or fit gets 422"
+)
+
+
 def openapi_body(field_name: str, many: bool) -> dict:
-    """`openapi_extra` describing the multipart body, so /docs shows a file picker."""
-    item = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": item} if many else item
+    """`openapi_extra` describing the multipart body, so /docs shows a file picker.
+
+    A JSON schema cannot say "bytes that decode as audio": any binary is schema-valid,
+    and the 415/422 answers to content are described in the operation's responses.
+    """
+    item = {"type": "string", "format": "binary", "description": UPLOAD_DESCRIPTION}
+    prop: dict = {"type": "array", "items": item, "minItems": 1} if many else item
     return {
         "requestBody": {
             "required": True,
@@ -89,7 +104,8 @@ def openapi_body(field_name: str, many: bool) -> dict:
                         "type": "object",
                         "properties": {field_name: prop},
                         "required": [field_name],
-                    }
+                    },
+                    "encoding": {field_name: {"contentType": UPLOAD_MEDIA_TYPES}},
                 }
             },
         }
@@ -167,7 +183,13 @@ async def read_files(
         current.name = disp.get(b"name", b"").decode("utf-8", "replace")
         fname = disp.get(b"filename")
         current.filename = fname.decode("utf-8", "replace") if fname is not None else None
-        if current.name == field_name and len(files) >= max_files:
+        if current.name != field_name:
+            return
+        if current.filename is None:
+            # a part without a filename is a text field, not an upload (curl -F f=<x, or a
+            # value that is not a file at all)
+            raise InvalidRequest(f"the field {field_name!r} takes file parts (with a filename)")
+        if len(files) >= max_files:
             if max_files == 1:
                 raise InvalidRequest(f"send exactly one file in the field {field_name!r}")
             raise BatchTooLarge(f"a batch holds at most {max_files} files")
