@@ -58,14 +58,18 @@ def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def screenshot(page: Any, name: str) -> None:
-    """Save a full-page screenshot as DIR/name.png when AUSCULT_SCREENSHOTS=DIR is set."""
+def screenshot(page: Any, name: str, element: Any = None) -> None:
+    """Save a screenshot of the whole page (or of `element`) as DIR/name.png when
+    AUSCULT_SCREENSHOTS=DIR is set (README.md shows them)."""
     if SCREENSHOTS:
         out = Path(SCREENSHOTS)
         if not out.is_absolute():
             out = REPO / out
         out.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+        if element is not None:
+            element.screenshot(path=str(out / f"{name}.png"))
+        else:
+            page.screenshot(path=str(out / f"{name}.png"), full_page=True)
 
 
 def _free_port() -> int:

@@ -48,7 +48,7 @@ def test_swagger_ui_offers_the_loaded_models_and_each_errors_own_example(
     text = responses.inner_text()
     for code in ("unauthorized", "model_not_found", "wrong_model_kind", "unsupported_media_type"):
         assert code in text, code
-    screenshot(page, "docs")
+    screenshot(page, "docs", op)
     assert offline.blocked == []
 
 
@@ -61,7 +61,6 @@ def test_redoc_renders_without_network(page: Any, offline: Offline, service: Ser
     page.get_by_role("heading", name="Score Clip").first.wait_for()
     page.get_by_text("wrong_model_kind").first.wait_for(state="attached")
     page.wait_for_load_state("networkidle")
-    screenshot(page, "redoc")
     assert offline.blocked == []  # nothing reached the network layer for another host
     assert any(u.endswith("/static/docs/redoc.standalone.js") for u in requested)
     # ReDoc's bundle always asks for its makers' logo from their CDN: the page's

@@ -23,14 +23,15 @@ from tests.web.conftest import (
     tone_wav,
 )
 
+expect = pytest.importorskip("playwright.sync_api", reason="needs the playwright package").expect
+
 
 def _open(page: Any, service: Service, model: str) -> None:
     page.goto(f"{service.url}/")
     page.locator("#model option[value='gearbox']").wait_for(state="attached")
     page.select_option("#model", model)
-    page.wait_for_function(
-        "m => document.querySelector('#model-info').textContent.includes('Version')", arg=model
-    )
+    page.locator(f"#model-info[data-model='{model}']").wait_for()
+    expect(page.locator("#choose")).to_be_enabled()
 
 
 def _spectrograms_loaded(page: Any, count: int) -> None:
@@ -47,6 +48,7 @@ def test_a_healthy_clip_chosen_with_the_keyboard_is_normal_with_its_score_chart_
     _open(page, service, "gearbox")
     healthy = clip_wav(tmp_path / "pump-healthy.wav", seconds=6)
     page.focus("#choose")
+    assert page.evaluate("() => document.activeElement.id") == "choose"
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     chooser.value.set_files(str(healthy))

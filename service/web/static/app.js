@@ -19,6 +19,7 @@
     keysOn: false,
     models: [],
     model: null, // the chosen ModelInfo
+    choice: 0, // counts model choices
     detail: null, // its GET v1/models/{name}
     busy: false,
     recorder: null,
@@ -155,20 +156,24 @@
   }
 
   async function chooseModel(name) {
+    const choice = ++state.choice; // a slower answer for an earlier choice is dropped
     state.model = state.models.find((m) => m.name === name) || null;
     state.detail = null;
     sessionStorage.setItem("auscult.model", name);
     setBusy(false);
     const info = $("model-info");
     info.textContent = "";
+    delete info.dataset.model;
     if (!state.model) return;
+    let d;
     try {
-      state.detail = await (await api(`v1/models/${encodeURIComponent(name)}`)).json();
+      d = await (await api(`v1/models/${encodeURIComponent(name)}`)).json();
     } catch (e) {
-      showError(e);
+      if (choice === state.choice) showError(e);
       return;
     }
-    const d = state.detail;
+    if (choice !== state.choice) return;
+    state.detail = d;
     const parts = [];
     if (d.kind === "classifier") {
       parts.push(`Classifier: names what it hears (${(d.labels || []).join(", ")}).`);
@@ -186,6 +191,7 @@
     }
     if (d.version) parts.push(`Version ${d.version}.`);
     info.textContent = parts.join(" ");
+    info.dataset.model = name;
   }
 
   function askForKey(err) {
