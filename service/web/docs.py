@@ -278,11 +278,16 @@ def _examples(
     return out
 
 
+UPLOAD_ENDPOINTS = ("/score", "/score/batch", "/classify", "/classify/batch", "/spectrogram")
+
+
 def _operation_errors(
     method: str, path: str, registry: ModelRegistry, settings: Settings
-) -> dict[str, list[tuple[str, str, str]]] | None:
-    """The error responses an operation can give, or None for one this module does not know
-    (left as FastAPI made it)."""
+) -> tuple[dict[str, list[tuple[str, str, str]]], bool] | None:
+    """(the error examples of an operation by status, whether that list is complete), or
+    None for an operation this module does not know (left as FastAPI made it). A complete
+    list also removes the error statuses the operation never answers; an incomplete one only
+    gives the statuses the operation declares their examples."""
     if path == "/readyz":
         return {
             "503": [
@@ -293,16 +298,18 @@ def _operation_errors(
                     "the default model 'gearbox' is not loaded",
                 ),
             ]
-        }
+        }, True
     if not path.startswith("/v1/"):
         return None
     if method == "get":
         errors = _examples(registry, settings, None, many=False)
         keep = ("401", "404") if "{name}" in path else ("401",)
-        return {status: errors[status] for status in keep}
-    many = path.endswith("/batch")
-    want = "anomaly" if "/score" in path else "classifier" if "/classify" in path else None
-    return _examples(registry, settings, want, many)
+        return {status: errors[status] for status in keep}, True
+    if path.startswith("/v1/models/{name}") and path.endswith(UPLOAD_ENDPOINTS):
+        many = path.endswith("/batch")
+        want = "anomaly" if "/score" in path else "classifier" if "/classify" in path else None
+        return _examples(registry, settings, want, many), True
+    return _examples(registry, settings, None, many=True), False
 
 
 def complete(schema: dict[str, Any], registry: ModelRegistry, settings: Settings) -> None:
@@ -310,18 +317,25 @@ def complete(schema: dict[str, Any], registry: ModelRegistry, settings: Settings
     status, the loaded models on the `name` parameter."""
     for path, operations in schema.get("paths", {}).items():
         for method, op in operations.items():
-            errors = _operation_errors(method, path, registry, settings)
-            if errors is not None:
-                _set_errors(op, errors)
+            known = _operation_errors(method, path, registry, settings)
+            if known is not None:
+                _set_errors(op, *known)
             for param in op.get("parameters", []):
                 if param.get("in") == "path" and param.get("name") == "name":
                     _describe_name(param, registry, path)
 
 
-def _set_errors(op: dict[str, Any], errors: dict[str, list[tuple[str, str, str]]]) -> None:
+def _set_errors(
+    op: dict[str, Any], errors: dict[str, list[tuple[str, str, str]]], complete: bool
+) -> None:
     responses = op.setdefault("responses", {})
-    for status in [s for s in responses if s[0] in "45" and s not in errors]:
-        del responses[status]  # a status this operation never answers
+    declared = [s for s in responses if s[0] in "45"]
+    if complete:
+        for status in declared:
+            if status not in errors:
+                del responses[status]  # a status this operation never answers
+    else:
+        errors = {status: errors[status] for status in declared if status in errors}
     for status, entries in sorted(errors.items()):
         codes = list(dict.fromkeys(code for code, _, _ in entries))
         examples: dict[str, Any] = {}

@@ -212,3 +212,28 @@ def test_the_pages_files_ship_in_the_package() -> None:
     files = list(STATIC.rglob("*"))
     assert {"index.html", "app.js", "style.css"} <= {f.name for f in files}
     assert all(f.parent == STATIC for f in files)  # no sub-folder that static/* would miss
+
+
+def test_an_operation_the_docs_do_not_know_keeps_its_statuses_with_fitting_examples() -> None:
+    from service.registry import ModelRegistry
+    from service.web.docs import complete
+
+    schema: dict[str, Any] = {
+        "paths": {
+            "/v1/models/{name}/reload": {
+                "post": {
+                    "parameters": [{"name": "name", "in": "path", "schema": {"type": "string"}}],
+                    "responses": {"200": {}, "401": {}, "404": {}, "503": {}},
+                }
+            },
+            "/v2/health/live": {"get": {"responses": {"200": {}, "503": {"x": 1}}}},
+        }
+    }
+    complete(schema, ModelRegistry(), Settings(artifacts_dir=ARTIFACTS))
+    reload = schema["paths"]["/v1/models/{name}/reload"]["post"]
+    assert set(reload["responses"]) == {"200", "401", "404", "503"}
+    for status in ("401", "404", "503"):
+        examples = reload["responses"][status]["content"]["application/json"]["examples"]
+        assert {e["value"]["error"]["code"] for e in examples.values()} <= CODES[status]
+    assert reload["parameters"][0]["examples"]  # an example name even with nothing loaded
+    assert schema["paths"]["/v2/health/live"]["get"]["responses"]["503"] == {"x": 1}

@@ -404,7 +404,9 @@
     const windowed = f && f.window_seconds && r.input.kind === "audio";
     const caption = windowed
       ? `Log-mel spectrogram the model saw (0 Hz at the bottom, ${Math.round(f.fmax || f.sample_rate / 2)} Hz at the top)`
-      : "Spectrogram as the model's input (the whole clip, resized)";
+      : r.input.kind === "image"
+        ? "The spectrogram picture as the model read it"
+        : "Log-mel spectrogram as the model's input (the whole clip, resized to it)";
     return h(
       "figure",
       { class: "spectrogram" },
