@@ -174,15 +174,18 @@ def test_recording_from_the_microphone_scores_the_recording(page: Any, service: 
 
 
 def test_the_page_fits_a_phone_and_every_control_has_a_label(
-    browser: Any, offline: Offline, service: Service
+    browser: Any, offline: Offline, service: Service, tmp_path: Path
 ) -> None:
     page = open_page(browser, offline)
+    clips = [str(clip_wav(tmp_path / f"a-rather-long-file-name-{i}.wav", 2)) for i in (1, 2)]
     try:
         for width in (820, 390):
             page.set_viewport_size({"width": width, "height": 900})
-            page.goto(f"{service.url}/")
-            page.locator("#model option[value='gearbox']").wait_for(state="attached")
-            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            _open(page, service, "gearbox")
+            assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
+            page.set_input_files("#files", clips)
+            page.locator("#batch-table tbody tr").nth(1).wait_for()
+            assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth")
             unlabelled = page.evaluate(
                 "[...document.querySelectorAll('select, input:not([hidden])')]"
                 ".filter(e => !e.labels || e.labels.length === 0).map(e => e.id)"
