@@ -140,6 +140,16 @@ def own_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's main thread (its event loop): nanoseconds from
+    /proc/PID/task/PID/schedstat where the kernel keeps them, else clock ticks."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return cpu_seconds(pid)[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -376,6 +386,9 @@ class Config:
     concurrencies: tuple[int, ...] = (1, 4, 16)
     batch_sizes: tuple[int, ...] = (8, 32)
     scaling_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    protocol_reps: int = 9  # blocks per protocol, alternating (limited, plain / plain, limited)
+    protocol_small: int = 2000  # GET /healthz per block
+    protocol_score: int = 64  # single-clip scores per block
 
 
 FULL = Config(
@@ -396,6 +409,9 @@ QUICK = Config(
     seed_requests=12,
     long_clips=2,
     scaling_batches=(1, 8, 32),
+    protocol_reps=3,
+    protocol_small=400,
+    protocol_score=16,
 )
 
 
@@ -588,6 +604,104 @@ async def bench_http(
     return res
 
 
+PROTOCOLS = ("limited", "plain")
+
+
+async def bench_protocol(args: argparse.Namespace, cfg: Config, clips: list[bytes]) -> dict:
+    """Event-loop CPU per request of the service with service/server.py's protocol (header
+    limit, deadlines, connection cap) and with uvicorn's plain httptools protocol: one
+    process serving the same app on two ports (bench/protocol_server.py), one request at a
+    time, blocks alternated in ABBA order; medians over `protocol_reps` blocks of each."""
+    env = dict(ORIGINAL_ENV, AUSCULT_ARTIFACTS_DIR=str(args.artifacts), PYTHONUNBUFFERED="1")
+    ports = {"limited": free_port(), "plain": free_port()}
+    server = start_server(
+        "protocols",
+        [
+            sys.executable,
+            str(REPO / "bench" / "protocol_server.py"),
+            "--port",
+            str(ports["limited"]),
+            "--plain-port",
+            str(ports["plain"]),
+        ],
+        env,
+        ports["limited"],
+        timeout=60,
+    )
+    pid = server.proc.pid
+    try:
+        urls = {p: f"http://127.0.0.1:{port}" for p, port in ports.items()}
+        clients = {p: LeanClient(url) for p, url in urls.items()}
+        kinds: dict[str, tuple[int, dict[str, list[bytes]]]] = {
+            "healthz": (
+                cfg.protocol_small,
+                {p: [build_request(url + "/healthz", "GET", b"", {})] for p, url in urls.items()},
+            ),
+            "score": (
+                cfg.protocol_score,
+                {
+                    p: [
+                        build_request(
+                            f"{url}/v1/models/{args.model}/score", "POST", *multipart("file", [c])
+                        )
+                        for c in clips
+                    ]
+                    for p, url in urls.items()
+                },
+            ),
+        }
+        errors: list[str] = []
+        for n, reqs in kinds.values():  # warm-up
+            for proto in PROTOCOLS:
+                load = await run_load(clients[proto], reqs[proto], max(4, n // 10), 1)
+                errors += load.error_samples
+        per: dict[tuple[str, str], list[float]] = {}
+        for rep in range(cfg.protocol_reps):
+            order = PROTOCOLS if rep % 2 == 0 else PROTOCOLS[::-1]
+            for kind, (n, reqs) in kinds.items():
+                for proto in order:
+                    c0 = loop_cpu_seconds(pid)
+                    load = await run_load(clients[proto], reqs[proto], n, 1)
+                    per.setdefault((kind, proto), []).append((loop_cpu_seconds(pid) - c0) / n * 1e6)
+                    errors += load.error_samples
+        for c in clients.values():
+            await c.aclose()
+    finally:
+        stop_server(server)
+    out: dict[str, Any] = {"errors": errors}
+    for kind in kinds:
+        limited, plain = per[kind, "limited"], per[kind, "plain"]
+        out[kind] = {
+            "limited": median(limited),
+            "plain": median(plain),
+            "diff": median([a - b for a, b in zip(limited, plain, strict=True)]),
+        }
+    return out
+
+
+def protocol_table(res: dict, cfg: Config) -> list[str]:
+    out = [
+        "## Connection limits: event-loop CPU per request (service/server.py vs plain httptools)",
+        "",
+        "one service process on two ports (bench/protocol_server.py); "
+        f"{cfg.protocol_reps} blocks per protocol, one request at a time; GET /healthz "
+        f"{cfg.protocol_small} and single-clip score {cfg.protocol_score} requests per block; "
+        "medians (the difference: of the per-block differences)",
+        "",
+        "| request | limited protocol | plain httptools | difference |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, label in (("healthz", "GET /healthz"), ("score", "POST score, 10-s clip")):
+        r = res[kind]
+        share = 100 * r["diff"] / r["plain"] if r["plain"] else float("nan")
+        out.append(
+            f"| {label} | {fmt(r['limited'], 1)} µs | {fmt(r['plain'], 1)} µs | "
+            f"{r['diff']:+.1f} µs ({share:+.1f}%) |"
+        )
+    out.append(f"| errors | {len(res['errors'])} | | |")
+    return out
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (as the service uses): the client's own CPU stays small."""
     try:
@@ -616,6 +730,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-seed", action="store_true", help="skip the seed-style stack")
     parser.add_argument("--seed", type=int, default=0, help="clip generator seed")
+    parser.add_argument(
+        "--protocol-only",
+        action="store_true",
+        help="only the connection-limits CPU section (limited vs plain httptools protocol)",
+    )
     args = parser.parse_args(argv)
     args.artifacts = args.artifacts.resolve()
     cfg = QUICK if args.quick else FULL
@@ -630,6 +749,19 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print(f"generating {cfg.clips} clips of 10 s …", file=sys.stderr, flush=True)
     clips = make_clips(cfg.clips, 10.0, args.seed)
+    if args.protocol_only:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            protocol = runner.run(bench_protocol(args, cfg, clips))
+        load_after = os.getloadavg()
+        print(
+            f"load average {load_before[0]:.2f} → {load_after[0]:.2f} · {os.cpu_count()} CPUs · "
+            f"{time.perf_counter() - started:.0f} s\n"
+        )
+        print("\n".join(protocol_table(protocol, cfg)), flush=True)
+        if protocol["errors"]:
+            print(f"\nERROR: failed requests, e.g. {protocol['errors'][:3]}", file=sys.stderr)
+            return 1
+        return 0
     ip = InProcess(bundle)
 
     print("in-process: stages, threads, durations, batch sizes …", file=sys.stderr, flush=True)
@@ -650,6 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     print("HTTP: auscult and seed-style stack …", file=sys.stderr, flush=True)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         http = runner.run(bench_http(args, cfg, clips, ip))
+        print("HTTP: limited vs plain protocol …", file=sys.stderr, flush=True)
+        protocol = runner.run(bench_protocol(args, cfg, clips))
+    http["errors"] += len(protocol["errors"])
+    http["error_samples"].extend(protocol["errors"])
     rows = http["rows"]
     load_after = os.getloadavg()
 
@@ -748,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
     w("|---|---:|---:|")
     for b in cfg.scaling_batches:
         w(f"| {b} | {fmt(inproc_batches[b])} | {fmt(http['http_batches'].get(b, float('nan')))} |")
+    w("")
+    out.extend(protocol_table(protocol, cfg))
     w("")
     w("## Ratios (within this run; median of per-repetition ratios) vs targets")
     w("")

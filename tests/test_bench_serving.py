@@ -15,6 +15,7 @@ SECTIONS = (
     "## Seed-style stack",
     "## Resources",
     "## Scaling",
+    "## Connection limits",
     "## Ratios",
 )
 
