@@ -81,21 +81,24 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
         "the autoencoder's features removed: band statistics alone (issue 7's default)",
     ),
     ("AE only (flat)", ["--pooling", "flat"], "the flattened conv maps alone"),
+    ("AE sees the level", ["--ae-input", "image"], "the convolutions see the window as scaled"),
     ("concat", ["--fusion", "concat"], "one detector on the concatenated parts, no fusion"),
     (
         "AE time stats",
         ["--pooling", "time_stats+band_stats"],
         "the conv maps' mean/std over time instead of the flattened maps",
     ),
+    ("width 64", ["--width", "64"], "each 1-s window stretched to 64 columns"),
+    ("scoring hop 0.5 s", ["--window-hop", "0.5"], "the service scores overlapping windows"),
+    ("fit hop 1 s", ["--fit-hop", "1"], "fitted on windows without overlap"),
     ("window 2 s", ["--window-seconds", "2"], "2-s windows"),
     ("whole clip", ["--window-seconds", "none"], "no windows: each clip stretched to one image"),
     ("no codec copies", ["--no-codec-copies"], "trained on the original recordings only"),
     ("aggregation max", ["--aggregation", "max"], "clip score = its worst window"),
-    ("minmax", ["--scaling", "minmax"], "per-window min-max scaling (drops level)"),
+    ("minmax", ["--scaling", "minmax"], "per-window min-max scaling of every part (drops level)"),
     ("no flux", ["--no-band-flux"], "band mean and std only"),
     ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
     ("detector fit clips", ["--detector-clips", "fit"], "detector without the held-out clips"),
-    ("width 128", ["--width", "128"], "each window stretched to 128 columns"),
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
 ]
 # The rows a full run computes (--ablation-rows all: every row).
@@ -103,12 +106,13 @@ DEFAULT_ABLATION_ROWS = (
     "default",
     "no AE (band stats)",
     "AE only (flat)",
+    "AE sees the level",
     "concat",
-    "AE time stats",
+    "width 64",
+    "scoring hop 0.5 s",
     "window 2 s",
     "whole clip",
     "no codec copies",
-    "aggregation max",
 )
 
 

@@ -54,6 +54,6 @@ def test_windowing_bench_quick_compares_two_bundles(tiny_bundle) -> None:  # typ
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("windowed") and "19 windows of 1 s" in lines[0]
+    assert lines[0].startswith("windowed") and "11 windows of 1 s" in lines[0]
     assert lines[1].startswith("baseline") and "audio s/s" in lines[1]
     assert lines[2].startswith("windowed ÷ baseline audio s/s: ")

@@ -61,9 +61,11 @@ def test_bundles_record_their_window(window_artifacts: Path) -> None:
 
     two, ten = read_manifest(window_artifacts / "two"), read_manifest(window_artifacts / "ten")
     assert two.features.window_seconds == 1.0 and ten.features.window_seconds == 1.0
-    # 1-s windows (32 frames) every 16 frames (0.512 s), and one flush with the end:
+    # fitted on 1-s windows (32 frames) every 16 frames (0.512 s), and one flush with the end;
+    # scored every window (31 frames: 0.992 s)
     assert two.training["windows_per_clip"]["median"] == 3  # 63 frames: 0, 16, 31
     assert ten.training["windows_per_clip"]["median"] == 19  # 313 frames: 0 … 272, 281
+    assert two.features.window_hop_frames == 31 and two.training["fit_hop_seconds"] is None
     assert two.scoring["aggregation"] == "mean"
 
 
@@ -76,7 +78,8 @@ async def test_healthy_clips_of_any_length_score_normal(
     assert body["level"] == "normal", body["score"]
     windows = body["windows"]
     assert windows[0]["start_s"] == 0.0 and windows[-1]["end_s"] == seconds
-    assert len(windows) == {2.0: 3, 10.0: 19, 60.0: 117}[seconds]  # one every 0.512 s
+    # one every 31 frames (0.992 s), and one flush with the end
+    assert len(windows) == {2.0: 2, 10.0: 11, 60.0: 61}[seconds]
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in windows]))
 
 

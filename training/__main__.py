@@ -79,7 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         "clip is one image stretched to --width). Default: %(default)s",
     )
     f.add_argument(
-        "--window-hop", type=float, default=None, help="seconds between windows (default: half)"
+        "--window-hop",
+        type=float,
+        default=None,
+        help="seconds between the windows the service scores (default: one window, no overlap)",
+    )
+    f.add_argument(
+        "--fit-hop",
+        type=float,
+        default=None,
+        help="seconds between the windows fitted on (default: half a window)",
     )
     f.add_argument(
         "--aggregation",
@@ -127,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "window min-max scaled on its own (minmax: level-independent; band_stats keeps the level)",
     )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
-    f.add_argument("--width", type=int, default=64, help="input width: time columns of one window")
+    f.add_argument(
+        "--width",
+        type=int,
+        default=32,
+        help="input width: time columns of one window (32: a 1-s window's own frames at the "
+        "default hop, not stretched)",
+    )
     f.add_argument(
         "--fmax",
         type=float,
@@ -253,7 +268,9 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         width=args.width,
         fmax=args.fmax if args.fmax is not None else 0.8 * args.sample_rate / 2,
         scaling=args.scaling,
-        window_hop_seconds=args.window_hop if args.window_seconds is not None else None,
+        window_hop_seconds=(
+            (args.window_hop or args.window_seconds) if args.window_seconds is not None else None
+        ),
     )
     shrinkage = args.shrinkage
     if shrinkage not in ("ledoit_wolf", "oas"):
@@ -271,6 +288,7 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "aggregation_k": args.aggregation_k,
         "max_components": args.max_components or None,
         "codec_copies": args.codec_copies,
+        "fit_hop_seconds": args.fit_hop,
     }
 
 

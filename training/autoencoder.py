@@ -55,7 +55,7 @@ class AutoencoderConfig:
     # What the convolutions see: the window as scaled by the features ("image"), or every
     # window min-max scaled on its own ("minmax": the conv parts ignore level and gain, as the
     # seeds' images did; band_stats still sees the level).
-    ae_input: Literal["image", "minmax"] = "image"
+    ae_input: Literal["image", "minmax"] = "minmax"
     epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
