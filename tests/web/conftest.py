@@ -148,8 +148,11 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str, fake_microphone: Path) -> Iterator[Any]:
+    """One chromium per test module. Not per session: Playwright's sync API keeps an event
+    loop running on the main thread while it is open, which async tests after it cannot
+    share."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
