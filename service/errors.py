@@ -121,7 +121,8 @@ class Failure(AuscultError):
 
 
 _OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
-_ABS_PATH = re.compile(r"(?<![\w.:/-])(?:/[^/\s'\"():,;]+)+/([^/\s'\"():,;]+)")
+# an absolute path of the server's file system; the API's own routes (/v1/…, /v2/…) stay
+_ABS_PATH = re.compile(r"(?<![\w.:/-])(?!/v\d+/)(?:/[^/\s'\"():,;]+)+/([^/\s'\"():,;]+)")
 
 
 def public_message(message: str) -> str:

@@ -357,3 +357,16 @@ async def test_uploads_beyond_the_buffer_budget_are_overloaded(settings_factory)
         # the held upload was a valid WAV followed by zero padding (more silent samples)
         assert held["r"].status_code == 200, held["r"].text
         await assert_still_scores(c)  # the budget was given back
+
+
+def test_scrubbing_keeps_the_apis_own_routes() -> None:
+    # server paths go, the routes a message points the client to stay
+    from service.errors import public_message
+
+    assert public_message("use POST /v1/models/digits/classify") == (
+        "use POST /v1/models/digits/classify"
+    )
+    assert public_message("GET /v1/models lists them") == "GET /v1/models lists them"
+    assert public_message("cannot read /srv/auscult/artifacts/x/manifest.json: bad") == (
+        "cannot read manifest.json: bad"
+    )
