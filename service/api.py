@@ -12,7 +12,13 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
-from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
+from service.deps import (
+    RegistryDep,
+    ScorerDep,
+    SettingsDep,
+    require_admin_key,
+    require_api_key,
+)
 from service.errors import (
     ClientDisconnected,
     ModelNotFound,
@@ -20,6 +26,7 @@ from service.errors import (
     RequestTimeout,
     public_message,
 )
+from service.registry import ReloadOutcome
 from service.runtime import ModelRuntime
 from service.schemas import (
     BatchClassifyResponse,
@@ -31,6 +38,8 @@ from service.schemas import (
     ModelInfo,
     ModelList,
     Readiness,
+    ReloadResponse,
+    ReloadResult,
     ScoreResult,
 )
 from service.scoring import Scorer
@@ -59,6 +68,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 health = APIRouter(tags=["health"])
 models = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
+admin = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
 @health.get("/healthz", response_model=Health)
@@ -75,7 +85,7 @@ async def read_readiness(registry: RegistryDep, settings: SettingsDep) -> Readin
         raise NotReady("no model bundle is loaded")
     default = settings.default_model
     rt = registry.runtimes.get(default) if default is not None else None
-    if rt is not None and not rt.ready:
+    if default is not None and (rt is None or not rt.ready):
         raise NotReady(f"the default model {default!r} is not loaded")
     return Readiness(status="ready", models_ready=registry.ready_count)
 
@@ -88,7 +98,7 @@ async def read_metrics(request: Request) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _info(rt: ModelRuntime) -> ModelInfo:
+def _info(rt: ModelRuntime, reload_error: str | None = None) -> ModelInfo:
     m = rt.manifest
     return ModelInfo(
         name=rt.name,
@@ -97,6 +107,7 @@ def _info(rt: ModelRuntime) -> ModelInfo:
         reason=public_message(rt.reason) if rt.reason else None,
         version=m.version if m else None,
         created_at=m.created_at if m else None,
+        reload_error=public_message(reload_error) if reload_error else None,
     )
 
 
@@ -105,7 +116,9 @@ async def read_models(registry: RegistryDep, settings: SettingsDep) -> ModelList
     """Every bundle found: name, kind, status (ready / failed with the reason), version."""
     return ModelList(
         default_model=settings.default_model,
-        models=[_info(rt) for rt in registry.runtimes.values()],
+        models=[
+            _info(rt, registry.reload_errors.get(name)) for name, rt in registry.runtimes.items()
+        ],
     )
 
 
@@ -116,7 +129,7 @@ async def read_model(name: str, registry: RegistryDep) -> ModelDetail:
     if rt is None:
         raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists them")
     m = rt.manifest
-    detail = ModelDetail(**_info(rt).model_dump())
+    detail = ModelDetail(**_info(rt, registry.reload_errors.get(name)).model_dump())
     if m is not None:
         training = {k: v for k, v in m.training.items() if k != "heldout_scores"}
         detail = detail.model_copy(
@@ -247,6 +260,50 @@ async def classify_batch(
     return BatchClassifyResponse(
         model=name, model_version=runtime.manifest.version, results=results
     )
+
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong admin key (unauthorized)"},
+    503: {"model": ErrorBody, "description": "the service has not loaded its bundles yet"},
+}
+
+
+def _result(o: ReloadOutcome) -> ReloadResult:
+    reason = public_message(o.reason) if o.reason else None
+    return ReloadResult(
+        model=o.model,
+        action=o.action,
+        version=o.version,
+        previous_version=o.previous_version,
+        reason=reason,
+    )
+
+
+@admin.post("/models/reload", response_model=ReloadResponse, responses=ADMIN_ERRORS)
+async def reload_models(request: Request, force: bool = False) -> ReloadResponse:
+    """Re-scan the artifacts folder: new bundle folders load, removed ones unload, changed
+    ones are re-read (all with `force=true`). A new version loads and verifies beside the
+    one serving and replaces it at once; a broken one leaves it serving (action `failed`,
+    also shown as `reload_error` in GET /v1/models). Requests in flight finish on the
+    version they started with. Needs an admin key (AUSCULT_ADMIN_KEYS) when keys are on."""
+    outcomes = await request.app.state.reloader.reload(None, force)
+    return ReloadResponse(results=[_result(o) for o in outcomes])
+
+
+@admin.post(
+    "/models/{name}/reload",
+    response_model=ReloadResult,
+    responses={
+        **ADMIN_ERRORS,
+        404: {"model": ErrorBody, "description": "no such bundle folder or model"},
+    },
+)
+async def reload_model(name: str, request: Request) -> ReloadResult:
+    """Re-read one bundle folder (as POST /v1/models/reload does for all): `loaded` when the
+    new version serves, `failed` (the previous version keeps serving, the reason says
+    why), `removed` when its folder is gone."""
+    (outcome,) = await request.app.state.reloader.reload(name, True)
+    return _result(outcome)
 
 
 def error_response(

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from service import features  # noqa: E402
-from service.api import error_response, health, models  # noqa: E402
+from service.api import admin, error_response, health, models  # noqa: E402
 from service.deps import describe_open_access  # noqa: E402
 from service.errors import AuscultError, public_message  # noqa: E402
 from service.observability import (  # noqa: E402
@@ -33,6 +33,7 @@ from service.observability import (  # noqa: E402
     configure_logging,
 )
 from service.registry import ModelRegistry  # noqa: E402
+from service.reload import Reloader  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
 from service.server import DrainBeforeError  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -79,8 +80,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.state.registry = reg
         metrics.models_ready.set(reg.ready_count)
         log.info("ready", extra={"models_ready": reg.ready_count, "models": len(reg.runtimes)})
-        yield
-        app.state.scorer.close()
+        reloader.start()  # SIGHUP, and the watcher with AUSCULT_WATCH=1
+        try:
+            yield
+        finally:
+            await reloader.stop()
+            app.state.scorer.close()
 
     app = FastAPI(
         title="auscult",
@@ -95,11 +100,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     app.state.scorer = Scorer(settings, metrics)
     app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
+    reloader = app.state.reloader = Reloader(lambda: app.state.registry, settings, metrics)
     app.include_router(health)
+    # before `models`: a 405 on /v1/models/reload must name POST, not GET /v1/models/{name}
+    app.include_router(admin)
     app.include_router(models)
     install_web(app)  # the page at /, /docs, /redoc, the spectrogram endpoint
     if not settings.api_keys:
-        describe_open_access(app)  # the document says no key is needed
+        # the document says no key is needed (the admin routes keep theirs when one is set)
+        describe_open_access(app, frozenset({"AdminKey"} if settings.admin_keys else ()))
     app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 

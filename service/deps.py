@@ -75,10 +75,43 @@ async def require_api_key(
         raise Unauthorized("the API key is not valid")
 
 
-def describe_open_access(app: FastAPI) -> None:
+_admin_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="AdminKey",
+    auto_error=False,
+    description="one of AUSCULT_ADMIN_KEYS (the admin routes: reload)",
+)
+
+
+async def require_admin_key(
+    request: Request,
+    settings: SettingsDep,
+    _key: Annotated[str | None, Security(_admin_key_scheme)],
+) -> None:
+    """The admin routes take a key of AUSCULT_ADMIN_KEYS (X-API-Key or Bearer); a scoring
+    key is not one. With no admin key set they are open only while the API is open."""
+    if not settings.admin_keys:
+        if settings.api_keys:
+            raise Unauthorized(
+                "the admin routes are closed: AUSCULT_API_KEYS is set and AUSCULT_ADMIN_KEYS is not"
+            )
+        return
+    key = presented_key(request)
+    if key is None:
+        raise Unauthorized("an admin key is required: send X-API-Key or Authorization: Bearer")
+    given = key.encode()
+    matched = False
+    for candidate in settings.admin_keys:
+        matched |= hmac.compare_digest(given, candidate.encode())
+    if not matched:
+        raise Unauthorized("the admin key is not valid")
+
+
+def describe_open_access(app: FastAPI, closed: frozenset[str] = frozenset()) -> None:
     """Without AUSCULT_API_KEYS the API is open: every operation that lists the key schemes
     also gets the empty requirement `{}` (OpenAPI's "no credentials needed"), so the
-    document says what the service does; the schemes stay, for the docs page's key field."""
+    document says what the service does; the schemes stay, for the docs page's key field.
+    Operations that name a scheme of `closed` (the admin key, when set) keep needing it."""
     build = app.openapi
     described: list[dict[str, Any]] = []  # the document already amended (built once, cached)
 
@@ -88,7 +121,8 @@ def describe_open_access(app: FastAPI) -> None:
             for item in schema.get("paths", {}).values():
                 for operation in item.values():
                     security = operation.get("security") if isinstance(operation, dict) else None
-                    if security and {} not in security:
+                    needed = {name for req in security or [] for name in req}
+                    if security and {} not in security and not needed & closed:
                         security.append({})
             described[:] = [schema]
         return schema

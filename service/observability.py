@@ -132,6 +132,12 @@ class Metrics:
         )
         self.inflight = Gauge("auscult_inflight_requests", "scoring requests in flight", registry=r)
         self.models_ready = Gauge("auscult_models_ready", "bundles loaded and ready", registry=r)
+        self.reloads = Counter(
+            "auscult_model_reloads_total",
+            "bundle reloads by outcome (loaded, failed, removed)",
+            ["model", "outcome"],
+            registry=r,
+        )
 
 
 class RequestContextMiddleware:

@@ -102,6 +102,11 @@ class ModelInfo(BaseModel):
     reason: str | None = Field(None, description="why a bundle failed to load", examples=[None])
     version: str | None = Field(None, examples=["20261121-1a2b3c4d"])
     created_at: str | None = None
+    reload_error: str | None = Field(
+        None,
+        description="why the last reload of this model failed; the version shown keeps serving",
+        examples=[None],
+    )
 
 
 class ModelList(BaseModel):
@@ -118,6 +123,28 @@ class ModelDetail(ModelInfo):
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     versions: dict[str, str] | None = None
+
+
+class ReloadResult(BaseModel):
+    """What a reload did to one model."""
+
+    model: str = Field(examples=["gearbox"])
+    action: Literal["loaded", "failed", "removed"] = Field(
+        description="loaded: the new version serves; failed: the previous version (if any) "
+        "keeps serving; removed: the folder is gone and the model unloaded",
+        examples=["loaded"],
+    )
+    version: str | None = Field(
+        None, description="the version serving now", examples=["20261130-c8eda3b5"]
+    )
+    previous_version: str | None = Field(None, examples=["20261121-1a2b3c4d"])
+    reason: str | None = Field(None, description="why the new version failed", examples=[None])
+
+
+class ReloadResponse(BaseModel):
+    """Every model the scan changed (or tried to); unchanged ones are not listed."""
+
+    results: list[ReloadResult]
 
 
 class Health(BaseModel):

@@ -73,6 +73,7 @@ class MicroBatcher:
         self.running = 0  # runs scheduled or in progress; guarded by lock (worker threads too)
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.owner: object = None  # the runtime whose `fn` this is (Scorer._batcher)
 
     async def submit(self, block: np.ndarray) -> np.ndarray:
         """(k, h, w) → the model's (k, …) rows for them."""
@@ -312,11 +313,15 @@ class Scorer:
         wait_s = self.settings.batch_wait_ms / 1000
         if wait_s <= 0:
             return None
+        # Keyed by the runtime object, not the name: after a reload, requests on the new
+        # version must not run through the old version's session (nor the reverse). A
+        # batcher whose runtime is no longer current is dropped with its last request.
         batcher = self.batchers.get(runtime.name)
-        if batcher is None:
+        if batcher is None or batcher.owner is not runtime:
             batcher = MicroBatcher(
                 self._observed(fn), self.in_thread, self.settings.max_micro_batch, wait_s
             )
+            batcher.owner = runtime
             self.batchers[runtime.name] = batcher
         return batcher
 

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Comma-separated keys; empty means the API is open. Never logged."""
 
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated keys for the admin routes (reload), separate from `api_keys`.
+    Empty: the admin routes are open when `api_keys` is empty too, closed (401) when
+    it is not. Never logged."""
+
+    watch: bool = False
+    """Poll the artifacts folder for changes every `watch_interval_s`: a new folder is
+    loaded, a removed one unloaded, a changed one re-read beside the version serving."""
+
+    watch_interval_s: float = Field(2.0, ge=0.1, le=3600)
+    """Seconds between two polls of the artifacts folder (with `watch`)."""
+
     ort_threads: int = Field(1, ge=1, le=64)
     """onnxruntime intra-op threads per model session."""
 
@@ -95,7 +107,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
