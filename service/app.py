@@ -37,6 +37,8 @@ from service.reload import Reloader  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
 from service.server import DrainBeforeError  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.v2 import v2, v2_health  # noqa: E402
+from service.v2.routes import is_v2  # noqa: E402
 from service.web import install as install_web  # noqa: E402
 from service.web import package_version  # noqa: E402
 
@@ -105,6 +107,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     # before `models`: a 405 on /v1/models/reload must name POST, not GET /v1/models/{name}
     app.include_router(admin)
     app.include_router(models)
+    app.include_router(v2_health)  # the Open Inference Protocol (v2), beside v1
+    app.include_router(v2)
     install_web(app)  # the page at /, /docs, /redoc, the spectrogram endpoint
     if not settings.api_keys:
         # the document says no key is needed (the admin routes keep theirs when one is set)
@@ -120,23 +124,35 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         elif exc.status_code >= 500 and exc.code not in ("overloaded", "not_ready"):
             log.error("error", extra={"code": exc.code, "detail": exc.message})
         message = public_message(exc.message)
-        return error_response(exc.status_code, exc.code, message, exc.headers)
+        return _error(request, exc.status_code, exc.code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("invalid_request").inc()
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if is_v2(request.url.path):  # the protocol's malformed request
+            return _error(request, 400, "invalid_request", msg, None)
         return error_response(422, "invalid_request", msg)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         metrics.errors.labels(code).inc()
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        return _error(request, exc.status_code, code, str(exc.detail), headers)
 
     # Unexpected exceptions become a 500 internal_error in RequestContextMiddleware, where
     # the request id is still known.
     return app
+
+
+def _error(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None
+) -> JSONResponse:
+    """The v1 error body, or under /v2 the protocol's `{"error": message}`."""
+    if is_v2(request.url.path):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return error_response(status, code, message, headers)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -262,5 +262,7 @@ async def test_unknown_model_detail_is_model_not_found(client: httpx.AsyncClient
 
 
 async def test_unknown_route_and_wrong_method_use_the_error_body(client: httpx.AsyncClient) -> None:
-    assert_error(await client.get("/v2/nothing"), 404, "not_found")
+    assert_error(await client.get("/v3/nothing"), 404, "not_found")
+    r = await client.get("/v2/nothing")  # under /v2, the Open Inference Protocol's body
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
     assert_error(await client.get("/v1/models/tiny/score"), 405, "method_not_allowed")

@@ -27,11 +27,19 @@ MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "50"))
 # A JSON schema cannot say "bytes that decode as audio": every binary is a schema-valid
 # upload, and what schemathesis makes of one is noise, which the service rightly answers
 # with 415 unsupported_media_type or 422 invalid_* (both described in each operation's
-# responses). Every other answer to a schema-valid upload is still a failure.
+# responses). Every other answer to a schema-valid upload is still a failure. Likewise a
+# v2 inference request the schema allows may name no input of the model or hold data
+# that does not fit its shape: 400 (the protocol's bad request), 413, 415 or 422.
 UPLOADS = """
 [[operations]]
 include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram)"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "415", "422"]
+
+[[operations]]
+include-path-regex = "^/v2/models/.*/infer$"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "400", "401", "404", "413", "415", "422",
+]
 """
 AUTH = f"""
 [auth.openapi.APIKeyHeader]
