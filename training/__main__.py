@@ -239,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a service-only install: one line, not a traceback
+        print(
+            f"error: {e.name} is not installed; python -m training needs the train extra "
+            "(pip install -e '.[train]')",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
