@@ -12,6 +12,9 @@ ARG BASE_IMAGE=python:3.11-slim
 
 # ---- Python (only where the base has none), a venv and the unprivileged user
 FROM ${BASE_IMAGE} AS runtime-base
+# every stage carries the label, so `podman image prune --filter label=...` (docker/smoke.sh)
+# also removes the intermediate stages a build leaves untagged
+LABEL io.auscult.image="service"
 ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -55,7 +58,7 @@ RUN set -eux; \
     pip install -r /tmp/auscult/requirements.txt; \
     rm -rf /tmp/auscult; \
     site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
-    for pkg in numpy scipy sklearn numba llvmlite onnxruntime PIL soxr pooch joblib; do \
+    for pkg in numpy scipy onnxruntime PIL soxr; do \
         find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} + 2>/dev/null || true; \
     done; \
     du -sh /opt/venv
@@ -71,20 +74,18 @@ RUN set -eux; \
     [ -f README.md ] || echo "# auscult" > README.md; \
     pip install --no-deps .; \
     cd /; rm -rf /tmp/auscult; \
-    NUMBA_CACHE_DIR=/tmp/numba-check python -c "import service.app, service.__main__"; \
-    rm -rf /tmp/numba-check; \
-    if pip show tensorflow tensorflow-cpu >/dev/null 2>&1; then \
-        echo "TensorFlow must not be in the service image" >&2; exit 1; \
-    fi; \
+    python -c "import service.app, service.__main__"; \
+    for dist in tensorflow tensorflow-cpu librosa numba llvmlite; do \
+        if pip show "$dist" >/dev/null 2>&1; then \
+            echo "$dist must not be in the service image" >&2; exit 1; \
+        fi; \
+    done; \
     mkdir -p /app/artifacts
 
 WORKDIR /app
 USER auscult:auscult
 
-# librosa's numba functions need a writable cache folder: the venv is root's,
-# and the container may run with a read-only root filesystem (/tmp a tmpfs).
-ENV AUSCULT_ARTIFACTS_DIR=/app/artifacts \
-    NUMBA_CACHE_DIR=/tmp/numba-cache
+ENV AUSCULT_ARTIFACTS_DIR=/app/artifacts
 EXPOSE 8000
 
 # Ready = at least one bundle loaded (GET /readyz answers 200).

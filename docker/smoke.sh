@@ -145,8 +145,11 @@ if ! timeout "${SMOKE_BUILD_TIMEOUT:-480}" "$PODMAN_COMPOSE" -p "$PROJECT" -f "$
 fi
 podman image exists "$IMAGE" || { tail -n 40 "$WORK/build.log"; fail "build did not produce $IMAGE"; }
 log "built in $(( $(date +%s) - t0 )) s"
-# drop superseded builds of this image (layers still in use are kept as the cache)
+# drop superseded builds and the untagged intermediate stages (every stage carries the
+# label); layers still in use by the image are kept as the cache
 podman image prune -f --filter label=io.auscult.image=service >/dev/null 2>&1 || true
+dangling=$(podman images -q --filter dangling=true --filter label=io.auscult.image=service | wc -l)
+log "dangling auscult images left: $dangling"
 
 # ---- up ------------------------------------------------------------------
 log "starting the stack (podman-compose up -d)"

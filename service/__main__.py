@@ -8,7 +8,7 @@ import uvicorn
 
 from service.app import create_app  # tunes the process on import (service/process.py)
 from service.server import uvicorn_options
-from service.settings import Settings
+from service.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    settings = Settings()  # fails fast on a bad AUSCULT_* variable
+    settings = load_settings()  # a bad AUSCULT_* variable: one line, exit status 2
     uvicorn.run(
         create_app(settings),
         host=args.host,

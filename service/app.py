@@ -36,7 +36,7 @@ from service.registry import ModelRegistry  # noqa: E402
 from service.reload import Reloader  # noqa: E402
 from service.scoring import Scorer  # noqa: E402
 from service.server import DrainBeforeError  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.settings import Settings, load_settings  # noqa: E402
 from service.v2 import v2, v2_health  # noqa: E402
 from service.v2.routes import is_v2  # noqa: E402
 from service.web import install as install_web  # noqa: E402
@@ -158,7 +158,7 @@ def _error(
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn service.app:app` — built on first access, not at import.
     if name == "app":
-        application = create_app()
+        application = create_app(load_settings())  # a bad setting: one line, exit 2
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -122,11 +123,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _ordered(self) -> Settings:
         if self.min_sample_rate > self.max_sample_rate:
-            raise ValueError("min_sample_rate must not exceed max_sample_rate")
+            raise ValueError("AUSCULT_MIN_SAMPLE_RATE must not exceed AUSCULT_MAX_SAMPLE_RATE")
         if self.max_upload_bytes > self.max_batch_bytes:
-            raise ValueError("max_upload_bytes must not exceed max_batch_bytes")
+            raise ValueError("AUSCULT_MAX_UPLOAD_BYTES must not exceed AUSCULT_MAX_BATCH_BYTES")
         if self.max_batch_bytes > self.max_buffered_bytes:
-            raise ValueError("max_batch_bytes must not exceed max_buffered_bytes")
+            raise ValueError("AUSCULT_MAX_BATCH_BYTES must not exceed AUSCULT_MAX_BUFFERED_BYTES")
         return self
 
     @field_validator("artifacts_dir")
@@ -135,3 +136,27 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"artifacts_dir {value} is not a folder")
         return value
+
+
+def describe_problems(error: ValidationError) -> str:
+    """A settings error as one line naming the variables, e.g.
+    `AUSCULT_MAX_CONCURRENCY='x': Input should be a valid integer, …`."""
+    parts = []
+    for e in error.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            var = "AUSCULT_" + "_".join(map(str, e["loc"])).upper()
+            parts.append(f"{var}={e.get('input')!r}: {msg}")
+        else:
+            parts.append(msg)
+    return "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value ends the process with one line on
+    stderr and exit status 2 (a usage error), not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        print(f"auscult: bad setting: {describe_problems(e)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -141,10 +141,16 @@ async def read_files(
     if not boundary:
         raise InvalidRequest("multipart body without a boundary")
     body_limit = max_files * (max_file_bytes + 4096) + FORM_OVERHEAD
-    if max_body_bytes is not None:
-        body_limit = min(body_limit, max_body_bytes)
+    # the message names the setting a user can look up, not only the derived figure
+    limit_says = (
+        f"{body_limit} bytes: {max_files} file{'s' * (max_files > 1)} of at most "
+        f"{max_file_bytes} bytes (AUSCULT_MAX_UPLOAD_BYTES) with the multipart framing"
+    )
+    if max_body_bytes is not None and max_body_bytes < body_limit:
+        body_limit = max_body_bytes
+        limit_says = f"{body_limit} bytes (AUSCULT_MAX_BATCH_BYTES)"
     if content_length and content_length.isdigit() and int(content_length) > body_limit:
-        raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {body_limit}")
+        raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit_says}")
 
     files: list[Upload] = []
     current = _Part()
@@ -223,7 +229,7 @@ async def read_files(
         async for chunk in stream:
             received += len(chunk)
             if received > body_limit:
-                raise PayloadTooLarge(f"request body is larger than {body_limit} bytes")
+                raise PayloadTooLarge(f"request body is larger than {limit_says}")
             if reserve is not None:
                 reserve(len(chunk))
             parser.write(chunk)

@@ -195,9 +195,9 @@ async def test_a_batch_body_over_max_batch_bytes_is_refused(settings_factory) ->
 
 
 def test_settings_refuse_limits_out_of_order(artifacts_dir: Path) -> None:
-    with pytest.raises(ValueError, match="max_upload_bytes"):
+    with pytest.raises(ValueError, match="AUSCULT_MAX_UPLOAD_BYTES"):
         Settings(artifacts_dir=artifacts_dir, max_upload_bytes=10, max_batch_bytes=5)
-    with pytest.raises(ValueError, match="min_sample_rate"):
+    with pytest.raises(ValueError, match="AUSCULT_MIN_SAMPLE_RATE"):
         Settings(artifacts_dir=artifacts_dir, min_sample_rate=10, max_sample_rate=5)
 
 
