@@ -258,7 +258,7 @@ _INFER_RESPONSES = {
         "model": InferenceResponse,
         "description": "the outputs (with binary tensors after the JSON when asked for)",
     },
-    **_errors(400, 401, 404, 408, 409, 413, 415, 422, 503),
+    **_errors(400, 401, 404, 408, 413, 415, 422, 503),
 }
 
 

@@ -312,11 +312,54 @@ def _operation_errors(
     return _examples(registry, settings, None, many=True), False
 
 
+V2_ERROR_SCHEMA = {"$ref": "#/components/schemas/V2Error"}
+V2_BAD_REQUEST = [
+    (
+        "a malformed inference request",
+        "not an inference request: inputs: Input should be a valid list",
+    ),
+    (
+        "an input the model does not take",
+        "unknown input 'pcm'; this model takes 'audio' (BYTES) or 'spectrogram' (FP32)",
+    ),
+    ("data that does not fit its shape", "input 'audio' has 1 elements, its shape [2] says 2"),
+]
+
+
+def _set_v2_errors(op: dict[str, Any], registry: ModelRegistry, settings: Settings) -> None:
+    """Examples for the v2 routes' error statuses, in the protocol's body `{"error": ...}`:
+    the v1 messages of the same statuses (audio errors name the element, `audio[0]: …`)."""
+    v1 = _examples(registry, settings, None, many=True)
+    v1["400"] = [("invalid_inference_request", summary, msg) for summary, msg in V2_BAD_REQUEST]
+    responses = op.get("responses", {})
+    for status in [s for s in responses if s[0] in "45"]:
+        examples: dict[str, Any] = {}
+        for code, summary, message in v1.get(status, []):
+            text = public_message(message)
+            if status in ("415", "422") and code != "invalid_request":
+                text = f"audio[0]: {text}"
+            examples[summary if summary not in examples else f"{summary} ({code})"] = {
+                "summary": summary,
+                "value": {"error": text},
+            }
+        if examples:
+            responses[status] = {
+                "description": responses[status].get("description", ""),
+                "content": {"application/json": {"schema": V2_ERROR_SCHEMA, "examples": examples}},
+            }
+
+
 def complete(schema: dict[str, Any], registry: ModelRegistry, settings: Settings) -> None:
     """Complete FastAPI's OpenAPI document in place: error examples per operation and
     status, the loaded models on the `name` parameter."""
     for path, operations in schema.get("paths", {}).items():
         for method, op in operations.items():
+            if path == "/v2" or path.startswith("/v2/"):
+                _set_v2_errors(op, registry, settings)
+                for param in op.get("parameters", []):
+                    if param.get("in") == "path" and param.get("name") == "name":
+                        _describe_name(param, registry, path)
+                continue
             known = _operation_errors(method, path, registry, settings)
             if known is not None:
                 _set_errors(op, *known)
