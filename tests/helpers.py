@@ -1,10 +1,17 @@
-"""Test helpers for the HTTP tests: fake runtimes, a client on any app, error-body checks."""
+"""Test helpers for the HTTP tests: fake runtimes, a client on any app, error-body checks,
+the real service in a subprocess."""
 
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +22,7 @@ from fastapi import FastAPI
 
 from service.bundle import Manifest
 from service.runtime import AnomalyRuntime
-from tests.conftest import tone, wav_bytes
+from tests.conftest import REPO, tone, wav_bytes
 
 
 class FakeAnomalyRuntime(AnomalyRuntime):
@@ -108,3 +115,60 @@ def with_flac_streaminfo(
     bits = (rate << 44) | ((ch - 1) << 41) | (((bits >> 36) & 0x1F) << 36) | n
     out[at : at + 8] = bits.to_bytes(8, "big")
     return bytes(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningService:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_service(log_dir: Path, ready_path: str = "/readyz", **settings: str) -> RunningService:
+    """`python -m service` on a free loopback port with exactly these AUSCULT_* `settings`
+    (the caller's others cleared), its output in log_dir/service-PORT.log; returns once
+    GET `ready_path` answers 200 (RuntimeError with the log's tail if it exits or 90 s pass)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
+    env.update(settings)
+    log = log_dir / f"service-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                return RunningService(url, port, proc, log)
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(
+                f"the service never answered {ready_path}: {log.read_text()[-3000:]}"
+            )
+        time.sleep(0.1)
+
+
+def stop_service(service: RunningService) -> None:
+    service.proc.terminate()
+    try:
+        service.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait()

@@ -9,11 +9,9 @@ seconds. Timing bounds are generous: the machine is shared.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import re
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +23,8 @@ import numpy as np
 import pytest
 
 from service.bundle import read_manifest
-from tests.conftest import REPO, tone, wav_bytes
-from tests.helpers import GOOD_WAV
+from tests.conftest import tone, wav_bytes
+from tests.helpers import GOOD_WAV, start_service, stop_service
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 3.0
@@ -59,19 +57,12 @@ class Server:
         return 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not sys.platform.startswith("linux"):
         pytest.skip("reads the server's RSS from /proc")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
-    env.update(
+    svc = start_service(
+        tmp_path_factory.mktemp("server"),
         AUSCULT_ARTIFACTS_DIR=str(tiny_bundle.parent),
         AUSCULT_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
         AUSCULT_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
@@ -85,36 +76,11 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         AUSCULT_CPU_WORKERS=str(CPU_WORKERS),
         AUSCULT_MAX_BATCH_FILES="8",
     )
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.2)
     try:
-        yield Server(url, port, proc.pid, log)
+        yield Server(svc.url, svc.port, svc.proc.pid, svc.log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    text = log.read_text()
+        stop_service(svc)
+    text = svc.log.read_text()
     assert '"level": "error"' not in text, text[-3000:]  # no traceback from any of it
 
 

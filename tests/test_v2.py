@@ -4,11 +4,6 @@ through `tritonclient.http` (a real client of the protocol) against `python -m s
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,8 +13,8 @@ import pytest
 from service.app import create_app
 from service.bundle import read_manifest
 from service.settings import Settings
-from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
-from tests.helpers import GOOD_WAV, serve
+from tests.conftest import ARTIFACTS, tone, wav_bytes
+from tests.helpers import GOOD_WAV, serve, start_service, stop_service
 
 GEARBOX = read_manifest(ARTIFACTS / "gearbox")
 DIGITS = read_manifest(ARTIFACTS / "digits")
@@ -178,45 +173,17 @@ async def test_v2_needs_the_api_key_but_health_does_not() -> None:
 # --- a real client of the protocol, over HTTP ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
-    env.update(AUSCULT_ARTIFACTS_DIR=str(ARTIFACTS), AUSCULT_LOG_LEVEL="warning")
-    log = tmp_path_factory.mktemp("v2server") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 90
+    svc = start_service(
+        tmp_path_factory.mktemp("v2server"),
+        AUSCULT_ARTIFACTS_DIR=str(ARTIFACTS),
+        AUSCULT_LOG_LEVEL="warning",
+    )
     try:
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{svc.port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_service(svc)
 
 
 @pytest.fixture

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import pytest
 
+from tests import helpers
 from tests.conftest import REPO, wav_bytes
+from tests.helpers import RunningService, stop_service
 
 # read at import: the suite's autouse fixture clears AUSCULT_* variables inside each test
 CHROMIUM_ENV = os.environ.get("AUSCULT_CHROMIUM")
@@ -72,58 +69,10 @@ def screenshot(page: Any, name: str, element: Any = None) -> None:
             page.screenshot(path=str(out / f"{name}.png"), full_page=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-
-def start_service(log_dir: Path, **env_overrides: str) -> Service:
-    """`python -m service` on a free port, serving the committed bundles; waits for /readyz."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
-    env.update(AUSCULT_ARTIFACTS_DIR=str(REPO / "artifacts"), AUSCULT_LOG_LEVEL="warning")
-    env.update(env_overrides)
-    log = log_dir / f"service-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the service never answered /healthz")
-        time.sleep(0.1)
-    return Service(url, proc, log)
-
-
-def stop_service(service: Service) -> None:
-    service.proc.terminate()
-    try:
-        service.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        service.proc.kill()
-        service.proc.wait()
+def start_service(log_dir: Path, **env_overrides: str) -> RunningService:
+    """`python -m service` on a free port, serving the committed bundles; waits for /healthz."""
+    settings = {"AUSCULT_ARTIFACTS_DIR": str(REPO / "artifacts"), "AUSCULT_LOG_LEVEL": "warning"}
+    return helpers.start_service(log_dir, "/healthz", **{**settings, **env_overrides})
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +114,7 @@ def browser(chromium: str, fake_microphone: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def service(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     svc = start_service(tmp_path_factory.mktemp("service"))
     yield svc
     stop_service(svc)

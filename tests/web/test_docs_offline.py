@@ -5,11 +5,12 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from tests.web.conftest import Offline, Service, screenshot
+from tests.helpers import RunningService
+from tests.web.conftest import Offline, screenshot
 
 
 def test_swagger_ui_renders_every_operation_without_network(
-    page: Any, offline: Offline, service: Service
+    page: Any, offline: Offline, service: RunningService
 ) -> None:
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
@@ -31,7 +32,7 @@ def test_swagger_ui_renders_every_operation_without_network(
 
 
 def test_swagger_ui_offers_the_loaded_models_and_each_errors_own_example(
-    page: Any, offline: Offline, service: Service
+    page: Any, offline: Offline, service: RunningService
 ) -> None:
     page.goto(f"{service.url}/docs#/models/score_clip_v1_models__name__score_post")
     op = page.locator("#operations-models-score_clip_v1_models__name__score_post")
@@ -52,7 +53,9 @@ def test_swagger_ui_offers_the_loaded_models_and_each_errors_own_example(
     assert offline.blocked == []
 
 
-def test_redoc_renders_without_network(page: Any, offline: Offline, service: Service) -> None:
+def test_redoc_renders_without_network(
+    page: Any, offline: Offline, service: RunningService
+) -> None:
     requested: list[str] = []
     refused: dict[str, str] = {}
     page.on("request", lambda r: requested.append(r.url))

@@ -12,21 +12,20 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import RunningService, stop_service
 from tests.web.conftest import (
     Offline,
-    Service,
     clip_wav,
     open_page,
     screenshot,
     start_service,
-    stop_service,
     tone_wav,
 )
 
 expect = pytest.importorskip("playwright.sync_api", reason="needs the playwright package").expect
 
 
-def _open(page: Any, service: Service, model: str) -> None:
+def _open(page: Any, service: RunningService, model: str) -> None:
     page.goto(f"{service.url}/")
     page.locator("#model option[value='gearbox']").wait_for(state="attached")
     page.select_option("#model", model)
@@ -43,7 +42,7 @@ def _spectrograms_loaded(page: Any, count: int) -> None:
 
 
 def test_a_healthy_clip_chosen_with_the_keyboard_is_normal_with_its_score_chart_and_spectrogram(
-    page: Any, service: Service, tmp_path: Path
+    page: Any, service: RunningService, tmp_path: Path
 ) -> None:
     _open(page, service, "gearbox")
     healthy = clip_wav(tmp_path / "pump-healthy.wav", seconds=6)
@@ -68,7 +67,7 @@ def test_a_healthy_clip_chosen_with_the_keyboard_is_normal_with_its_score_chart_
 
 
 def test_a_faulty_clip_dropped_on_the_page_is_severe(
-    page: Any, service: Service, tmp_path: Path
+    page: Any, service: RunningService, tmp_path: Path
 ) -> None:
     _open(page, service, "gearbox")
     faulty = clip_wav(tmp_path / "pump-rubbing.wav", seconds=4, fault="rubbing")
@@ -92,7 +91,7 @@ def test_a_faulty_clip_dropped_on_the_page_is_severe(
 
 
 def test_a_batch_gives_a_table_row_per_clip_and_a_csv(
-    page: Any, service: Service, tmp_path: Path
+    page: Any, service: RunningService, tmp_path: Path
 ) -> None:
     _open(page, service, "gearbox")
     files = [
@@ -125,7 +124,7 @@ def test_a_batch_gives_a_table_row_per_clip_and_a_csv(
 
 
 def test_a_file_that_is_not_audio_shows_the_apis_message(
-    page: Any, service: Service, tmp_path: Path
+    page: Any, service: RunningService, tmp_path: Path
 ) -> None:
     _open(page, service, "gearbox")
     notes = tmp_path / "notes.wav"
@@ -145,7 +144,9 @@ def test_a_file_that_is_not_audio_shows_the_apis_message(
     assert error.is_hidden()
 
 
-def test_the_classifier_shows_a_bar_per_label(page: Any, service: Service, tmp_path: Path) -> None:
+def test_the_classifier_shows_a_bar_per_label(
+    page: Any, service: RunningService, tmp_path: Path
+) -> None:
     _open(page, service, "digits")
     page.set_input_files("#files", str(tone_wav(tmp_path / "beep.wav")))
     card = page.locator("#results .card").first
@@ -162,7 +163,9 @@ def test_the_classifier_shows_a_bar_per_label(page: Any, service: Service, tmp_p
     screenshot(page, "page-classifier")
 
 
-def test_recording_from_the_microphone_scores_the_recording(page: Any, service: Service) -> None:
+def test_recording_from_the_microphone_scores_the_recording(
+    page: Any, service: RunningService
+) -> None:
     _open(page, service, "gearbox")
     page.click("#record")
     page.wait_for_function(
@@ -182,7 +185,7 @@ def test_recording_from_the_microphone_scores_the_recording(page: Any, service: 
 
 
 def test_the_page_fits_a_phone_and_every_control_has_a_label(
-    browser: Any, offline: Offline, service: Service, tmp_path: Path
+    browser: Any, offline: Offline, service: RunningService, tmp_path: Path
 ) -> None:
     page = open_page(browser, offline)
     clips = [str(clip_wav(tmp_path / f"a-rather-long-file-name-{i}.wav", 2)) for i in (1, 2)]
@@ -218,7 +221,7 @@ def keyed_service(chromium: str, tmp_path_factory: pytest.TempPathFactory):  # t
 
 
 def test_with_api_keys_on_the_page_asks_for_one(
-    page: Any, keyed_service: Service, tmp_path: Path
+    page: Any, keyed_service: RunningService, tmp_path: Path
 ) -> None:
     page.goto(f"{keyed_service.url}/")
     page.locator("#key-row").wait_for()
