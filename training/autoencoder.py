@@ -117,13 +117,6 @@ def _minmax_class() -> Any:
     return MinMax
 
 
-def minmax(images: np.ndarray) -> np.ndarray:
-    """(n, h, w) → every image scaled to [0, 1] by its own min and max (as MinMax)."""
-    lo = images.min(axis=(1, 2), keepdims=True)
-    hi = images.max(axis=(1, 2), keepdims=True)
-    return ((images - lo) / np.maximum(hi - lo, 1e-6)).astype(np.float32)
-
-
 @lru_cache(maxsize=1)
 def _band_standardise_class() -> Any:
     import keras
@@ -312,12 +305,10 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     band_stats = (images.mean(axis=(0, 2)), images.std(axis=(0, 2)) + 1e-3)
     model = build(images.shape[1], images.shape[2], cfg, band_stats)
     x, xv = images[..., None], val_images[..., None]
-    # the autoencoder reconstructs what its convolutions see
-    y, yv = (
-        (minmax(images)[..., None], minmax(val_images)[..., None])
-        if cfg.ae_input == "minmax"
-        else (x, xv)
-    )
+    y, yv = x, xv
+    if cfg.ae_input == "minmax":  # the autoencoder reconstructs what its convolutions see
+        scale = model.autoencoder.get_layer("minmax")
+        y, yv = scale(x).numpy(), scale(xv).numpy()
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
