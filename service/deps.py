@@ -7,6 +7,7 @@ cost a thread hop per dependency per request for what is an attribute lookup.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -52,6 +53,15 @@ _api_key_scheme = APIKeyHeader(
 _bearer_scheme = HTTPBearer(auto_error=False, description="one of AUSCULT_API_KEYS")
 
 
+def _one_of(key: str, keys: Iterable[str]) -> bool:
+    """Whether `key` is one of `keys`, comparing with every one in constant time."""
+    given = key.encode()
+    matched = False
+    for candidate in keys:
+        matched |= hmac.compare_digest(given, candidate.encode())
+    return matched
+
+
 async def require_api_key(
     request: Request,
     settings: SettingsDep,
@@ -67,11 +77,7 @@ async def require_api_key(
     key = presented_key(request)
     if key is None:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
-    given = key.encode()
-    matched = False
-    for candidate in settings.api_keys:
-        matched |= hmac.compare_digest(given, candidate.encode())
-    if not matched:
+    if not _one_of(key, settings.api_keys):
         raise Unauthorized("the API key is not valid")
 
 
@@ -99,11 +105,7 @@ async def require_admin_key(
     key = presented_key(request)
     if key is None:
         raise Unauthorized("an admin key is required: send X-API-Key or Authorization: Bearer")
-    given = key.encode()
-    matched = False
-    for candidate in settings.admin_keys:
-        matched |= hmac.compare_digest(given, candidate.encode())
-    if not matched:
+    if not _one_of(key, settings.admin_keys):
         raise Unauthorized("the admin key is not valid")
 
 
