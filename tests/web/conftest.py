@@ -145,6 +145,9 @@ def open_page(browser: Any, offline: Offline, **context_args: Any) -> Any:
     page = context.new_page()
     page.set_default_timeout(15000)
     page.on("pageerror", lambda e: offline.failed.append(f"page error: {e}"))
+    # Playwright subscribes to response events without waiting for the subscription, so
+    # an expect_response() opened just before the request could miss it under load.
+    page.on("response", lambda r: None)
     return page
 
 

@@ -44,14 +44,17 @@ def _spectrograms_loaded(page: Any, count: int) -> None:
 def test_a_healthy_clip_chosen_with_the_keyboard_is_normal_with_its_score_chart_and_spectrogram(
     page: Any, service: RunningService, tmp_path: Path
 ) -> None:
-    _open(page, service, "gearbox")
     healthy = clip_wav(tmp_path / "pump-healthy.wav", seconds=6)
+    # Playwright turns on file-chooser interception without waiting for it; a listener
+    # registered only around the key press can miss a chooser opened on a loaded machine.
+    chooser_opened: list[bool] = []
+    page.on("filechooser", lambda fc: (chooser_opened.append(True), fc.set_files(str(healthy))))
+    _open(page, service, "gearbox")
     page.focus("#choose")
     assert page.evaluate("() => document.activeElement.id") == "choose"
     with page.expect_response(lambda r: r.url.endswith("/v1/models/gearbox/score")) as answer:
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(str(healthy))
+        page.keyboard.press("Enter")
+    assert chooser_opened == [True]
     result = answer.value.json()
     card = page.locator("#results .card").first
     card.wait_for()
