@@ -1,0 +1,130 @@
+"""Files → rows, without Ray: the two steps a job runs on each batch, as Arrow tables.
+
+`prepare_table` decodes and computes features (`service.inputs.prepare_bounded`, the
+service's own checks and error codes); `score_table` runs the bundle on every prepared
+file's windows at once and writes one output row per file (`OUTPUT_SCHEMA`). A bad file
+becomes a row with `error_code`/`error_message` and no score; it never raises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from bulk.limits import Limits
+from service.bundle import level_for
+from service.errors import AuscultError, NonFiniteValues, public_message
+from service.features import FeatureParams
+from service.inputs import InputLimits, SampleBudget, prepare_bounded
+from service.runtime import AnomalyRuntime
+
+WINDOW = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("score", pa.float64())])
+
+# One row per file between the two steps: the windows' model inputs as float32 bytes
+# (n_windows, height, width), their (start_s, end_s) spans flattened.
+PREPARED_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("duration_s", pa.float64()),
+        ("n_windows", pa.int32()),
+        ("images", pa.large_binary()),
+        ("spans", pa.list_(pa.float64())),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("duration_s", pa.float64()),
+        ("score", pa.float64()),
+        ("level", pa.string()),
+        ("windows", pa.list_(WINDOW)),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+
+def _error(e: Exception) -> tuple[str, str]:
+    if isinstance(e, AuscultError):
+        return e.code, public_message(e.message)
+    # the service would answer 500 here; a job keeps going and says what happened
+    return "internal_error", public_message(f"{type(e).__name__}: {e}")
+
+
+def prepare_table(
+    files: list[str], datas: list[bytes], params: FeatureParams, limits: Limits
+) -> pa.Table:
+    """Each file's bytes → its windows' model inputs, or its error (PREPARED_SCHEMA)."""
+    input_limits = InputLimits(limits.max_seconds, limits.min_sample_rate, limits.max_sample_rate)
+    cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
+    for file, data in zip(files, datas, strict=True):
+        code = message = None
+        duration = images = spans = None
+        try:
+            p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
+            duration = round(p.duration_s, 4) if p.duration_s is not None else None
+            images = np.ascontiguousarray(p.images, np.float32)
+            spans = None if p.spans is None else [t for span in p.spans for t in span]
+        except Exception as e:
+            code, message = _error(e)
+        cols["file"].append(file)
+        cols["duration_s"].append(duration)
+        cols["n_windows"].append(0 if images is None else len(images))
+        cols["images"].append(None if images is None else images.tobytes())
+        cols["spans"].append(spans)
+        cols["error_code"].append(code)
+        cols["error_message"].append(message)
+    return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
+
+
+def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
+    """PREPARED_SCHEMA rows → OUTPUT_SCHEMA rows, in order. Every prepared file's windows
+    go through the model in one run (as the service's batch endpoint does with a request's
+    files); a non-finite score is the file's `non_finite_values` error, never a score."""
+    m = runtime.manifest
+    assert m is not None and m.thresholds is not None
+    h, w = m.features.height, m.features.width
+    rows = prepared.to_pylist()
+    good = [r for r in rows if r["error_code"] is None]
+    blocks = [np.frombuffer(r["images"], np.float32).reshape(r["n_windows"], h, w) for r in good]
+    scores: list[np.ndarray] = []
+    if blocks:
+        out = runtime.score(np.concatenate(blocks))
+        scores = np.split(out, np.cumsum([len(b) for b in blocks])[:-1])
+    score_of = {id(r): s for r, s in zip(good, scores, strict=True)}
+    cols: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
+    for r in rows:
+        score = level = windows = None
+        code, message = r["error_code"], r["error_message"]
+        if code is None:
+            window_scores = score_of[id(r)]
+            s = runtime.clip_score(window_scores)
+            if math.isfinite(s) and np.isfinite(window_scores).all():
+                score, level = s, level_for(s, m.thresholds)
+                spans = r["spans"]
+                windows = None
+                if spans is not None:
+                    windows = [
+                        {"start_s": round(a, 3), "end_s": round(b, 3), "score": float(v)}
+                        for a, b, v in zip(spans[::2], spans[1::2], window_scores, strict=True)
+                    ]
+            else:
+                e = NonFiniteValues("the model's score for this input is not a finite number")
+                code, message = e.code, e.message
+        cols["file"].append(r["file"])
+        cols["duration_s"].append(r["duration_s"] if code is None else None)
+        cols["score"].append(score)
+        cols["level"].append(level)
+        cols["windows"].append(windows)
+        cols["model"].append(runtime.name)
+        cols["model_version"].append(m.version)
+        cols["error_code"].append(code)
+        cols["error_message"].append(message)
+    return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
