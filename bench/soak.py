@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     env = dict(ORIGINAL_ENV, AUSCULT_ARTIFACTS_DIR=str(artifacts), PYTHONUNBUFFERED="1")
+    env.setdefault("AUSCULT_WORKERS", "1")  # the RSS drift of one server process
     port = free_port()
     svc = start_server(
         "auscult", [sys.executable, "-m", "service", "--port", str(port)], env, port, timeout=60

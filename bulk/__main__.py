@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from bulk.pipeline import JobError, eprint, score_files, start_ray, stop_ray
+    from bulk.pipeline import JobError, eprint, read_bundle_files, score_files, start_ray, stop_ray
     from bulk.sources import NoFiles, find_files
 
-    try:
+    try:  # both checked before Ray starts: a usage error costs no start-up
+        bundle = read_bundle_files(args.model)
         files = find_files(args.inputs)
-    except NoFiles as e:
+    except (JobError, NoFiles) as e:
         print(f"bulk: {e}", file=sys.stderr)
         return 2
     d = Limits.service_defaults()
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             files,
             args.out,
             limits=limits,
+            bundle=bundle,
             batch_size=args.batch_size,
             actors=args.actors,
             progress=bar.update,

@@ -27,6 +27,7 @@ from bulk.rows import OUTPUT_SCHEMA, prepare_table, score_table
 from service.bundle import read_manifest
 from service.errors import BundleError
 from service.features import FeatureParams
+from service.process import keep_freed_memory, limit_native_threads
 from service.runtime import AnomalyRuntime
 
 # Ray must not phone home (usage statistics); set before ray is imported.
@@ -86,6 +87,7 @@ class ModelActor:
     as the bundle, the model's name) and loaded with the service's AnomalyRuntime."""
 
     def __init__(self, name: str, files: dict[str, bytes], threads: int = 1) -> None:
+        keep_freed_memory()  # as the service does: a clip's arrays reuse freed pages
         self.tmp = tempfile.TemporaryDirectory(prefix="auscult-bulk-")
         bundle_dir = Path(self.tmp.name) / name
         bundle_dir.mkdir()
@@ -115,6 +117,9 @@ def start_ray(address: str | None, num_cpus: int | None) -> tuple[float, bool]:
     start = time.perf_counter()
     if ray.is_initialized():
         return 0.0, False
+    # one BLAS thread per worker process, as in the service (and so the same sums): a
+    # local Ray's workers inherit this environment
+    limit_native_threads()
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         if address:
@@ -132,18 +137,20 @@ def score_files(
     out: Path,
     *,
     limits: Limits | None = None,
+    bundle: dict[str, bytes] | None = None,
     batch_size: int = 32,
     actors: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
     """Score `files` with the bundle on the Ray this process is connected to (`start_ray`)
     and write one Parquet file `out` (OUTPUT_SCHEMA, rows in the order of `files`),
-    atomically. `actors`: the most model actors (default: the cluster's CPUs)."""
+    atomically. `bundle`: the folder's files as `read_bundle_files` gives them (read here
+    when None). `actors`: the most model actors (default: the cluster's CPUs)."""
     import ray
     import ray.data
 
     bundle_dir = Path(bundle_dir)
-    bundle = read_bundle_files(bundle_dir)
+    bundle = bundle or read_bundle_files(bundle_dir)
     manifest = read_manifest(bundle_dir)
     limits = limits or Limits.service_defaults()
     ctx = ray.data.DataContext.get_current()

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from service.deps import (
@@ -95,7 +95,7 @@ async def read_metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     metrics = request.app.state.metrics
     metrics.models_ready.set(request.app.state.registry.ready_count)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _info(rt: ModelRuntime, reload_error: str | None = None) -> ModelInfo:

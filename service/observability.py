@@ -1,4 +1,9 @@
-"""JSON-lines logging with request ids, Prometheus metrics and the ASGI middleware."""
+"""JSON-lines logging with request ids, Prometheus metrics and the ASGI middleware.
+
+With several worker processes (service/workers.py) the metrics live in prometheus_client's
+multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported,
+every worker writes its values there, and `Metrics.exposition` adds them up.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import atexit
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import random
 import re
@@ -14,7 +20,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +30,12 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 INTERNAL_ERROR_MESSAGE = "internal error; see the service log"
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+_static_fields: dict[str, Any] = {}  # on every line (a worker's number and pid)
+
+
+def tag_log_lines(**fields: Any) -> None:
+    """Add these fields to every JSON log line of this process from now on."""
+    _static_fields.update(fields)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,6 +47,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
+            **_static_fields,
         }
         rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:
@@ -130,14 +144,35 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
-        self.inflight = Gauge("auscult_inflight_requests", "scoring requests in flight", registry=r)
-        self.models_ready = Gauge("auscult_models_ready", "bundles loaded and ready", registry=r)
+        # with several workers: in flight adds up; ready is the least-ready live worker's
+        self.inflight = Gauge(
+            "auscult_inflight_requests",
+            "scoring requests in flight",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.models_ready = Gauge(
+            "auscult_models_ready",
+            "bundles loaded and ready",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.reloads = Counter(
             "auscult_model_reloads_total",
             "bundle reloads by outcome (loaded, failed, removed)",
             ["model", "outcome"],
             registry=r,
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text: this registry's, or with several workers all of theirs
+        added up (counters and histograms summed, gauges by their multiprocess mode)."""
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not path:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path)
+        return generate_latest(merged)
 
 
 class RequestContextMiddleware:

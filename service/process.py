@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
 
@@ -76,3 +77,41 @@ def configure() -> None:
     """Everything above; call first thing in the process."""
     limit_native_threads()
     keep_freed_memory()
+
+
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a
+    container's `cpus:`), at least 1. `os.cpu_count()` counts the host's."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, math.ceil(quota))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """The cgroup CPU quota in CPUs (v2 cpu.max, else v1 cfs quota ÷ period); None if
+    there is none."""
+
+    def read(name: str) -> str | None:
+        try:
+            with open(os.path.join(root, name)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    try:
+        v2 = read("cpu.max")
+        if v2 is not None:
+            quota, period = v2.split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_us, period_us = read("cpu/cpu.cfs_quota_us"), read("cpu/cpu.cfs_period_us")
+        if quota_us is None or period_us is None:
+            return None
+        q, p = int(quota_us), int(period_us)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None

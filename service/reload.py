@@ -5,6 +5,10 @@ one reload at a time, then warms the feature path of any new feature parameters 
 updates the metrics. SIGHUP re-scans the artifacts folder; with AUSCULT_WATCH=1 a
 background task polls it every AUSCULT_WATCH_INTERVAL_S (a new folder is a new model,
 a removed one is unloaded, a changed one is re-read).
+
+With several worker processes each has its own registry: a reload through the API calls
+`relay` afterwards, which the worker sets to signal the supervisor, and the supervisor sends
+SIGHUP to every worker (service/workers.py), so all of them re-scan the folder.
 """
 
 from __future__ import annotations
@@ -35,9 +39,18 @@ class Reloader:
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.signal_installed = False
+        self.relay: Callable[[], None] | None = None  # tells the other workers (API reloads)
 
     async def reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
-        """Re-read one bundle (always) or scan all (changed ones, or all with `force`)."""
+        """Re-read one bundle (always) or scan all (changed ones, or all with `force`); then
+        `relay`, so other worker processes follow (they re-scan: changed bundles)."""
+        try:
+            return await self._reload(name, force)
+        finally:
+            if self.relay is not None:
+                self.relay()
+
+    async def _reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
         reg = self.registry()
         async with self.lock:
             outcomes = await anyio.to_thread.run_sync(self._reload_and_warm, reg, name, force)
@@ -58,7 +71,7 @@ class Reloader:
     def _spawn(self, reason: str) -> None:
         async def run() -> None:
             try:
-                outcomes = await self.reload()
+                outcomes = await self._reload()
             except Exception as e:  # a scan must never take the service down
                 log.error("reload_failed", extra={"trigger": reason, "detail": str(e)})
                 return
@@ -77,7 +90,7 @@ class Reloader:
         while True:
             await asyncio.sleep(interval)
             try:
-                outcomes = await self.reload()
+                outcomes = await self._reload()
             except Exception as e:  # e.g. the artifacts folder itself went away for a while
                 log.error("reload_failed", extra={"trigger": "watch", "detail": str(e)})
                 continue

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     cpu_workers: int = Field(2, ge=1, le=64)
     """Threads that decode, compute features and run models (the CPU-bound work)."""
 
+    workers: int | None = Field(None, ge=1, le=64)
+    """Server processes sharing the HTTP port (`python -m service`); unset: the CPUs the
+    process may use (affinity and cgroup quota). Each worker applies the other limits on
+    its own (threads, connections, requests in flight, buffered bytes)."""
+
     max_concurrency: int = Field(16, ge=1)
     """Scoring requests in flight at once; more get 503 overloaded with Retry-After."""
 

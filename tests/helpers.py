@@ -133,11 +133,12 @@ class RunningService:
 
 def start_service(log_dir: Path, ready_path: str = "/readyz", **settings: str) -> RunningService:
     """`python -m service` on a free loopback port with exactly these AUSCULT_* `settings`
-    (the caller's others cleared), its output in log_dir/service-PORT.log; returns once
-    GET `ready_path` answers 200 (RuntimeError with the log's tail if it exits or 90 s pass)."""
+    (the caller's others cleared; one worker process unless AUSCULT_WORKERS is given), its
+    output in log_dir/service-PORT.log; returns once GET `ready_path` answers 200
+    (RuntimeError with the log's tail if it exits or 90 s pass)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
-    env.update(settings)
+    env.update({"AUSCULT_WORKERS": "1", **settings})
     log = log_dir / f"service-{port}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

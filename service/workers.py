@@ -1,0 +1,262 @@
+"""Several server processes on one port (`AUSCULT_WORKERS` > 1): a small supervisor.
+
+One event loop spends about 1-2 ms of CPU per request on HTTP alone, which caps one
+process below what the scoring core does on two cores. The supervisor binds the port,
+imports the application's modules once, and forks `workers` processes that serve the same
+listening socket (the kernel hands each connection to one of them). Each worker is the
+single-process service: its own uvicorn server with service/server.py's limits, its own
+registry, threads and limits.
+
+- Metrics: prometheus_client's multiprocess mode in a private temporary folder, made
+  before prometheus_client is imported and removed at exit; /metrics on any worker adds
+  up all of them (service/observability.py). A worker's live gauges go when it exits.
+- Reload: SIGHUP to the supervisor is sent on to every worker, which re-scans the
+  artifacts folder. A reload through the API on one worker sends SIGHUP to the supervisor
+  (`Reloader.relay`), so every worker re-scans after it. AUSCULT_WATCH polls in every worker.
+- SIGTERM or SIGINT: sent on to every worker, which stops accepting and finishes what is in
+  flight (up to `GRACEFUL_S`); one still running `KILL_AFTER_S` later is killed. Workers
+  die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
+- A worker that exits before it served (its start-up failed, e.g. a bad default model)
+  stops the whole service with its exit status; one that exits later is replaced.
+- Log lines of a worker carry `worker` (1..N) and `pid`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("auscult.workers")
+
+GRACEFUL_S = 10  # uvicorn's timeout_graceful_shutdown in each worker
+KILL_AFTER_S = GRACEFUL_S + 5
+RESTART_PAUSE_S = 1.0  # between a worker's exit and its replacement
+_SUPERVISOR_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class _Worker:
+    number: int
+    pid: int
+    ready_fd: int  # read end of a pipe the worker writes one byte to once it serves
+    ready: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def prepare_multiprocess_metrics() -> str:
+    """A private folder for the workers' metric files, set as PROMETHEUS_MULTIPROC_DIR.
+    Call before anything imports prometheus_client (it reads the variable on import)."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the multiprocess folder")
+    path = tempfile.mkdtemp(prefix="auscult-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def serve_workers(
+    settings: Any, host: str, port: int, workers: int, uvicorn_kwargs: dict[str, Any]
+) -> int:
+    """Run `workers` server processes on host:port until SIGTERM/SIGINT; the exit status.
+
+    `uvicorn_kwargs` are the keyword arguments of `uvicorn.Config` besides app/host/port."""
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or prepare_multiprocess_metrics()
+    import uvicorn
+
+    # the application's modules load once here and are shared with the forked workers
+    from service.app import create_app  # noqa: F401
+
+    config = uvicorn.Config("service.app:app", host=host, port=port, **uvicorn_kwargs)
+    sock = config.bind_socket()
+    supervisor = _Supervisor(settings, sock, workers, uvicorn_kwargs)
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class _Supervisor:
+    def __init__(
+        self, settings: Any, sock: socket.socket, count: int, uvicorn_kwargs: dict[str, Any]
+    ) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.count = count
+        self.uvicorn_kwargs = uvicorn_kwargs
+        self.workers: dict[int, _Worker] = {}  # pid → worker
+        self.stopping = False
+        self.status = 0
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)  # taken by sigtimedwait
+        print(
+            f"auscult: {self.count} workers on {self.sock.getsockname()}, supervisor pid "
+            f"{os.getpid()}, metrics folder {os.environ['PROMETHEUS_MULTIPROC_DIR']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        for number in range(1, self.count + 1):
+            self._spawn(number)
+        deadline: float | None = None
+        while self.workers:
+            info = signal.sigtimedwait(_SUPERVISOR_SIGNALS, 0.2)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                if not self.stopping:
+                    self._stop_all()
+                    deadline = time.monotonic() + KILL_AFTER_S
+            elif info is not None and info.si_signo == signal.SIGHUP and not self.stopping:
+                self._send_all(signal.SIGHUP)
+            self._check_ready()
+            self._reap()
+            if deadline is not None and time.monotonic() > deadline:
+                self._send_all(signal.SIGKILL)
+                deadline = None
+        return self.status
+
+    def _spawn(self, number: int) -> None:
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_fd)
+            code = 1
+            try:
+                code = _worker_main(number, self.settings, self.sock, write_fd, self.uvicorn_kwargs)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                logging.getLogger("auscult.workers").exception("worker_failed")
+            finally:
+                with contextlib.suppress(Exception):
+                    from service.observability import stop_logging
+
+                    stop_logging()  # os._exit skips atexit: write the queued log lines
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.workers[pid] = _Worker(number, pid, read_fd)
+
+    def _check_ready(self) -> None:
+        for w in self.workers.values():
+            self._check_one(w)
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            self._check_one(w)
+            os.close(w.ready_fd)
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)  # its live gauges no longer count
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self.stopping:
+                continue
+            if not w.ready:  # start-up failed: it would fail again
+                print(
+                    f"auscult: worker {w.number} exited with {code} before it served; stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.status = code if code > 0 else 1
+                self._stop_all()
+                continue
+            print(
+                f"auscult: worker {w.number} (pid {pid}) exited with {code}; starting another",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(RESTART_PAUSE_S)
+            self._spawn(w.number)
+
+    def _check_one(self, w: _Worker) -> None:
+        if not w.ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                w.ready = os.read(w.ready_fd, 1) == b"1"
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        self._send_all(signal.SIGTERM)
+
+    def _send_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+def _worker_main(
+    number: int, settings: Any, sock: socket.socket, ready_fd: int, uvicorn_kwargs: dict[str, Any]
+) -> int:
+    """One worker: the service's app on uvicorn, serving the inherited socket."""
+    supervisor = os.getppid()
+    _die_with_parent()
+    # SIGHUP's default ends the process: ignore it until the app's reloader takes it.
+    # uvicorn raises SIGTERM/SIGINT again once it has drained: end with status 0 then,
+    # through the caller (which writes the queued log lines), not by the signal's default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if os.getppid() != supervisor:  # the supervisor died before PR_SET_PDEATHSIG was set
+        return 1
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.observability import tag_log_lines
+
+    tag_log_lines(worker=number, pid=os.getpid())
+    app = create_app(settings)
+
+    def relay() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGHUP)
+
+    app.state.reloader.relay = relay
+
+    class WorkerServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
+
+    config = uvicorn.Config(app, **uvicorn_kwargs)
+    WorkerServer(config).run(sockets=[sock])
+    return 0
+
+
+def _exit_quietly(sig: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies (Linux), so no worker outlives it."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
