@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as e:
         print(f"bulk: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output cannot be written, an input vanished mid-job
+        print(f"bulk: {e}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
         if started:
