@@ -191,6 +191,24 @@ if [ -z "$mem_rest" ]; then   # stats unavailable: the main process's resident s
   mem_rest="$(awk '/VmRSS/ {printf "%.1f MiB RSS", $2 / 1024}' "/proc/$pid/status")"
 fi
 
+# the server processes (a supervisor and AUSCULT_WORKERS workers, by default one per CPU
+# the container may use) and the resident memory of each
+server_processes() {
+  podman exec "$CID" python -c '
+import os
+for p in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+    try:
+        cmd = open("/proc/%s/cmdline" % p).read().replace("\0", " ")
+        st = dict(line.split(":", 1) for line in open("/proc/%s/status" % p) if ":" in line)
+    except OSError:
+        continue
+    if "-m service" in cmd:
+        rss = int(st["VmRSS"].split()[0]) / 1024
+        print("pid %s (parent %s): %.0f MB RSS" % (p, st["PPid"].strip(), rss))
+' 2>/dev/null | paste -sd ';' | sed 's/;/; /g'
+}
+procs_rest=$(server_processes || true)
+
 # ---- score a clip ----------------------------------------------------------
 models_json=$(curl -fsS "$BASE_URL/v1/models") || fail "GET /v1/models failed"
 MODEL=$(printf '%s' "$models_json" | python3 -c '
@@ -248,5 +266,8 @@ size_bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $(( size_bytes / 1000000 )) MB ($size_bytes bytes)"
 podman images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' "$IMAGE"
 log "memory at rest (ready, before scoring): $mem_rest"
+[ -z "$procs_rest" ] || log "server processes at rest: $procs_rest"
 mem_after=$(podman stats --no-stream --format '{{.MemUsage}}' "$CID" 2>/dev/null | head -n1 || true)
 [ -z "$mem_after" ] || log "memory after one score: $mem_after"
+procs_after=$(server_processes || true)
+[ -z "$procs_after" ] || log "server processes after one score: $procs_after"

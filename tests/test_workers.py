@@ -16,9 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from service.bundle import read_manifest, update_bundle
 from service.process import available_cpus, cgroup_cpu_quota
+from service.settings import Settings
 from tests.conftest import ARTIFACTS
 from tests.helpers import GOOD_WAV, RunningService, start_service, stop_service
 
@@ -225,3 +227,11 @@ def test_the_default_worker_count_respects_a_cgroup_quota(tmp_path: Path) -> Non
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_quota(str(tmp_path)) is None
     assert cgroup_cpu_quota(str(tmp_path / "missing")) is None
+
+
+def test_an_empty_worker_count_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUSCULT_WORKERS", " ")  # as compose passes an unset variable
+    assert Settings(artifacts_dir=ARTIFACTS).workers is None
+    monkeypatch.setenv("AUSCULT_WORKERS", "0")
+    with pytest.raises(ValidationError):
+        Settings(artifacts_dir=ARTIFACTS)
