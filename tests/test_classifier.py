@@ -1,5 +1,6 @@
-"""fit-classifier: layouts, a tiny end-to-end fit on generated tones, ONNX/Keras parity,
-and the committed digits bundle on the real fsdd test takes."""
+"""fit-classifier: layouts, leave-one-group-out folds, augmentation, a tiny end-to-end fit
+(with leave-one-speaker-out) on generated tones, ONNX/Keras parity, and the committed
+digits bundle on the real fsdd test takes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.features import prepare
+from service.features import audio_to_image, prepare
 from service.runtime import ClassifierRuntime, open_runtime
 from training.__main__ import main
-from training.classify_data import discover_labelled, label_key, split_validation
+from training.augment import AugmentConfig, perturbed_copies, perturbed_image, spec_augment
+from training.classifier import feature_params
+from training.classify_data import discover_labelled, group_folds, label_key, split_validation
 from training.datasets import DatasetError
 
 SR = 8000
@@ -58,6 +61,7 @@ def tone_bundle(named_tones: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("bundles") / "tones"
     argv = ["fit-classifier", "--data", str(named_tones), "--out", str(out)]
     argv += ["--label-pattern", NAME_PATTERN, "--test-pattern", r"_[01]\.wav$"]
+    argv += ["--loso", "speaker", "--normalise", "max"]
     assert main([*argv, *TINY, "--epochs", "12", "--seed", "1"]) == 0
     return out
 
@@ -138,6 +142,19 @@ def _layout(case: str, root: Path) -> list[str]:
     if case == "invalid regex":
         write_wav(tone(rng, 300), root / "low_anna_0.wav")
         return ["--label-pattern", "(?P<label>"]
+    if case == "leave-one-out group not in the patterns":
+        for name in ("low_anna_0", "low_anna_1", "mid_anna_0", "mid_bob_1"):
+            write_wav(tone(rng, 300), root / f"{name}.wav")
+        return ["--label-pattern", NAME_PATTERN, "--loso", "take"]
+    if case == "leave-one-out over one speaker":
+        for label in ("low", "mid"):
+            for take in range(2):
+                write_wav(tone(rng, 300), root / f"{label}_anna_{take}.wav")
+        return ["--label-pattern", NAME_PATTERN, "--loso", "speaker"]
+    if case == "a class only one speaker said":
+        for name in ("low_anna_0", "low_anna_1", "low_bob_0", "mid_anna_0", "mid_anna_1"):
+            write_wav(tone(rng, 300), root / f"{name}.wav")
+        return ["--label-pattern", NAME_PATTERN, "--loso", "speaker"]
     if case == "unreadable audio":
         make_folder_layout(root, rng, 2, 0)
         (root / "train" / "low" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
@@ -156,6 +173,9 @@ def _layout(case: str, root: Path) -> list[str]:
         "label pattern without label group",
         "file not matching the label pattern",
         "invalid regex",
+        "leave-one-out group not in the patterns",
+        "leave-one-out over one speaker",
+        "a class only one speaker said",
         "unreadable audio",
     ],
 )
@@ -171,6 +191,73 @@ def test_fit_classifier_rejects_bad_layouts_in_one_line(
     lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
     assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, lines
     assert not (tmp_path / "out").exists()
+
+
+# --- leave-one-group-out folds and augmentation (no TensorFlow) ---------------------------
+
+
+def assert_no_leak(clips: list, key: str) -> list[str]:
+    """group_folds over clips: every clip held out exactly once, never beside its group."""
+    folds = group_folds(clips, key)
+    for value, train_idx, test_idx in folds:
+        assert {clips[i].groups[key] for i in test_idx} == {value}
+        assert value not in {clips[i].groups[key] for i in train_idx}
+        assert sorted([*train_idx, *test_idx]) == list(range(len(clips)))
+    held = np.concatenate([test_idx for *_, test_idx in folds])
+    assert sorted(held) == list(range(len(clips)))
+    return [value for value, *_ in folds]
+
+
+def test_speaker_folds_never_put_a_speaker_on_both_sides(named_tones: Path) -> None:
+    clips = discover_labelled(named_tones, NAME_PATTERN, r"_[01]\.wav$")
+    assert assert_no_leak(clips, "speaker") == ["anna", "bob"]
+
+
+@pytest.mark.realdata
+def test_fsdd_speaker_folds_from_a_group_pattern() -> None:
+    if not FSDD.is_dir():
+        pytest.skip(f"real data not available: {FSDD} is absent")
+    clips = discover_labelled(FSDD, r"^(?P<label>\d)_", None, r"_(?P<speaker>[a-z]+)_\d+\.wav$")
+    speakers = assert_no_leak(clips, "speaker")
+    assert len(speakers) == 5 and all(
+        len(test_idx) == 500 for *_, test_idx in group_folds(clips, "speaker")
+    )
+
+
+def test_unperturbed_copy_is_the_service_features() -> None:
+    params = feature_params(SR, 0.5, 16)
+    audio = tone(np.random.default_rng(0), 900.0)
+    image = perturbed_image(audio, params, AugmentConfig(), np.random.default_rng(0))
+    assert np.array_equal(image, audio_to_image(audio, SR, params))
+
+
+def test_perturbed_copies_are_seeded_and_differ_from_the_clip() -> None:
+    params = feature_params(SR, 0.5, 16)
+    rng = np.random.default_rng(1)
+    audios = [tone(rng, 300.0), tone(rng, 2400.0)]
+    aug = AugmentConfig(copies=2, speed=0.1, tempo=0.1, gain_db=6, noise_snr_db=20)
+    copies = perturbed_copies(audios, params, aug, seed=3)
+    assert copies.shape == (2, 2, 16, params.width) and copies.dtype == np.float32
+    assert copies.min() >= 0 and copies.max() <= 1
+    assert np.array_equal(copies, perturbed_copies(audios, params, aug, seed=3))
+    for audio, own in zip(audios, copies, strict=True):
+        original = audio_to_image(audio, SR, params)
+        assert all(np.abs(c - original).mean() > 1e-3 for c in own)
+
+
+def test_spec_augment_masks_whole_bands_and_frames_with_the_mean() -> None:
+    batch = np.random.default_rng(0).uniform(0, 1, (8, 16, 30)).astype(np.float32)
+    before = batch.copy()
+    aug = AugmentConfig(freq_masks=2, freq_mask_width=3, time_masks=2, time_mask_width=5)
+    out = spec_augment(batch, aug, np.random.default_rng(7))
+    assert np.array_equal(batch, before)
+    assert np.array_equal(out, spec_augment(batch, aug, np.random.default_rng(7)))
+    assert (out != batch).any()
+    for img, masked in zip(batch, out, strict=True):
+        changed = masked != img
+        rows, cols = changed.all(axis=1), changed.all(axis=0)
+        assert np.array_equal(changed, rows[:, None] | cols[None, :])
+        assert np.allclose(masked[changed], img.mean())
 
 
 # --- a tiny end-to-end fit -------------------------------------------------------------
@@ -195,6 +282,36 @@ def test_fit_classifier_writes_a_classifier_bundle(tone_bundle: Path) -> None:
     assert np.array(evaluation["confusion"]).trace() == 12
     report = json.loads((tone_bundle / "report.json").read_text())
     assert len(report["clips"]) == 12
+    assert manifest["training"]["classifier"]["normalise"] == "max"
+    loso = evaluation["leave_one_group_out"]
+    assert report["metrics"]["leave_one_group_out"] == loso
+    assert loso["group"] == "speaker" and set(loso["folds"]) == {"anna", "bob"}
+    assert all(f["n"] == 24 for f in loso["folds"].values())  # all of a speaker's takes
+    accs = [f["accuracy"] for f in loso["folds"].values()]
+    assert loso["mean"] == pytest.approx(np.mean(accs)) and loso["worst"] == min(accs)
+    assert loso["worst"] >= 0.5  # chance is 1/3; 21 clips and 12 epochs per fold
+
+
+@pytest.mark.slow
+def test_loso_only_prints_the_leave_one_speaker_out_table(
+    named_tones: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fit-classifier", "--data", str(named_tones), "--label-pattern", NAME_PATTERN]
+    argv += ["--loso", "speaker", "--loso-only", "--normalise", "clip", "--copies", "1"]
+    argv += ["--speed", "0.05", "--gain-db", "6", "--freq-masks", "1", "--time-masks", "1"]
+    assert main([*argv, *TINY, "--epochs", "8", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("leave-one-speaker-out (2 fits)") :].splitlines()
+    rows = {line.split()[0]: float(line.split()[1]) for line in table[2:]}
+    assert set(rows) == {"anna", "bob", "mean", "worst"}
+    assert rows["mean"] == pytest.approx((rows["anna"] + rows["bob"]) / 2, abs=1e-4)
+    assert rows["worst"] == min(rows["anna"], rows["bob"]) and rows["worst"] >= 0.5
+
+
+def test_loso_only_needs_loso(named_tones: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["fit-classifier", "--data", str(named_tones), "--loso-only"])
+    assert e.value.code == 2
 
 
 @pytest.mark.slow

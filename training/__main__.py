@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'^(?P<label>\\d)_(?P<speaker>[a-z]+)_' --test-pattern '_[0-4]\\.wav$'",
     )
     c.add_argument("--data", required=True, type=Path, help="dataset folder")
-    c.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
+    c.add_argument("--out", type=Path, help="bundle folder, e.g. artifacts/NAME")
     c.add_argument(
         "--label-pattern",
         help="regex with a named group 'label' (other named "
@@ -195,10 +195,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="files whose name matches are the test split (as are files under DIR/test/)",
     )
     c.add_argument("--group-pattern", help="regex with named groups to report accuracy by")
+    c.add_argument(
+        "--loso",
+        metavar="GROUP",
+        help="also measure leave-one-GROUP-out (GROUP: a named group of the patterns, e.g. "
+        "speaker): the recipe refitted without each group's clips (train and test) and "
+        "scored on them; recorded in the bundle's evaluation and report",
+    )
+    c.add_argument(
+        "--loso-only", action="store_true", help="with --loso: print its table, write no bundle"
+    )
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
+    c.add_argument("--convs", type=int, default=1, help="convolutions per block")
+    c.add_argument(
+        "--normalise",
+        choices=["none", "clip", "band", "max"],
+        default="none",
+        help="per-clip normalisation inside the network: clip (mean/variance of the image), "
+        "band (of every mel band over time), max (minus the image's maximum)",
+    )
+    c.add_argument("--dropout", type=float, default=0.3)
     c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--copies", type=int, default=0, help="perturbed copies per clip")
+    c.add_argument("--speed", type=float, default=0.0, help="copies: pitch+tempo ±fraction")
+    c.add_argument("--tempo", type=float, default=0.0, help="copies: tempo ±fraction")
+    c.add_argument("--gain-db", type=float, default=0.0, help="copies: level ±dB")
+    c.add_argument(
+        "--noise-snr-db",
+        type=float,
+        default=0.0,
+        help="copies: white noise at an SNR from this to 20 dB more (0: none)",
+    )
+    c.add_argument("--freq-masks", type=int, default=0, help="SpecAugment")
+    c.add_argument("--freq-mask-width", type=int, default=4, help="mel rows")
+    c.add_argument("--time-masks", type=int, default=0, help="SpecAugment")
+    c.add_argument("--time-mask-width", type=int, default=8, help="frames")
     c.add_argument("--validation-fraction", type=float, default=0.1)
     c.add_argument("--sample-rate", type=int, default=8000)
     c.add_argument("--clip-seconds", type=float, default=1.0, help="clips are padded/trimmed")
@@ -231,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "fit-classifier" and args.loso_only and not args.loso:
+        parser.error("--loso-only needs --loso GROUP")
+    if args.command == "fit-classifier" and not args.out and not args.loso_only:
+        parser.error("fit-classifier needs --out (or --loso GROUP --loso-only)")
     pools_bands = args.command == "fit" and "band_stats" in pooling_parts(args.pooling)
     if pools_bands and (args.band_pool < 1 or args.n_mels % args.band_pool):
         parser.error(f"--band-pool {args.band_pool} must divide --n-mels {args.n_mels}")
@@ -336,19 +373,43 @@ def _run(args: argparse.Namespace) -> int:
             print(format_table(result.evaluation))
         return 0
     if args.command == "fit-classifier":
+        from training.augment import AugmentConfig
         from training.classifier import ClassifierConfig, feature_params, fit_classifier
         from training.classifier_eval import format_table as format_classifier_table
 
         cfg = ClassifierConfig(
             filters=args.filters,
+            convs=args.convs,
+            normalise=args.normalise,
+            dropout=args.dropout,
             epochs=args.epochs,
             batch_size=args.batch_size,
             validation_fraction=args.validation_fraction,
             seed=args.seed,
         )
+        aug = AugmentConfig(
+            copies=args.copies,
+            speed=args.speed,
+            tempo=args.tempo,
+            gain_db=args.gain_db,
+            noise_snr_db=args.noise_snr_db,
+            freq_masks=args.freq_masks,
+            freq_mask_width=args.freq_mask_width,
+            time_masks=args.time_masks,
+            time_mask_width=args.time_mask_width,
+        )
         params = feature_params(
             args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
         )
+        if args.loso_only:
+            from training.classifier_eval import format_loso, leave_one_group_out
+            from training.classify_data import discover_labelled
+
+            clips = discover_labelled(
+                args.data, args.label_pattern, args.test_pattern, args.group_pattern
+            )
+            print(format_loso(leave_one_group_out(clips, args.loso, params, cfg, aug)))
+            return 0
         result = fit_classifier(
             args.data,
             args.out,
@@ -358,6 +419,8 @@ def _run(args: argparse.Namespace) -> int:
             args.test_pattern,
             args.group_pattern,
             save_keras=not args.no_keras,
+            aug=aug,
+            loso=args.loso,
         )
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
         if result.evaluation:

@@ -1,4 +1,8 @@
-"""Lossy-codec copies of training clips, so the normal distribution includes what codecs do.
+"""Training-time augmentation.
+
+Detectors: lossy-codec copies of training clips, so the normal distribution includes what
+codecs do. Classifiers: perturbed copies of every clip (speed, tempo, gain, noise) and
+SpecAugment masks drawn per batch, so a voice the classifier never heard is less new.
 
 Users send mp3 and ogg as well as wav. A codec's psychoacoustic model removes sound it
 judges masked (a noise floor between strong harmonics, the top of the spectrum), which moves
@@ -10,9 +14,22 @@ beside the original teaches the detector that those changes are normal.
 from __future__ import annotations
 
 import io
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from service.features import FeatureParams, Prepared, decode_audio, prepare
+import numpy as np
+
+from service.features import (
+    FeatureParams,
+    Prepared,
+    decode_audio,
+    fit_length,
+    log_mel,
+    prepare,
+    resample,
+    to_image,
+)
 
 # (soundfile format, subtype, compression level): Vorbis at libsndfile's default quality,
 # MP3 at constant ~128 and ~64 kbit/s (libsndfile maps the level linearly onto the bitrates
@@ -42,3 +59,96 @@ def round_trip(data: bytes, codec: str) -> bytes:
 def codec_copy(path: Path, index: int, params: FeatureParams) -> Prepared:
     """Model input of a codec round trip of the clip at path; the codec cycles with index."""
     return prepare(round_trip(Path(path).read_bytes(), CYCLE[index % len(CYCLE)]), params)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Classifier augmentation (recorded in the manifest). `copies` perturbed copies of every
+    clip are made once; each epoch a clip is seen as itself or one of its copies, then masked.
+    Zero switches a perturbation off."""
+
+    copies: int = 0
+    speed: float = 0.0  # resampled by a factor in [1 - speed, 1 + speed]: pitch and tempo
+    tempo: float = 0.0  # log-mel frames stretched by [1 - tempo, 1 + tempo]: tempo only
+    gain_db: float = 0.0  # level changed by up to ± gain_db
+    noise_snr_db: float = 0.0  # white noise mixed in at an SNR in [noise_snr_db, +20 dB]
+    freq_masks: int = 0  # SpecAugment: this many bands of up to freq_mask_width mel rows
+    freq_mask_width: int = 4
+    time_masks: int = 0  # and this many spans of up to time_mask_width frames
+    time_mask_width: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """A file's samples (n,) float32 at sample_rate, as the service decodes them."""
+    audio = decode_audio(Path(path).read_bytes())
+    return resample(audio.samples, audio.sample_rate, sample_rate)
+
+
+def perturbed_image(
+    audio: np.ndarray, params: FeatureParams, cfg: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """(n,) audio at params.sample_rate → one randomly perturbed model input (height, width).
+
+    Without perturbations it equals service.features.audio_to_image. Classifier features
+    (clip_seconds set, width = the clip's frames): a tempo-stretched log-mel is cut or padded
+    with silence to that width, as the service pads the audio."""
+    import soxr
+
+    x = audio.astype(np.float32)
+    if cfg.speed:
+        factor = rng.uniform(1 - cfg.speed, 1 + cfg.speed)
+        # played `factor` times faster: fewer samples at the same rate, pitch up by factor
+        x = soxr.resample(x, params.sample_rate * factor, params.sample_rate).astype(np.float32)
+    if cfg.gain_db:
+        x = x * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
+    if cfg.noise_snr_db:
+        rms = float(np.sqrt(np.mean(x**2))) + 1e-8
+        snr = rng.uniform(cfg.noise_snr_db, cfg.noise_snr_db + 20)
+        x = x + rng.standard_normal(x.shape[0]).astype(np.float32) * np.float32(
+            rms * 10 ** (-snr / 20)
+        )
+    n_samples = round((params.clip_seconds or x.shape[0] / params.sample_rate) * params.sample_rate)
+    if not cfg.tempo:  # exactly the service's features of the perturbed audio
+        return to_image(log_mel(fit_length(x, n_samples), params), params)
+    mel = log_mel(x[:n_samples], params)
+    n = mel.shape[1]
+    m = max(2, round(n / rng.uniform(1 - cfg.tempo, 1 + cfg.tempo)))
+    src = np.linspace(0, n - 1, m)
+    mel = np.stack([np.interp(src, np.arange(n), row) for row in mel]).astype(np.float32)
+    silence = np.float32(-100.0)  # the dB of the zeros the service pads a short clip with
+    if mel.shape[1] < params.width:
+        mel = np.pad(mel, ((0, 0), (0, params.width - mel.shape[1])), constant_values=silence)
+    return to_image(mel[:, : params.width], params)
+
+
+def perturbed_copies(
+    audios: list[np.ndarray], params: FeatureParams, cfg: AugmentConfig, seed: int
+) -> np.ndarray:
+    """cfg.copies perturbed images of every clip → (n, copies, height, width) float32."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(audios), cfg.copies, params.height, params.width), np.float32)
+    for i, audio in enumerate(audios):
+        for k in range(cfg.copies):
+            out[i, k] = perturbed_image(audio, params, cfg, rng)
+    return out
+
+
+def spec_augment(batch: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """(b, h, w) images → a copy with random mel bands and time spans set to each image's
+    mean (SpecAugment's frequency and time masks)."""
+    out = batch.copy()
+    h, w = batch.shape[1:]
+    for img in out:
+        fill = img.mean()
+        for _ in range(cfg.freq_masks):
+            size = int(rng.integers(0, cfg.freq_mask_width + 1))
+            start = int(rng.integers(0, max(1, h - size)))
+            img[start : start + size] = fill
+        for _ in range(cfg.time_masks):
+            size = int(rng.integers(0, cfg.time_mask_width + 1))
+            start = int(rng.integers(0, max(1, w - size)))
+            img[:, start : start + size] = fill
+    return out

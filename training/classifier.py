@@ -1,6 +1,8 @@
 """`python -m training fit-classifier`: labelled clips → features → CNN → ONNX → bundle →
-evaluation. The network: Conv2D blocks (Conv → BatchNorm → ReLU → MaxPool), global
-average pooling, softmax; Adam on sparse categorical cross-entropy."""
+evaluation. The network: an optional per-clip normalisation layer, Conv2D blocks
+(Conv → BatchNorm → ReLU, `convs` times, → MaxPool), global average pooling, dropout,
+softmax; Adam on sparse categorical cross-entropy. Training may see perturbed copies of the
+clips and SpecAugment masks (training.augment)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,19 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from service.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
 from service.features import FeatureParams
 from training import export
+from training.augment import AugmentConfig, spec_augment
 from training.autoencoder import seed_everything
 from training.classify_data import (
+    LabelledClip,
     discover_labelled,
     load_images,
     ordered_labels,
@@ -31,6 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "probabilities"
+Normalise = Literal["none", "clip", "band", "max"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class ClassifierConfig:
     """Network shape and training settings (recorded in the manifest)."""
 
     filters: tuple[int, ...] = (32, 64, 128)
+    convs: int = 1  # Conv → BN → ReLU per block, before its pooling
+    # inside the network (so the service's ONNX graph applies it): none; clip: the image
+    # to zero mean, unit variance; band: every mel band so over time; max: minus its maximum
+    normalise: Normalise = "none"
     dropout: float = 0.3
     epochs: int = 30
     batch_size: int = 32
@@ -49,6 +59,33 @@ class ClassifierConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def _clip_norm_class() -> Any:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class ClipNorm(keras.layers.Layer):
+        """(b, h, w, 1) → every sample normalised on its own (see ClassifierConfig.normalise)."""
+
+        def __init__(self, mode: str = "clip", **kw: Any):
+            super().__init__(**kw)
+            self.mode = mode
+
+        def call(self, x: Any) -> Any:
+            if self.mode == "max":
+                return x - ops.max(x, axis=(1, 2, 3), keepdims=True)
+            axes = (1, 2, 3) if self.mode == "clip" else (2, 3)
+            mean = ops.mean(x, axis=axes, keepdims=True)
+            var = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+            return (x - mean) / ops.sqrt(var + 1e-4)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "mode": self.mode}
+
+    return ClipNorm
 
 
 @dataclass
@@ -100,12 +137,16 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
 
     inp = keras.Input((height, width, 1), name=INPUT_NAME)
     x = inp
+    if cfg.normalise != "none":
+        x = _clip_norm_class()(mode=cfg.normalise, name="clip_norm")(x)
     for i, f in enumerate(cfg.filters):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        # momentum 0.9, not 0.99: with ~100 steps per epoch the moving variance would
-        # otherwise still remember its initial 1.0 long after the batches settled.
-        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
-        x = layers.Activation("relu", name=f"relu{i}")(x)
+        for j in range(cfg.convs):
+            tag = f"{i}" if j == 0 else f"{i}_{j}"
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{tag}")(x)
+            # momentum 0.9, not 0.99: with ~100 steps per epoch the moving variance would
+            # otherwise still remember its initial 1.0 long after the batches settled.
+            x = layers.BatchNormalization(momentum=0.9, name=f"bn{tag}")(x)
+            x = layers.Activation("relu", name=f"relu{tag}")(x)
         x = layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
@@ -119,6 +160,45 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
     return model
 
 
+def _batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    copies: np.ndarray | None,
+    aug: AugmentConfig,
+    batch_size: int,
+    seed: int,
+) -> Any:
+    """A keras PyDataset over (x (n, h, w), y (n,)): shuffled every epoch, each clip drawn
+    as itself or one of its copies (n, k, h, w), then SpecAugment-masked."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return math.ceil(len(x) / batch_size)
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+            k = 0 if copies is None else copies.shape[1]
+            self.pick = self.rng.integers(0, k + 1, len(x))  # 0: the clip itself
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = self.order[i * batch_size : (i + 1) * batch_size]
+            batch = x[idx]
+            if copies is not None:
+                use = self.pick[idx] > 0
+                batch[use] = copies[idx[use], self.pick[idx[use]] - 1]
+            if aug.freq_masks or aug.time_masks:
+                batch = spec_augment(batch, aug, self.rng)
+            return batch[..., None], y[idx]
+
+    return Batches()
+
+
 def train(
     x: np.ndarray,
     y: np.ndarray,
@@ -126,11 +206,15 @@ def train(
     y_val: np.ndarray,
     n_classes: int,
     cfg: ClassifierConfig,
+    aug: AugmentConfig | None = None,
+    copies: np.ndarray | None = None,
 ) -> TrainedClassifier:
-    """x: (n, h, w) in [0, 1], y: (n,) class indices. Keeps the weights of the epoch
-    with the lowest validation loss (checkpointed to a temp folder)."""
+    """x: (n, h, w) in [0, 1], y: (n,) class indices; copies: (n, k, h, w) perturbed
+    images of x (aug.copies) or None. Keeps the weights of the epoch with the lowest
+    validation loss (checkpointed to a temp folder)."""
     import keras
 
+    aug = aug or AugmentConfig()
     seed_everything(cfg.seed)
     model = build(x.shape[1], x.shape[2], n_classes, cfg)
     with tempfile.TemporaryDirectory(prefix="auscult-ckpt-") as tmp:
@@ -145,12 +229,9 @@ def train(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
         ]
         hist = model.fit(
-            x[..., None],
-            y,
+            _batches(x, y, copies, aug, cfg.batch_size, cfg.seed),
             validation_data=(x_val[..., None], y_val),
             epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            shuffle=True,
             callbacks=callbacks,
             verbose=2,
         )
@@ -159,6 +240,33 @@ def train(
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return TrainedClassifier(
         model, history, len(history["loss"]), int(np.argmin(history["val_loss"])) + 1
+    )
+
+
+def augmented_copies(
+    clips: list[LabelledClip], params: FeatureParams, aug: AugmentConfig, seed: int
+) -> np.ndarray | None:
+    """aug.copies perturbed images of every clip → (n, copies, h, w), or None without copies."""
+    from tqdm import tqdm
+
+    from training.augment import load_audio, perturbed_copies
+
+    if not aug.copies:
+        return None
+    audios = [
+        load_audio(c.path, params.sample_rate)
+        for c in tqdm(clips, desc="audio (copies)", unit="clip", leave=False)
+    ]
+    return perturbed_copies(audios, params, aug, seed)
+
+
+def predict_keras(model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(n, h, w) → (n, n_classes) probabilities from a Keras model (no export)."""
+    return np.concatenate(
+        [
+            model(images[i : i + batch, ..., None], training=False).numpy()
+            for i in range(0, len(images), batch)
+        ]
     )
 
 
@@ -193,25 +301,41 @@ def fit_classifier(
     test_pattern: str | None = None,
     group_pattern: str | None = None,
     save_keras: bool = True,
+    aug: AugmentConfig | None = None,
+    loso: str | None = None,
 ) -> ClassifierFitResult:
     """Fit a classifier bundle on the train split of data_dir, write it to out_dir and
     evaluate it (through the service runtime) on the test split, or on the validation
-    clips when there is no test split."""
-    from training.classifier_eval import evaluate_classifier
+    clips when there is no test split. With `loso` (a group key, e.g. "speaker") the same
+    recipe is first measured leave-one-group-out on all clips (training.classifier_eval);
+    the figures go into the manifest's evaluation and the report."""
+    from training.classifier_eval import evaluate_classifier, leave_one_group_out
     from training.fit import library_versions
 
     start = time.perf_counter()
     cfg = cfg or ClassifierConfig()
+    aug = aug or AugmentConfig()
     params = params or feature_params()
     clips = discover_labelled(Path(data_dir), label_pattern, test_pattern, group_pattern)
     labels = ordered_labels(clips)
     train_clips = [c for c in clips if c.split == "train"]
     test_clips = [c for c in clips if c.split == "test"]
+    loso_result = leave_one_group_out(clips, loso, params, cfg, aug) if loso else None
 
     images = load_images(train_clips, params, "features (train)")
+    copies = augmented_copies(train_clips, params, aug, cfg.seed)
     y = np.array([labels.index(c.label) for c in train_clips])
     fit_idx, val_idx = split_validation(y, cfg.validation_fraction, cfg.seed)
-    trained = train(images[fit_idx], y[fit_idx], images[val_idx], y[val_idx], len(labels), cfg)
+    trained = train(
+        images[fit_idx],
+        y[fit_idx],
+        images[val_idx],
+        y[val_idx],
+        len(labels),
+        cfg,
+        aug,
+        None if copies is None else copies[fit_idx],
+    )
     onnx_bytes, diff = export_checked(trained.model, images[val_idx[:32]])
 
     out_dir = Path(out_dir)
@@ -243,6 +367,7 @@ def fit_classifier(
                 "best_epoch": trained.best_epoch,
                 "seed": cfg.seed,
                 "classifier": cfg.to_dict(),
+                "augment": aug.to_dict(),
                 "val_loss": trained.history["val_loss"][best],
                 "val_accuracy": trained.history["val_accuracy"][best],
                 "onnx_keras_max_abs_diff": diff,
@@ -255,7 +380,7 @@ def fit_classifier(
     eval_clips, split = (
         (test_clips, "test") if test_clips else ([train_clips[i] for i in val_idx], "validation")
     )
-    evaluation = evaluate_classifier(out_dir, eval_clips, split)
+    evaluation = evaluate_classifier(out_dir, eval_clips, split, loso=loso_result)
     seconds = time.perf_counter() - start
     manifest = read_manifest(out_dir)
     update_bundle(out_dir, {}, training={**manifest.training, "fit_seconds": round(seconds, 1)})

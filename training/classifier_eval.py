@@ -3,6 +3,8 @@
 
 Accuracy, per-class precision/recall/F1, the confusion matrix and accuracy per
 group (e.g. per speaker); report.json and report.png written into the bundle.
+Leave-one-group-out: the recipe retrained once per group (e.g. speaker) without it and
+scored on it, the figure for voices (or machines) the classifier never heard.
 """
 
 from __future__ import annotations
@@ -10,14 +12,26 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.bundle import Manifest, update_bundle
 from service.runtime import ClassifierRuntime, open_runtime
-from training.classify_data import LabelledClip, label_key, load_images
+from training.classify_data import (
+    LabelledClip,
+    group_folds,
+    label_key,
+    load_images,
+    ordered_labels,
+    split_validation,
+)
 from training.datasets import DatasetError
+
+if TYPE_CHECKING:
+    from service.features import FeatureParams
+    from training.augment import AugmentConfig
+    from training.classifier import ClassifierConfig
 
 
 def open_classifier(bundle_dir: Path) -> ClassifierRuntime:
@@ -74,6 +88,73 @@ def classification_metrics(
     }
 
 
+def leave_one_group_out(
+    clips: list[LabelledClip],
+    key: str,
+    params: FeatureParams,
+    cfg: ClassifierConfig,
+    aug: AugmentConfig,
+) -> dict[str, Any]:
+    """Fit the recipe once per value of group `key` on the clips of all other values (train
+    and test splits alike; cfg.validation_fraction of them for early stopping) and score the
+    held-out clips with the Keras model on the service's features.
+
+    → {"group", "folds": {value: {"accuracy", "n", "epochs", "best_epoch"}}, "mean" (of
+    the fold accuracies), "worst", "worst_group", "seconds"}."""
+    import time
+
+    from training.classifier import augmented_copies, predict_keras, train
+
+    start = time.perf_counter()
+    folds = group_folds(clips, key)  # checks the groups before any feature is computed
+    labels = ordered_labels(clips)
+    images = load_images(clips, params, "features (all)")
+    copies = augmented_copies(clips, params, aug, cfg.seed)
+    y = np.array([labels.index(c.label) for c in clips])
+    results: dict[str, dict[str, Any]] = {}
+    for value, train_idx, test_idx in folds:
+        fit_i, val_i = split_validation(y[train_idx], cfg.validation_fraction, cfg.seed)
+        fit_i, val_i = train_idx[fit_i], train_idx[val_i]
+        trained = train(
+            images[fit_i],
+            y[fit_i],
+            images[val_i],
+            y[val_i],
+            len(labels),
+            cfg,
+            aug,
+            None if copies is None else copies[fit_i],
+        )
+        pred = predict_keras(trained.model, images[test_idx]).argmax(axis=1)
+        results[value] = {
+            "accuracy": float((pred == y[test_idx]).mean()),
+            "n": len(test_idx),
+            "epochs": trained.epochs_run,
+            "best_epoch": trained.best_epoch,
+        }
+        print(f"leave-one-{key}-out: {value} {results[value]['accuracy']:.4f}", flush=True)
+    accs = {v: r["accuracy"] for v, r in results.items()}
+    worst = min(accs, key=lambda v: accs[v])
+    return {
+        "group": key,
+        "folds": results,
+        "mean": float(np.mean(list(accs.values()))),
+        "worst": accs[worst],
+        "worst_group": worst,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def format_loso(loso: dict[str, Any]) -> str:
+    """The leave-one-group-out table: one row per held-out group, then mean and worst."""
+    key = loso["group"]
+    lines = [f"leave-one-{key}-out ({len(loso['folds'])} fits)", f"{key:<12}{'accuracy':>10}"]
+    lines += [f"{v:<12}{r['accuracy']:>10.4f}{r['n']:>8}" for v, r in loso["folds"].items()]
+    lines.append(f"{'mean':<12}{loso['mean']:>10.4f}")
+    lines.append(f"{'worst':<12}{loso['worst']:>10.4f}  ({loso['worst_group']})")
+    return "\n".join(lines)
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """Human-readable tables: per class, per group, confusion matrix."""
     labels = list(metrics["per_class"])
@@ -95,6 +176,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append(" " * w + "".join(f"{lab:>{w}}" for lab in labels))
     for lab, row in zip(labels, metrics["confusion"], strict=True):
         lines.append(f"{lab:>{w}}" + "".join(f"{n:>{w}}" for n in row))
+    if metrics.get("leave_one_group_out"):
+        lines += ["", format_loso(metrics["leave_one_group_out"])]
     return "\n".join(lines)
 
 
@@ -107,7 +190,8 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
 
     labels = list(metrics["per_class"])
     cm = np.array(metrics["confusion"])
-    n_panels = 2 + len(metrics["groups"])
+    loso = metrics.get("leave_one_group_out")
+    n_panels = 2 + len(metrics["groups"]) + bool(loso)
     fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 5))
     ax = axes[0]
     ax.imshow(cm, cmap="Blues")
@@ -154,7 +238,8 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
     ax.set_xticklabels(labels, rotation=90 if len(labels) > 12 else 0)
     ax.legend(fontsize=8, loc="lower right")
 
-    for ax, (key, rows) in zip(axes[2:], metrics["groups"].items(), strict=True):
+    groups = metrics["groups"].items()
+    for ax, (key, rows) in zip(axes[2 : 2 + len(groups)], groups, strict=True):
         acc = [r["accuracy"] for r in rows.values()]
         ax.bar(range(len(rows)), acc, color="tab:purple")
         ax.set(
@@ -163,6 +248,18 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
             title=f"accuracy per {key}",
         )
         ax.set_xticklabels(list(rows), rotation=45, ha="right")
+    if loso:
+        ax = axes[-1]
+        acc = [r["accuracy"] for r in loso["folds"].values()]
+        ax.bar(range(len(acc)), acc, color="tab:red")
+        ax.axhline(loso["mean"], color="black", lw=1, ls="--")
+        ax.set(
+            xticks=range(len(acc)),
+            ylim=(max(0.0, min(acc) - 0.05), 1.005),
+            title=f"{loso['group']} never heard (mean {loso['mean']:.3f}, "
+            f"worst {loso['worst']:.3f})",
+        )
+        ax.set_xticklabels(list(loso["folds"]), rotation=45, ha="right")
     fig.suptitle(f"{manifest.name} ({manifest.version})")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -172,9 +269,14 @@ def render_report(metrics: dict[str, Any], manifest: Manifest) -> bytes:
 
 
 def evaluate_classifier(
-    bundle_dir: Path, clips: list[LabelledClip], split: str = "test", write: bool = True
+    bundle_dir: Path,
+    clips: list[LabelledClip],
+    split: str = "test",
+    write: bool = True,
+    loso: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score clips with the bundle through the service runtime; write report.json/png."""
+    """Score clips with the bundle through the service runtime; write report.json/png.
+    A leave_one_group_out result, if given, is kept beside the metrics."""
     runtime = open_classifier(bundle_dir)
     manifest = runtime.manifest
     assert manifest is not None and manifest.labels is not None
@@ -184,6 +286,8 @@ def evaluate_classifier(
     images = load_images(clips, manifest.features, f"features ({split})")
     probs = predict(runtime, images)
     metrics = classification_metrics(clips, probs, manifest.labels, split)
+    if loso:
+        metrics["leave_one_group_out"] = loso
     if write:
         report = {
             "metrics": metrics,

@@ -186,6 +186,34 @@ def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(fit_idx)), np.sort(np.concatenate(val_idx))
 
 
+def group_folds(clips: list[LabelledClip], key: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Leave-one-group-out folds over the group `key` (e.g. "speaker"): for every value, in
+    label_key order, (value, indices of the clips of all other values, indices of the clips
+    of this one). Every clip must have the group, there must be two values or more, and every
+    fold must train on every class. Raises DatasetError in one line."""
+    missing = [c.path.name for c in clips if key not in c.groups]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} clip(s) have no group {key!r} (e.g. {missing[0]}): add a named "
+            f"group (?P<{key}>...) to --label-pattern or --group-pattern"
+        )
+    values = np.array([c.groups[key] for c in clips])
+    distinct = sorted(set(values.tolist()), key=label_key)
+    if len(distinct) < 2:
+        raise DatasetError(f"leave-one-{key}-out needs two {key}s or more, found {distinct}")
+    labels = np.array([c.label for c in clips])
+    folds = []
+    for value in distinct:
+        held = values == value
+        unseen = sorted(set(labels.tolist()) - set(labels[~held].tolist()), key=label_key)
+        if unseen:
+            raise DatasetError(
+                f"without {key} {value!r} no clip is left of class(es) {', '.join(unseen)}"
+            )
+        folds.append((str(value), np.flatnonzero(~held), np.flatnonzero(held)))
+    return folds
+
+
 def load_images(clips: list[LabelledClip], params: FeatureParams, desc: str) -> np.ndarray:
     """Model inputs for every clip via service.features → (n, height, width) float32.
 
