@@ -170,6 +170,23 @@ def test_sighup_and_an_api_reload_reach_every_worker(two: RunningService, root: 
 
 
 @linux_only
+def test_a_worker_that_dies_is_replaced_and_its_counts_stay(two: RunningService) -> None:
+    workers = _children(two.proc.pid)
+    metrics_dir = Path(two.log.read_text().split("metrics folder ", 1)[1].split()[0])
+    _spread(two, "POST", "/v1/models/gearbox/score", "d", n=4)
+    before = _counter(two, "auscult_requests_total", route=SCORE, status="200")
+    victim = min(workers)
+    assert (metrics_dir / f"gauge_livesum_{victim}.db").exists()
+    os.kill(victim, signal.SIGKILL)
+    _until(lambda: len(_children(two.proc.pid) - workers) == 1, what="a new worker")
+    assert victim not in _children(two.proc.pid)
+    assert not (metrics_dir / f"gauge_livesum_{victim}.db").exists()  # marked dead
+    assert _counter(two, "auscult_requests_total", route=SCORE, status="200") == before
+    # the least-ready live worker: 0 while the new one loads, then 1
+    _until(lambda: _counter(two, "auscult_models_ready") == 1, what="the new worker ready")
+
+
+@linux_only
 def test_sigterm_stops_every_worker_and_removes_the_metrics_folder(
     root: Path, tmp_path: Path
 ) -> None:
