@@ -202,7 +202,7 @@ for p in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
         st = dict(line.split(":", 1) for line in open("/proc/%s/status" % p) if ":" in line)
     except OSError:
         continue
-    if "-m service" in cmd:
+    if "-m service" in cmd and p != str(os.getpid()):  # not this python -c
         rss = int(st["VmRSS"].split()[0]) / 1024
         print("pid %s (parent %s): %.0f MB RSS" % (p, st["PPid"].strip(), rss))
 ' 2>/dev/null | paste -sd ';' | sed 's/;/; /g'
