@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from service.deps import (
@@ -21,11 +23,14 @@ from service.deps import (
 )
 from service.errors import (
     ClientDisconnected,
+    InvalidRequest,
     ModelNotFound,
     NotReady,
+    PayloadTooLarge,
     RequestTimeout,
     public_message,
 )
+from service.generator import wav_bytes, zip_bytes
 from service.registry import ReloadOutcome
 from service.runtime import ModelRuntime
 from service.schemas import (
@@ -33,6 +38,7 @@ from service.schemas import (
     BatchScoreResponse,
     ClassifyResult,
     ErrorBody,
+    GenerateRequest,
     Health,
     ModelDetail,
     ModelInfo,
@@ -108,6 +114,7 @@ def _info(rt: ModelRuntime, reload_error: str | None = None) -> ModelInfo:
         version=m.version if m else None,
         created_at=m.created_at if m else None,
         reload_error=public_message(reload_error) if reload_error else None,
+        labels=m.labels if m else None,
     )
 
 
@@ -137,7 +144,7 @@ async def read_model(name: str, registry: RegistryDep) -> ModelDetail:
                 "features": m.features.model_dump(),
                 "input": m.input.model_dump(),
                 "thresholds": m.thresholds.model_dump() if m.thresholds else None,
-                "labels": m.labels,
+                "generator": m.generator.model_dump() if m.generator else None,
                 "scoring": m.scoring,
                 "training": training,
                 "evaluation": m.evaluation,
@@ -260,6 +267,103 @@ async def classify_batch(
     return BatchClassifyResponse(
         model=name, model_version=runtime.manifest.version, results=results
     )
+
+
+GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "one clip: a 16-bit mono WAV; several: a zip of them "
+        "(`<model>_<label>_<seed>_<i>.wav`). The seed used is in X-Auscult-Seed.",
+        "content": {
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    **{code: ERRORS[code] for code in (401, 404, 408, 409, 503)},
+    413: {"model": ErrorBody, "description": "a body over 4 KiB (payload_too_large)"},
+    422: {
+        "model": ErrorBody,
+        "description": "invalid_request: an unknown label, count outside 1 to "
+        "AUSCULT_MAX_GENERATE_COUNT, a bad seed or a malformed body",
+    },
+}
+
+
+GENERATE_BODY_BYTES = 4096
+
+
+async def _generate_request(request: Request, settings: Settings) -> GenerateRequest:
+    """The JSON body (at most GENERATE_BODY_BYTES, within AUSCULT_BODY_TIMEOUT_S), parsed
+    here so that any malformed body, bytes that are not UTF-8 included, is a 422."""
+    data = bytearray()
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > GENERATE_BODY_BYTES:
+                    raise PayloadTooLarge(
+                        f"a generate request is at most {GENERATE_BODY_BYTES} bytes of JSON"
+                    )
+    except TimeoutError as e:
+        raise RequestTimeout(
+            f"the body did not arrive within {settings.body_timeout_s:g} s",
+            headers={"Connection": "close"},
+        ) from e
+    except ClientDisconnect as e:
+        raise ClientDisconnected("the client went away before its request was read") from e
+    try:
+        return GenerateRequest.model_validate_json(bytes(data))
+    except ValidationError as e:
+        msg = "; ".join(
+            f"{'.'.join(map(str, ('body', *err['loc'])))}: {err['msg']}" for err in e.errors()
+        )
+        raise InvalidRequest(msg) from None
+
+
+@models.post(
+    "/models/{name}/generate",
+    response_class=Response,
+    responses=GENERATE_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+        }
+    },
+)
+async def generate_clips(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+) -> Response:
+    """Make `count` clips of class `label` with a generator bundle (a conditional GAN's
+    spectrograms turned into audio by Griffin-Lim). The same seed gives the same audio."""
+    runtime = registry.generator(name)
+    body = await _generate_request(request, settings)
+    manifest = runtime.manifest
+    assert manifest is not None and manifest.labels is not None
+    label = str(body.label)
+    if label not in manifest.labels:
+        raise InvalidRequest(
+            f"unknown label {label!r}; model {name!r} makes {', '.join(manifest.labels)}"
+        )
+    if body.count > settings.max_generate_count:
+        raise InvalidRequest(
+            f"count {body.count} is over the limit of {settings.max_generate_count} "
+            "(AUSCULT_MAX_GENERATE_COUNT)"
+        )
+    seed = body.seed if body.seed is not None else secrets.randbits(32)
+    index, rate = manifest.labels.index(label), manifest.features.sample_rate
+    async with scorer.slot():
+        clips = await scorer.in_thread(lambda: runtime.generate(index, body.count, seed))
+        wavs = [wav_bytes(a, rate) for a in clips]
+    headers = {"X-Auscult-Seed": str(seed), "X-Auscult-Model-Version": manifest.version}
+    if len(wavs) == 1:
+        return Response(wavs[0], media_type="audio/wav", headers=headers)
+    names = {f"{name}_{label}_{seed}_{i}.wav": w for i, w in enumerate(wavs)}
+    headers["Content-Disposition"] = f'attachment; filename="{name}_{label}_{seed}.zip"'
+    return Response(zip_bytes(names), media_type="application/zip", headers=headers)
 
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {

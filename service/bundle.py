@@ -29,6 +29,7 @@ ANOMALY_ARRAYS = ("pca_components", "pca_mean", "mean_vec", "inv_cov")
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "anomaly": ("encoder.onnx", *(f"{a}.npy" for a in ANOMALY_ARRAYS)),
     "classifier": ("classifier.onnx",),
+    "generator": ("generator.onnx",),
 }
 
 
@@ -63,12 +64,22 @@ class ScoringPart(BaseModel):
 Aggregation = Literal["mean", "max", "top_k_mean"]
 
 
+class GeneratorSpec(BaseModel):
+    """How a generator bundle makes audio (manifest `generator`): standard normal noise
+    (the manifest's `input`, (b, latent_dim)) and a one-hot label (input `label_input`,
+    (b, n_labels)) → image (the `output`) → Griffin-Lim (service.generator)."""
+
+    latent_dim: int = Field(gt=0)
+    label_input: str
+    griffin_lim_iterations: int = Field(32, ge=1, le=1000)
+
+
 class Manifest(BaseModel):
     """`manifest.json`; everything the service needs besides the binary files."""
 
     schema_version: int
     name: str
-    kind: Literal["anomaly", "classifier"]
+    kind: Literal["anomaly", "classifier", "generator"]
     version: str
     created_at: str
     features: FeatureParams
@@ -76,6 +87,7 @@ class Manifest(BaseModel):
     output: TensorSpec
     thresholds: Thresholds | None = None
     labels: list[str] | None = None
+    generator: GeneratorSpec | None = None
     scoring: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] | None = None

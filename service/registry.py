@@ -19,7 +19,13 @@ from typing import Literal
 
 from service.bundle import MANIFEST
 from service.errors import ModelNotFound, NotReady, WrongModelKind
-from service.runtime import AnomalyRuntime, ClassifierRuntime, ModelRuntime, open_runtime
+from service.runtime import (
+    AnomalyRuntime,
+    ClassifierRuntime,
+    GeneratorRuntime,
+    ModelRuntime,
+    open_runtime,
+)
 
 log = logging.getLogger("auscult.registry")
 
@@ -191,13 +197,23 @@ class ModelRegistry:
     def anomaly(self, name: str) -> AnomalyRuntime:
         rt = self.get(name)
         if not isinstance(rt, AnomalyRuntime):
-            raise WrongModelKind(
-                f"model {name!r} is a {rt.kind}; use POST /v1/models/{name}/classify"
-            )
+            raise WrongModelKind(f"model {name!r} is a {rt.kind}; use {_route(rt)}")
         return rt
 
     def classifier(self, name: str) -> ClassifierRuntime:
         rt = self.get(name)
         if not isinstance(rt, ClassifierRuntime):
-            raise WrongModelKind(f"model {name!r} is a {rt.kind}; use POST /v1/models/{name}/score")
+            raise WrongModelKind(f"model {name!r} is a {rt.kind}; use {_route(rt)}")
         return rt
+
+    def generator(self, name: str) -> GeneratorRuntime:
+        rt = self.get(name)
+        if not isinstance(rt, GeneratorRuntime):
+            raise WrongModelKind(f"model {name!r} is a {rt.kind}; use {_route(rt)}")
+        return rt
+
+
+def _route(rt: ModelRuntime) -> str:
+    """The route a model of rt's kind answers (for wrong_model_kind messages)."""
+    verb = {"anomaly": "score", "classifier": "classify", "generator": "generate"}
+    return f"POST /v1/models/{rt.name}/{verb.get(rt.kind or '', 'score')}"

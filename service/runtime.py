@@ -193,6 +193,67 @@ class ClassifierRuntime(ModelRuntime):
         return self.run(images).astype(np.float64)
 
 
+class GeneratorRuntime(ModelRuntime):
+    """generator.onnx: noise and a one-hot label → images → Griffin-Lim audio
+    (service.generator). Inputs: the manifest's `input` (noise) and `generator.label_input`."""
+
+    onnx_file = "generator.onnx"
+
+    def _open_session(self, manifest: Manifest) -> None:
+        import onnxruntime as ort
+
+        spec, f = manifest.generator, manifest.features
+        if spec is None or not manifest.labels:
+            raise BundleError("a generator bundle needs `generator` and `labels` in its manifest")
+        if f.scaling != "fixed_db" or f.height != f.n_mels:
+            raise BundleError("a generator's images must be unresized fixed_db log-mels")
+        self.session = ort.InferenceSession(
+            str(self.bundle_dir / self.onnx_file),
+            sess_options=session_options(self.threads),
+            providers=["CPUExecutionProvider"],
+        )
+        got = {i.name: list(i.shape[1:]) for i in self.session.get_inputs()}
+        want = {manifest.input.name: [spec.latent_dim], spec.label_input: [len(manifest.labels)]}
+        if got != want:
+            raise BundleError(f"{self.onnx_file} inputs are {got}, the manifest says {want}")
+        out = list(self.session.get_outputs()[0].shape[1:])
+        if out != [f.height, f.width, 1]:
+            raise BundleError(
+                f"{self.onnx_file} output shape {out} does not match the features "
+                f"({[f.height, f.width, 1]})"
+            )
+
+    def _warm_up(self, manifest: Manifest) -> None:
+        self.generate(0, 1, 0)
+
+    def images(self, label_index: int, noise: np.ndarray) -> np.ndarray:
+        """Class index, (count, latent_dim) float32 noise → (count, height, width) in [0, 1]."""
+        assert self.manifest is not None and self.manifest.generator is not None
+        onehot = np.zeros((len(noise), len(self.manifest.labels or [])), np.float32)
+        onehot[:, label_index] = 1.0
+        feeds = {self.manifest.input.name: noise, self.manifest.generator.label_input: onehot}
+        return self.session.run(None, feeds)[0][..., 0]
+
+    def generate(self, label_index: int, count: int, seed: int) -> list[np.ndarray]:
+        """`count` clips of one class, each (n_samples,) float32 at the features' rate; the
+        same seed gives the same clips (noise and Griffin-Lim's starting phases)."""
+        from service.generator import image_to_audio
+
+        assert self.manifest is not None and self.manifest.generator is not None
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal((count, self.manifest.generator.latent_dim))
+        images = self.images(label_index, noise.astype(np.float32))
+        iterations = self.manifest.generator.griffin_lim_iterations
+        return [image_to_audio(im, self.manifest.features, iterations, rng) for im in images]
+
+
+RUNTIMES: dict[str, type[ModelRuntime]] = {
+    "anomaly": AnomalyRuntime,
+    "classifier": ClassifierRuntime,
+    "generator": GeneratorRuntime,
+}
+
+
 def open_runtime(bundle_dir: Path, threads: int = 1) -> ModelRuntime:
     """Read the manifest to pick the runtime class, then load. Never raises."""
     try:
@@ -202,7 +263,7 @@ def open_runtime(bundle_dir: Path, threads: int = 1) -> ModelRuntime:
         rt.status, rt.reason = "failed", str(e)
         log.error("bundle_failed", extra={"model": rt.name, "reason": rt.reason})
         return rt
-    cls = AnomalyRuntime if manifest.kind == "anomaly" else ClassifierRuntime
+    cls = RUNTIMES[manifest.kind]
     rt = cls(bundle_dir, manifest, threads)
     rt.load()
     return rt

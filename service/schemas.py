@@ -97,7 +97,7 @@ class BatchClassifyResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str = Field(examples=["gearbox"])
-    kind: Literal["anomaly", "classifier"] | None = Field(None, examples=["anomaly"])
+    kind: Literal["anomaly", "classifier", "generator"] | None = Field(None, examples=["anomaly"])
     status: Literal["ready", "failed", "loading"] = Field(examples=["ready"])
     reason: str | None = Field(None, description="why a bundle failed to load", examples=[None])
     version: str | None = Field(None, examples=["20261121-1a2b3c4d"])
@@ -106,6 +106,9 @@ class ModelInfo(BaseModel):
         None,
         description="why the last reload of this model failed; the version shown keeps serving",
         examples=[None],
+    )
+    labels: list[str] | None = Field(
+        None, description="classes, in output order (classifiers and generators)", examples=[None]
     )
 
 
@@ -118,7 +121,7 @@ class ModelDetail(ModelInfo):
     features: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
-    labels: list[str] | None = None
+    generator: dict[str, Any] | None = None
     scoring: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
@@ -154,3 +157,20 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     models_ready: int = Field(examples=[2])
+
+
+class GenerateRequest(BaseModel):
+    """What to generate: `count` clips of class `label`; the same seed gives the same clips."""
+
+    label: str | int = Field(examples=["7"], description="one of the model's labels")
+    count: int = Field(
+        1, ge=1, examples=[1], description="clips to make, at most AUSCULT_MAX_GENERATE_COUNT"
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        examples=[0],
+        description="random seed (noise and phases); none: a random one, returned in the "
+        "X-Auscult-Seed header",
+    )

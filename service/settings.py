@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, gt=0)
     """Most files in one batch request."""
 
+    max_generate_count: int = Field(16, ge=1, le=1000)
+    """Most clips one `POST /v1/models/{name}/generate` makes (each costs a generator run
+    and a Griffin-Lim reconstruction); more get 422 invalid_request."""
+
     max_batch_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Largest request body (a batch's files together, with the multipart framing); a
     larger Content-Length is refused before reading, a larger stream as it crosses it."""

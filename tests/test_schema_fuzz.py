@@ -29,10 +29,12 @@ MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "50"))
 # with 415 unsupported_media_type or 422 invalid_* (both described in each operation's
 # responses). Every other answer to a schema-valid upload is still a failure. Likewise a
 # v2 inference request the schema allows may name no input of the model or hold data
-# that does not fit its shape: 400 (the protocol's bad request), 413, 415 or 422.
+# that does not fit its shape: 400 (the protocol's bad request), 413, 415 or 422. A
+# generate request's label must be one of the model's labels and its count within
+# AUSCULT_MAX_GENERATE_COUNT, which the schema cannot say either: 422 invalid_request.
 UPLOADS = """
 [[operations]]
-include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram)"
+include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram|generate)"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "415", "422"]
 
 [[operations]]

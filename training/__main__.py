@@ -1,4 +1,5 @@
-"""Command line: python -m training {fit,fit-classifier,evaluate,spectrograms,synth} …"""
+"""Command line: python -m training {fit,fit-classifier,fit-generator,generate,evaluate,
+spectrograms,synth} …"""
 
 from __future__ import annotations
 
@@ -240,6 +241,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
     c.add_argument("--no-keras", action="store_true", help="do not add classifier.keras")
 
+    g = sub.add_parser(
+        "fit-generator",
+        help="fit a class-conditional GAN (a generator bundle) on labelled clips",
+        description="Learns the classifier's log-mel images per class; writes generator.onnx, "
+        "a sample grid per epoch and one Griffin-Lim wav per class. fsdd: --label-pattern "
+        "'^(?P<label>\\d)_'",
+    )
+    g.add_argument("--data", required=True, type=Path, help="dataset folder")
+    g.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
+    g.add_argument("--label-pattern", help="regex with a named group 'label' (as fit-classifier)")
+    g.add_argument("--include-pattern", help="only files whose name matches are learned from")
+    g.add_argument("--epochs", type=int, default=60)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--latent-dim", type=int, default=32)
+    g.add_argument("--filters", type=_ints, default=(128, 64, 32), help="generator, e.g. 64,32,16")
+    g.add_argument("--disc-filters", type=_ints, default=(32, 64, 128), help="discriminator")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--grid-every", type=int, default=1, help="a sample grid every N epochs")
+    g.add_argument("--sample-rate", type=int, default=8000)
+    g.add_argument("--clip-seconds", type=float, default=1.0)
+    g.add_argument("--n-mels", type=int, default=32)
+
+    r = sub.add_parser("generate", help="write wavs of one class with a generator bundle")
+    r.add_argument("--model", required=True, type=Path, help="generator bundle folder")
+    r.add_argument("--label", required=True, help="one of the bundle's labels")
+    r.add_argument("--n", type=int, default=1, help="how many clips")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True, type=Path, help="folder for the wavs")
+
     e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
@@ -425,6 +455,31 @@ def _run(args: argparse.Namespace) -> int:
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
         if result.evaluation:
             print(format_classifier_table(result.evaluation))
+        return 0
+    if args.command == "fit-generator":
+        from training.classifier import feature_params
+        from training.generator import GeneratorConfig, fit_generator
+
+        gcfg = GeneratorConfig(
+            latent_dim=args.latent_dim,
+            filters=args.filters,
+            disc_filters=args.disc_filters,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            grid_every=args.grid_every,
+            seed=args.seed,
+        )
+        params = feature_params(args.sample_rate, args.clip_seconds, args.n_mels)
+        gen = fit_generator(
+            args.data, args.out, gcfg, params, args.label_pattern, args.include_pattern
+        )
+        print(f"bundle written to {gen.bundle_dir} in {gen.seconds:.1f} s")
+        return 0
+    if args.command == "generate":
+        from training.generator import write_wavs
+
+        paths = write_wavs(args.model, args.label, args.n, args.seed, args.out)
+        print(f"wrote {len(paths)} wav(s) to {args.out}")
         return 0
     raise AssertionError(args.command)
 

@@ -30,10 +30,11 @@ from service.errors import (
     NotReady,
     PayloadTooLarge,
     RequestTimeout,
+    WrongModelKind,
 )
 from service.inputs import check_finite_images
 from service.registry import ModelRegistry
-from service.runtime import AnomalyRuntime, ClassifierRuntime, ModelRuntime
+from service.runtime import AnomalyRuntime, ClassifierRuntime, GeneratorRuntime, ModelRuntime
 from service.schemas import ClassifyResult, FileError, ScoreResult
 from service.scoring import Scorer
 from service.settings import Settings
@@ -126,6 +127,19 @@ def _runtime(registry: ModelRegistry, name: str, version: str | None) -> ModelRu
 def _metadata(rt: ModelRuntime) -> ModelMetadata:
     m = rt.manifest
     assert m is not None
+    if isinstance(rt, GeneratorRuntime):  # no v2 inference: it makes audio, scores nothing
+        return ModelMetadata(
+            name=rt.name,
+            versions=[m.version],
+            platform=f"auscult_{m.kind}",
+            inputs=[],
+            outputs=[],
+            parameters={
+                "kind": m.kind,
+                "labels": m.labels,
+                "generate": f"POST /v1/models/{rt.name}/generate",
+            },
+        )
     f = m.features
     inputs = [
         TensorMetadata(
@@ -404,6 +418,11 @@ async def _infer(
 ) -> Response:
     rt = _runtime(registry, name, version)  # held to the end: a reload does not change it
     assert rt.manifest is not None
+    if isinstance(rt, GeneratorRuntime):
+        raise WrongModelKind(
+            f"model {name!r} is a generator and takes no inference input; "
+            f"use POST /v1/models/{name}/generate"
+        )
     with scorer.buffers.lease() as lease:
         body = await _read_body(request, settings, lease)
         header = request.headers.get(HEADER_LENGTH)

@@ -133,13 +133,17 @@
     state.models = data.models;
     const select = $("model");
     select.replaceChildren();
+    // a generator makes audio (POST …/generate) and scores nothing: listed, not selectable
+    const scores = (m) => m.status === "ready" && m.kind !== "generator";
     for (const m of data.models) {
-      const what = m.kind === "classifier" ? "classifier" : "anomaly detector";
+      const what = { classifier: "classifier", generator: "generator (not for scoring)" }[m.kind];
       const text =
-        m.status === "ready" ? `${m.name} — ${what}` : `${m.name} — ${m.status}: ${m.reason || ""}`;
-      select.append(h("option", { value: m.name, disabled: m.status !== "ready" }, text));
+        m.status === "ready"
+          ? `${m.name} — ${what || "anomaly detector"}`
+          : `${m.name} — ${m.status}: ${m.reason || ""}`;
+      select.append(h("option", { value: m.name, disabled: !scores(m) }, text));
     }
-    const ready = data.models.filter((m) => m.status === "ready");
+    const ready = data.models.filter(scores);
     if (ready.length === 0) {
       select.append(h("option", { value: "" }, "No model is loaded"));
       state.model = null;
