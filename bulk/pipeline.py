@@ -161,7 +161,10 @@ def score_files(
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     start = time.perf_counter()
-    ds = ray.data.read_binary_files(files, include_paths=True)
+    # Reading takes no CPU slot (with one CPU the model actor holds it, and the reads that
+    # feed it must still run; decoding is fused into the actors' batches), so bound the
+    # read tasks in flight instead: a worker process each.
+    ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0, concurrency=actors)
     ds = ds.map_batches(
         _prepare,
         fn_kwargs={"params": manifest.features.model_dump(), "limits": limits},
