@@ -209,7 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
-    c.add_argument("--convs", type=int, default=1, help="convolutions per block")
+    c.add_argument(
+        "--arch",
+        choices=["cnn", "tc"],
+        default="cnn",
+        help="cnn: 2-D conv blocks; tc: mel bands as channels of 1-D residual convolutions "
+        "over time",
+    )
+    c.add_argument("--convs", type=int, default=1, help="cnn: convolutions per block")
+    c.add_argument("--kernel", type=int, default=9, help="tc: kernel of the residual blocks")
+    c.add_argument("--learning-rate", type=float, default=1e-3)
     c.add_argument(
         "--normalise",
         choices=["none", "clip", "band", "max"],
@@ -257,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latent-dim", type=int, default=32)
     g.add_argument("--filters", type=_ints, default=(128, 64, 32), help="generator, e.g. 64,32,16")
     g.add_argument("--disc-filters", type=_ints, default=(32, 64, 128), help="discriminator")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument(
+        "--class-weight", type=float, default=1.0, help="auxiliary class loss (0: plain CGAN)"
+    )
     g.add_argument("--grid-every", type=int, default=1, help="a sample grid every N epochs")
     g.add_argument("--sample-rate", type=int, default=8000)
     g.add_argument("--clip-seconds", type=float, default=1.0)
@@ -408,8 +420,11 @@ def _run(args: argparse.Namespace) -> int:
         from training.classifier_eval import format_table as format_classifier_table
 
         cfg = ClassifierConfig(
+            arch=args.arch,
             filters=args.filters,
             convs=args.convs,
+            kernel=args.kernel,
+            learning_rate=args.learning_rate,
             normalise=args.normalise,
             dropout=args.dropout,
             epochs=args.epochs,
@@ -466,6 +481,7 @@ def _run(args: argparse.Namespace) -> int:
             disc_filters=args.disc_filters,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            class_weight=args.class_weight,
             grid_every=args.grid_every,
             seed=args.seed,
         )

@@ -2,10 +2,11 @@
 2014) on the classifier's log-mel images → ONNX generator → bundle of kind `generator`.
 
 Generator: noise (b, latent_dim) and a one-hot label (b, n_classes) → Dense → three
-stride-2 transposed convolutions → sigmoid image (b, height, width, 1) in [0, 1], the
-scale of service.features' fixed_db images. Discriminator: the image with the label
-broadcast as extra channels → strided convolutions → one logit (real vs generated for
-that label). Adam (2e-4, β1 0.5) on the non-saturating loss, one-sided label smoothing.
+upsampling convolutions → sigmoid image (b, height, width, 1) in [0, 1], the scale of
+service.features' fixed_db images. Discriminator: strided convolutions → features φ; one
+logit (real vs generated *for that label*, the label entering by projection) and an
+auxiliary class head on φ alone. Adam (2e-4, β1 0.5) on the non-saturating loss with
+one-sided label smoothing, plus the class loss (real clips for D, intended class for G).
 Audio comes from the images through service.generator (Griffin-Lim), as in the service.
 """
 
@@ -50,10 +51,11 @@ class GeneratorConfig:
     filters: tuple[int, ...] = (128, 64, 32)  # generator, widest first; one upsampling each
     disc_filters: tuple[int, ...] = (32, 64, 128)
     epochs: int = 60
-    batch_size: int = 64
+    batch_size: int = 32
     learning_rate: float = 2e-4
     beta_1: float = 0.5
     real_label: float = 0.9  # one-sided label smoothing
+    class_weight: float = 1.0  # the auxiliary class loss (0: a plain projection CGAN)
     grid_every: int = 1  # a sample grid every this many epochs (and after the last)
     griffin_lim_iterations: int = 32
     seed: int = 0
@@ -70,7 +72,8 @@ class GeneratorFitResult:
 
 
 def build_generator(height: int, width: int, n_classes: int, cfg: GeneratorConfig) -> Any:
-    """[noise (b, latent_dim), label (b, n_classes)] → (b, height, width, 1) in [0, 1]."""
+    """[noise (b, latent_dim), label (b, n_classes)] → (b, height, width, 1) in [0, 1].
+    Upsampling then convolution (not transposed convolutions: no checkerboard)."""
     import keras
     from keras import layers
 
@@ -84,11 +87,10 @@ def build_generator(height: int, width: int, n_classes: int, cfg: GeneratorConfi
     x = layers.LeakyReLU(0.2, name="project_act")(x)
     x = layers.Reshape((h0, w0, cfg.filters[0]), name="reshape")(x)
     for i, f in enumerate(cfg.filters):
-        x = layers.Conv2DTranspose(f, 4, strides=2, padding="same", use_bias=False, name=f"up{i}")(
-            x
-        )
-        x = layers.BatchNormalization(momentum=0.9, name=f"up{i}_bn")(x)
-        x = layers.LeakyReLU(0.2, name=f"up{i}_act")(x)
+        x = layers.UpSampling2D(2, name=f"up{i}")(x)
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"conv{i}_bn")(x)
+        x = layers.LeakyReLU(0.2, name=f"conv{i}_act")(x)
     x = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="to_image")(x)
     crop_h, crop_w = h0 * 2**ups - height, w0 * 2**ups - width
     x = layers.Cropping2D(((0, crop_h), (0, crop_w)), name=OUTPUT_NAME)(x)
@@ -96,23 +98,26 @@ def build_generator(height: int, width: int, n_classes: int, cfg: GeneratorConfi
 
 
 def build_discriminator(height: int, width: int, n_classes: int, cfg: GeneratorConfig) -> Any:
-    """[image (b, height, width, 1), label (b, n_classes)] → (b, 1) logit: real for that
-    label. The label is broadcast over the image as n_classes constant channels."""
+    """[image (b, height, width, 1), label (b, n_classes)] → [(b, 1) logit: real for that
+    label, (b, n_classes) class logits]. The label enters by projection (Miyato and Koyama
+    2018): logit = w·φ(x) + embed(label)·φ(x); the class head (AC-GAN, Odena et al. 2017)
+    sees φ(x) only, so it cannot read the label it is asked to predict."""
     import keras
     from keras import layers
 
     image = keras.Input((height, width, 1), name="image")
     label = keras.Input((n_classes,), name=LABEL_INPUT)
-    planes = layers.Reshape((1, 1, n_classes))(label)
-    planes = layers.UpSampling2D((height, width), name="label_planes")(planes)
-    x = layers.Concatenate(name="condition")([image, planes])
+    x = image
     for i, f in enumerate(cfg.disc_filters):
         x = layers.Conv2D(f, 4, strides=2, padding="same", name=f"conv{i}")(x)
         x = layers.LeakyReLU(0.2, name=f"act{i}")(x)
-        x = layers.Dropout(0.3, seed=cfg.seed + i, name=f"drop{i}")(x)
-    x = layers.Flatten(name="flatten")(x)
-    out = layers.Dense(1, name="logit")(x)
-    return keras.Model([image, label], out, name="discriminator")
+    features = layers.Flatten(name="flatten")(x)
+    features = layers.Dropout(0.2, seed=cfg.seed, name="dropout")(features)
+    embedded = layers.Dense(features.shape[-1], use_bias=False, name="label_embedding")(label)
+    projection = layers.Dot(axes=1, name="projection")([embedded, features])
+    logit = layers.Add(name="logit")([layers.Dense(1, name="real")(features), projection])
+    classes = layers.Dense(n_classes, name="classes")(features)
+    return keras.Model([image, label], [logit, classes], name="discriminator")
 
 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -162,18 +167,22 @@ def train(
     g_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta_1)
     d_opt = keras.optimizers.Adam(cfg.learning_rate, beta_1=cfg.beta_1)
     bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True)
     latent = cfg.latent_dim
 
     @tf.function
     def step(real: Any, labels: Any, noise: Any) -> tuple[Any, Any]:
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = gen([noise, labels], training=True)
-            real_logit = disc([real, labels], training=True)
-            fake_logit = disc([fake, labels], training=True)
+            real_logit, real_class = disc([real, labels], training=True)
+            fake_logit, fake_class = disc([fake, labels], training=True)
             d_loss = bce(tf.fill(tf.shape(real_logit), cfg.real_label), real_logit) + bce(
                 tf.zeros_like(fake_logit), fake_logit
             )
             g_loss = bce(tf.ones_like(fake_logit), fake_logit)
+            if cfg.class_weight:  # the class head learns on real clips, G must satisfy it
+                d_loss += cfg.class_weight * cce(labels, real_class)
+                g_loss += cfg.class_weight * cce(labels, fake_class)
         d_opt.apply_gradients(
             zip(
                 d_tape.gradient(d_loss, disc.trainable_variables),
