@@ -2,11 +2,15 @@
 
 One event loop spends about 1-2 ms of CPU per request on HTTP alone, which caps one
 process below what the scoring core does on two cores. The supervisor binds the port,
-imports the application's modules once, and forks `workers` processes that serve the same
-listening socket (the kernel hands each connection to one of them). Each worker is the
+imports the application's modules once, and forks `workers` processes. Each worker is the
 single-process service: its own uvicorn server with service/server.py's limits, its own
 registry, threads and limits.
 
+- Sockets: one listening socket per worker on the same port (SO_REUSEPORT), so the kernel
+  spreads new connections evenly over the workers. With one shared socket the first worker
+  to wake accepts a whole burst (16 connections opened at once went 112:16). A worker's
+  socket stays open in the supervisor while it restarts: its connections wait, none is
+  refused. Where SO_REUSEPORT is missing, the workers share one socket.
 - Metrics: prometheus_client's multiprocess mode in a private temporary folder, made
   before prometheus_client is imported and removed at exit; /metrics on any worker adds
   up all of them (service/observability.py). A worker's live gauges go when it exits.
@@ -72,27 +76,55 @@ def serve_workers(
 
     `uvicorn_kwargs` are the keyword arguments of `uvicorn.Config` besides app/host/port."""
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or prepare_multiprocess_metrics()
-    import uvicorn
-
     # the application's modules load once here and are shared with the forked workers
+    import uvicorn  # noqa: F401
+
     from service.app import create_app  # noqa: F401
 
-    config = uvicorn.Config("service.app:app", host=host, port=port, **uvicorn_kwargs)
-    sock = config.bind_socket()
-    supervisor = _Supervisor(settings, sock, workers, uvicorn_kwargs)
+    socks = listening_sockets(host, port, workers)
+    supervisor = _Supervisor(settings, socks, workers, uvicorn_kwargs)
     try:
         return supervisor.run()
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets listening on host:port with SO_REUSEPORT (one per worker), or one
+    shared socket where the platform lacks it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count if reuse_port else 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the one it got
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 class _Supervisor:
     def __init__(
-        self, settings: Any, sock: socket.socket, count: int, uvicorn_kwargs: dict[str, Any]
+        self,
+        settings: Any,
+        socks: list[socket.socket],
+        count: int,
+        uvicorn_kwargs: dict[str, Any],
     ) -> None:
         self.settings = settings
-        self.sock = sock
+        self.socks = socks
         self.count = count
         self.uvicorn_kwargs = uvicorn_kwargs
         self.workers: dict[int, _Worker] = {}  # pid → worker
@@ -102,7 +134,7 @@ class _Supervisor:
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)  # taken by sigtimedwait
         print(
-            f"auscult: {self.count} workers on {self.sock.getsockname()}, supervisor pid "
+            f"auscult: {self.count} workers on {self.socks[0].getsockname()}, supervisor pid "
             f"{os.getpid()}, metrics folder {os.environ['PROMETHEUS_MULTIPROC_DIR']}",
             file=sys.stderr,
             flush=True,
@@ -134,7 +166,8 @@ class _Supervisor:
             os.close(read_fd)
             code = 1
             try:
-                code = _worker_main(number, self.settings, self.sock, write_fd, self.uvicorn_kwargs)
+                sock = self.socks[(number - 1) % len(self.socks)]
+                code = _worker_main(number, self.settings, sock, write_fd, self.uvicorn_kwargs)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException:
