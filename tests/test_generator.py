@@ -158,6 +158,8 @@ async def test_generate_returns_a_wav_the_same_for_a_seed(with_generator: Path) 
         assert listed["gan"]["kind"] == "generator" and listed["gan"]["status"] == "ready"
         assert listed["gan"]["labels"] == ["high", "low", "mid"]
         assert listed["tiny"]["status"] == "ready"
+        detail = (await c.get("/v1/models/gan")).json()
+        assert detail["generator"]["latent_dim"] == 4 and detail["labels"] == ["high", "low", "mid"]
         r = await c.post("/v1/models/gan/generate", json={"label": "low", "seed": 3})
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "audio/wav" and r.headers["x-auscult-seed"] == "3"

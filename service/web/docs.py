@@ -278,6 +278,57 @@ def _examples(
     return out
 
 
+def _generate_examples(
+    registry: ModelRegistry, settings: Settings
+) -> dict[str, list[tuple[str, str, str]]]:
+    """status → [(code, summary, message)] for POST /v1/models/{name}/generate."""
+    base = _examples(registry, settings, None, many=False)
+    limit = settings.max_generate_count
+    return {
+        "401": base["401"],
+        "404": base["404"],
+        "408": [
+            (
+                "request_timeout",
+                "the body was too slow",
+                f"the body did not arrive within {settings.body_timeout_s:g} s",
+            )
+        ],
+        "409": [
+            (
+                "wrong_model_kind",
+                "a model that is not a generator",
+                "model 'gearbox' is a anomaly; use POST /v1/models/gearbox/score",
+            )
+        ],
+        "413": [
+            (
+                "payload_too_large",
+                "a body over 4 KiB",
+                "a generate request is at most 4096 bytes of JSON",
+            )
+        ],
+        "422": [
+            (
+                "invalid_request",
+                "a label the model does not make",
+                "unknown label '11'; model 'digits-gan' makes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9",
+            ),
+            (
+                "invalid_request",
+                "more clips than AUSCULT_MAX_GENERATE_COUNT",
+                f"count {limit + 1} is over the limit of {limit} (AUSCULT_MAX_GENERATE_COUNT)",
+            ),
+            (
+                "invalid_request",
+                "a malformed body",
+                "body.count: Input should be greater than or equal to 1",
+            ),
+        ],
+        "503": base["503"],
+    }
+
+
 UPLOAD_ENDPOINTS = ("/score", "/score/batch", "/classify", "/classify/batch", "/spectrogram")
 
 
@@ -305,6 +356,8 @@ def _operation_errors(
         errors = _examples(registry, settings, None, many=False)
         keep = ("401", "404") if "{name}" in path else ("401",)
         return {status: errors[status] for status in keep}, True
+    if path == "/v1/models/{name}/generate":
+        return _generate_examples(registry, settings), True
     if path.startswith("/v1/models/{name}") and path.endswith(UPLOAD_ENDPOINTS):
         many = path.endswith("/batch")
         want = "anomaly" if "/score" in path else "classifier" if "/classify" in path else None
@@ -393,7 +446,10 @@ def _set_errors(
 
 def _describe_name(param: dict[str, Any], registry: ModelRegistry, path: str) -> None:
     want = "anomaly" if "/score" in path else "classifier" if "/classify" in path else None
+    want = "generator" if path.endswith("/generate") else want
     ready = [rt for rt in registry.runtimes.values() if rt.ready]
+    if want in ("anomaly", "classifier"):  # a generator answers neither: not an example
+        ready = [rt for rt in ready if rt.kind != "generator"]
     ready.sort(key=lambda rt: rt.kind != want)  # the fitting kind first (stable otherwise)
     listed = ", ".join(f"`{rt.name}` ({rt.kind})" for rt in ready) or "none yet"
     param["description"] = (
