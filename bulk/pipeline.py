@@ -162,9 +162,17 @@ def score_files(
 
     start = time.perf_counter()
     # Reading takes no CPU slot (with one CPU the model actor holds it, and the reads that
-    # feed it must still run; decoding is fused into the actors' batches), so bound the
-    # read tasks in flight instead: a worker process each.
-    ds = ray.data.read_binary_files(files, include_paths=True, num_cpus=0, concurrency=actors)
+    # feed it must still run; decoding is fused into the actors' batches), so the read
+    # tasks in flight are bounded instead. One read task per model batch: Ray's default of
+    # a few files per task costs more in scheduling than the reading does.
+    blocks = max(1, -(-len(files) // batch_size))
+    ds = ray.data.read_binary_files(
+        files,
+        include_paths=True,
+        num_cpus=0,
+        concurrency=min(actors, blocks),
+        override_num_blocks=blocks,
+    )
     ds = ds.map_batches(
         _prepare,
         fn_kwargs={"params": manifest.features.model_dump(), "limits": limits},
