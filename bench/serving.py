@@ -660,6 +660,98 @@ async def bench_http(
     return res
 
 
+async def bench_workers(
+    args: argparse.Namespace, cfg: Config, clips: list[bytes], ip: InProcess
+) -> dict:
+    """One service with one worker and one with `--workers`, both up at once; per
+    repetition, in ABBA order, the single endpoint at concurrency 16 on each, with the
+    in-process core on `--workers` threads right before and after each phase, and the
+    p50 at concurrency 1 on each paired clip by clip with the in-process time."""
+    counts = (1, args.workers)
+    servers: dict[int, Server] = {}
+    out: dict[str, Any] = {"errors": []}
+    try:
+        for n in counts:
+            env = dict(ORIGINAL_ENV, AUSCULT_ARTIFACTS_DIR=str(args.artifacts))
+            env.update(AUSCULT_WORKERS=str(n), PYTHONUNBUFFERED="1")
+            port = free_port()
+            cmd = [sys.executable, "-m", "service", "--port", str(port)]
+            servers[n] = start_server(f"auscult-{n}w", cmd, env, port, timeout=60)
+            out[f"ready{n}"] = servers[n].ready_s
+        clients = {n: LeanClient(svc.url) for n, svc in servers.items()}
+        bodies = [multipart("file", [c]) for c in clips]
+        singles = {
+            n: [
+                build_request(f"{svc.url}/v1/models/{args.model}/score", "POST", *b) for b in bodies
+            ]
+            for n, svc in servers.items()
+        }
+        for n in counts:  # warm-up: every connection of the phase, lazy paths
+            load = await run_load(clients[n], singles[n], 64, 16)
+            out["errors"] += load.error_samples
+        rows: dict[str, list[float]] = {}
+        for rep in range(cfg.reps):
+            print(f"  workers: repetition {rep + 1}/{cfg.reps}", file=sys.stderr, flush=True)
+            for n in counts if rep % 2 == 0 else counts[::-1]:
+                before = ip.threaded(clips, 2 * len(clips), args.workers)
+                load = await run_load(clients[n], singles[n], cfg.single_requests, 16)
+                after = ip.threaded(clips, 2 * len(clips), args.workers)
+                out["errors"] += load.error_samples
+                rows.setdefault(f"rate{n}", []).append(load.rate)
+                rows.setdefault(f"ratio{n}", []).append(load.rate / ((before + after) / 2))
+                rows.setdefault("inproc_par", []).extend([before, after])
+                lat, mine = [], []
+                for i in range(cfg.latency_requests // 4):
+                    t0 = time.perf_counter()
+                    ip.score_one(clips[i % len(clips)])
+                    mine.append(time.perf_counter() - t0)
+                    one = await run_load(clients[n], [singles[n][i % len(clips)]], 1, 1)
+                    lat.extend(one.latencies)
+                    out["errors"] += one.error_samples
+                rows.setdefault(f"p50_{n}", []).append(median(lat) * 1e3)
+                rows.setdefault(f"p50_over{n}", []).append((median(lat) - median(mine)) * 1e3)
+            rows.setdefault("gain", []).append(rows[f"rate{counts[1]}"][-1] / rows["rate1"][-1])
+        for c in clients.values():
+            await c.aclose()
+        for n, svc in servers.items():
+            out[f"mem{n}"] = memory(svc.proc.pid)
+    finally:
+        for svc in servers.values():
+            stop_server(svc)
+    out.update({k: median(v) for k, v in rows.items()})
+    return out
+
+
+def workers_table(res: dict, cfg: Config, workers: int) -> list[str]:
+    def mem(m: dict[str, Any]) -> str:
+        each = " / ".join(fmt(x, 0) for x in m["workers"])
+        return f"{each} MB RSS per worker, {fmt(m['pss'], 0)} MB PSS in all"
+
+    out = [
+        f"## Worker processes: 1 vs {workers} (single endpoint, both services up, ABBA order)",
+        "",
+        f"{cfg.reps} repetitions of {cfg.single_requests} single-clip requests at concurrency 16 "
+        f"and {cfg.latency_requests // 4} at concurrency 1 on each; in-process on {workers} "
+        "threads measured right before and after each phase; medians",
+        "",
+        f"| | 1 worker | {workers} workers |",
+        "|---|---:|---:|",
+        f"| single endpoint @16, clips/s | {fmt(res['rate1'])} | {fmt(res[f'rate{workers}'])} |",
+        f"| ÷ in-process on {workers} threads ({fmt(res['inproc_par'])} clips/s) | "
+        f"{fmt(res['ratio1'], 2)} | {fmt(res[f'ratio{workers}'], 2)} |",
+        f"| single p50 @1 / minus in-process ms | {fmt(res['p50_1'], 2)} / "
+        f"{fmt(res['p50_over1'], 2)} ms | {fmt(res[f'p50_{workers}'], 2)} / "
+        f"{fmt(res[f'p50_over{workers}'], 2)} ms |",
+        f"| memory after the load | {mem(res['mem1'])} | {mem(res[f'mem{workers}'])} |",
+        f"| start → /readyz 200 | {fmt(res['ready1'], 2)} s | {fmt(res[f'ready{workers}'], 2)} s |",
+        f"| errors | {len(res['errors'])} | |",
+        "",
+        f"{workers} workers ÷ 1 worker at concurrency 16 (per repetition, median): "
+        f"{fmt(res['gain'], 2)}",
+    ]
+    return out
+
+
 PROTOCOLS = ("limited", "plain")
 
 
@@ -791,6 +883,11 @@ def main(argv: list[str] | None = None) -> int:
         help="AUSCULT_WORKERS for the service (default: its default, the CPUs available)",
     )
     parser.add_argument("--no-seed", action="store_true", help="skip the seed-style stack")
+    parser.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="only the 1-worker vs --workers comparison of the single endpoint",
+    )
     parser.add_argument("--seed", type=int, default=0, help="clip generator seed")
     parser.add_argument(
         "--protocol-only",
@@ -829,6 +926,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     ip = InProcess(bundle)
+    if args.workers_only:
+        ip.sequential(clips, min(8, len(clips)))  # warm
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            res = runner.run(bench_workers(args, cfg, clips, ip))
+        load_after = os.getloadavg()
+        print(
+            f"load average {load_before[0]:.2f} → {load_after[0]:.2f} · {os.cpu_count()} CPUs · "
+            f"{time.perf_counter() - started:.0f} s\n"
+        )
+        print("\n".join(workers_table(res, cfg, args.workers)), flush=True)
+        if res["errors"]:
+            print(f"\nERROR: failed requests, e.g. {res['errors'][:3]}", file=sys.stderr)
+            return 1
+        return 0
 
     print("in-process: stages, threads, durations, batch sizes …", file=sys.stderr, flush=True)
     ip.sequential(clips, min(8, len(clips)))  # warm

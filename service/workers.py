@@ -8,9 +8,10 @@ registry, threads and limits.
 
 - Sockets: one listening socket per worker on the same port (SO_REUSEPORT), so the kernel
   spreads new connections evenly over the workers. With one shared socket the first worker
-  to wake accepts a whole burst (16 connections opened at once went 112:16). A worker's
-  socket stays open in the supervisor while it restarts: its connections wait, none is
-  refused. Where SO_REUSEPORT is missing, the workers share one socket.
+  to wake accepts a whole burst (16 connections opened at once went 112:16). A socket
+  listens once its worker has started; it stays open in the supervisor while its worker
+  is replaced (its queued connections wait for the new one). Where SO_REUSEPORT is
+  missing, the workers share one socket.
 - Metrics: prometheus_client's multiprocess mode in a private temporary folder, made
   before prometheus_client is imported and removed at exit; /metrics on any worker adds
   up all of them (service/observability.py). A worker's live gauges go when it exits.
@@ -92,8 +93,11 @@ def serve_workers(
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` sockets listening on host:port with SO_REUSEPORT (one per worker), or one
-    shared socket where the platform lacks it."""
+    """`count` sockets bound to host:port with SO_REUSEPORT (one per worker), or one shared
+    socket where the platform lacks it. Bound, not listening: a worker's uvicorn listens
+    once its start-up is done, so until then the kernel gives it no connection (the first
+    ready worker takes them all, and before any is ready a connection is refused, as with
+    one process)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reuse_port = hasattr(socket, "SO_REUSEPORT")
     socks: list[socket.socket] = []
@@ -106,8 +110,7 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             port = sock.getsockname()[1]  # port 0: the others join the one it got
-            sock.listen(2048)
-            sock.set_inheritable(True)
+            sock.set_inheritable(True)  # no listen(): the worker's server listens once ready
     except OSError:
         for sock in socks:
             sock.close()
