@@ -209,7 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
-    c.add_argument("--convs", type=int, default=1, help="convolutions per block")
+    c.add_argument(
+        "--arch",
+        choices=["cnn", "tc"],
+        default="cnn",
+        help="cnn: 2-D conv blocks; tc: mel bands as channels of 1-D residual convolutions "
+        "over time",
+    )
+    c.add_argument("--convs", type=int, default=1, help="cnn: convolutions per block")
+    c.add_argument("--kernel", type=int, default=9, help="tc: kernel of the residual blocks")
+    c.add_argument("--learning-rate", type=float, default=1e-3)
     c.add_argument(
         "--normalise",
         choices=["none", "clip", "band", "max"],
@@ -411,8 +420,11 @@ def _run(args: argparse.Namespace) -> int:
         from training.classifier_eval import format_table as format_classifier_table
 
         cfg = ClassifierConfig(
+            arch=args.arch,
             filters=args.filters,
             convs=args.convs,
+            kernel=args.kernel,
+            learning_rate=args.learning_rate,
             normalise=args.normalise,
             dropout=args.dropout,
             epochs=args.epochs,

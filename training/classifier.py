@@ -37,14 +37,19 @@ PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "probabilities"
 Normalise = Literal["none", "clip", "band", "max"]
+Arch = Literal["cnn", "tc"]
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Network shape and training settings (recorded in the manifest)."""
 
+    # cnn: 2-D conv blocks over (mel, time); tc: mel bands as channels of 1-D convolutions
+    # over time (a stem, then a residual block per further filter count, each halving time)
+    arch: Arch = "cnn"
     filters: tuple[int, ...] = (32, 64, 128)
-    convs: int = 1  # Conv → BN → ReLU per block, before its pooling
+    convs: int = 1  # cnn: Conv → BN → ReLU per block, before its pooling
+    kernel: int = 9  # tc: kernel of the residual blocks' convolutions (frames)
     # inside the network (so the service's ONNX graph applies it): none; clip: the image
     # to zero mean, unit variance; band: every mel band so over time; max: minus its maximum
     normalise: Normalise = "none"
@@ -139,6 +144,8 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
     x = inp
     if cfg.normalise != "none":
         x = _clip_norm_class()(mode=cfg.normalise, name="clip_norm")(x)
+    if cfg.arch == "tc":
+        return _compile(_temporal(x, inp, width, height, n_classes, cfg), cfg)
     for i, f in enumerate(cfg.filters):
         for j in range(cfg.convs):
             tag = f"{i}" if j == 0 else f"{i}_{j}"
@@ -151,7 +158,42 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
     out = layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
-    model = keras.Model(inp, out, name="classifier")
+    return _compile(keras.Model(inp, out, name="classifier"), cfg)
+
+
+def _temporal(
+    x: Any, inp: Any, width: int, height: int, n_classes: int, cfg: ClassifierConfig
+) -> Any:
+    """(b, height, width, 1) → (b, width, height): mel bands become channels, then 1-D
+    convolutions over time; residual blocks with a strided shortcut (TC-ResNet style)."""
+    import keras
+    from keras import layers
+
+    x = layers.Reshape((height, width), name="squeeze")(x)
+    x = layers.Permute((2, 1), name="bands_as_channels")(x)
+    x = layers.Conv1D(cfg.filters[0], 3, padding="same", use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for i, f in enumerate(cfg.filters[1:]):
+        y = layers.Conv1D(
+            f, cfg.kernel, strides=2, padding="same", use_bias=False, name=f"conv{i}a"
+        )(x)
+        y = layers.BatchNormalization(momentum=0.9, name=f"bn{i}a")(y)
+        y = layers.Activation("relu", name=f"relu{i}a")(y)
+        y = layers.Conv1D(f, cfg.kernel, padding="same", use_bias=False, name=f"conv{i}b")(y)
+        y = layers.BatchNormalization(momentum=0.9, name=f"bn{i}b")(y)
+        s = layers.Conv1D(f, 1, strides=2, padding="same", use_bias=False, name=f"skip{i}")(x)
+        s = layers.BatchNormalization(momentum=0.9, name=f"bn{i}s")(s)
+        x = layers.Activation("relu", name=f"relu{i}")(layers.Add(name=f"add{i}")([y, s]))
+    x = layers.GlobalAveragePooling1D(name="gap")(x)
+    x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
+    out = layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
+    return keras.Model(inp, out, name="classifier")
+
+
+def _compile(model: Any, cfg: ClassifierConfig) -> Any:
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
         loss="sparse_categorical_crossentropy",
