@@ -6,9 +6,10 @@ service's batch endpoint on the same machine, on the same 10-s clips, plus Ray's
 
 Figures (see bench/README.md, "bulk.py"):
 - Ray start-up: `ray.init` of a local Ray (the `python -m bulk` default), seconds;
-- first job: a job of 8 clips right after start-up (worker processes and model actors
-  starting: the fixed cost of every job beside `ray.init`);
-- bulk clips/s: N clips over the job's wall time (files read from disk, Parquet written);
+- 8-clip job: a job of 8 clips right after start-up (worker processes and model actors
+  starting, the bundle loading: what every job costs beside `ray.init` and its clips);
+- clips/s: N clips over the N-clip job's wall time (files read from disk, Parquet written);
+- in-process core: bulk's two steps (bulk/rows.py) in this process on one thread, no Ray;
 - HTTP clips/s: the same clips as POST /v1/models/NAME/score/batch requests of --batch
   files, --concurrency in flight, to `python -m service` started with its defaults.
 """
@@ -54,7 +55,8 @@ def write_clips(n: int, seed: int, folder: Path) -> list[Path]:
 
 
 def bench_bulk(model: Path, files: list[Path], cpus: int, out: Path) -> dict[str, float]:
-    """One local Ray of `cpus` CPUs: start-up, an 8-clip job, then the N-clip job."""
+    """One local Ray of `cpus` CPUs: its start-up, a job of 8 clips (what any job costs
+    beside its clips), then the job over all files."""
     from bulk.pipeline import score_files, start_ray, stop_ray
 
     names = [str(p) for p in files]
@@ -66,7 +68,32 @@ def bench_bulk(model: Path, files: list[Path], cpus: int, out: Path) -> dict[str
         stop_ray()
     if job.errors or job.files != len(files):
         raise RuntimeError(f"bulk scored {job.files} files with errors {dict(job.errors)}")
-    return {"ray_start_s": ray_s, "first_job_s": first.seconds, "clips_per_s": job.clips_per_s}
+    return {
+        "ray_start_s": ray_s,
+        "small_job_s": first.seconds,
+        "job_s": job.seconds,
+        "clips_per_s": job.clips_per_s,
+    }
+
+
+def bench_core(model: Path, files: list[Path]) -> float:
+    """Clips/s of bulk's own two steps in this process, one thread, no Ray: the ceiling of
+    one CPU (files read from disk as in a job)."""
+    from bulk.limits import Limits
+    from bulk.rows import prepare_table, score_table
+    from service.runtime import AnomalyRuntime, open_runtime
+
+    runtime = open_runtime(model)
+    assert isinstance(runtime, AnomalyRuntime) and runtime.manifest is not None
+    params, limits = runtime.manifest.features, Limits.service_defaults()
+    start = time.perf_counter()
+    for i in range(0, len(files), 32):
+        chunk = files[i : i + 32]
+        table = prepare_table(
+            [str(p) for p in chunk], [p.read_bytes() for p in chunk], params, limits
+        )
+        score_table(runtime, table)
+    return len(files) / (time.perf_counter() - start)
 
 
 async def _post_all(url: str, requests: list[bytes], concurrency: int) -> None:
@@ -129,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} CPUs",
             flush=True,
         )
-        rows = []
+        rows: list[tuple[str, dict[str, float]]] = [
+            (
+                "in-process core, 1 thread, no Ray",
+                {"clips_per_s": bench_core(args.artifacts / args.model, files)},
+            )
+        ]
+        print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
         for cpus in [int(c) for c in args.cpus.split(",")]:
             r = bench_bulk(args.artifacts / args.model, files, cpus, tmp / "scores.parquet")
             rows.append((f"bulk, local Ray, {cpus} CPU", r))
@@ -143,12 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print()
-        print(f"| path ({args.n} clips of 10 s) | clips/s | Ray start-up s | first 8-clip job s |")
-        print("|---|---|---|---|")
+        cols = [
+            ("clips/s", "clips_per_s"),
+            ("job s", "job_s"),
+            ("8-clip job s", "small_job_s"),
+            ("Ray start-up s", "ray_start_s"),
+        ]
+        print(f"| path ({args.n} clips of 10 s) | " + " | ".join(c for c, _ in cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
         for name, r in rows:
-            start = f"{r['ray_start_s']:.1f}" if "ray_start_s" in r else "-"
-            first = f"{r['first_job_s']:.1f}" if "first_job_s" in r else "-"
-            print(f"| {name} | {r['clips_per_s']:.1f} | {start} | {first} |")
+            cells = [f"{r[k]:.1f}" if k in r else "-" for _, k in cols]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--batch-size", type=int, default=32, help="files per model run (default: %(default)s)"
     )
-    s.add_argument("--actors", type=int, default=None, help="most model actors (default: the CPUs)")
+    s.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="model actors (default: one per CPU of the Ray cluster)",
+    )
     d = Limits.service_defaults()
     s.add_argument(
         "--max-seconds",
@@ -47,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_seconds,
         help="longest clip; longer ones are audio_too_long rows (default: the service's, "
         "%(default)g)",
+    )
+    s.add_argument(
+        "--unordered",
+        action="store_true",
+        help="rows in the order files finish, not the sorted paths' (a slow file holds "
+        "back no others)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -91,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle=bundle,
             batch_size=args.batch_size,
             actors=args.actors,
+            ordered=not args.unordered,
             progress=bar.update,
         )
     except JobError as e:

@@ -140,12 +140,14 @@ def score_files(
     bundle: dict[str, bytes] | None = None,
     batch_size: int = 32,
     actors: int | None = None,
+    ordered: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
     """Score `files` with the bundle on the Ray this process is connected to (`start_ray`)
-    and write one Parquet file `out` (OUTPUT_SCHEMA, rows in the order of `files`),
-    atomically. `bundle`: the folder's files as `read_bundle_files` gives them (read here
-    when None). `actors`: the most model actors (default: the cluster's CPUs)."""
+    and write one Parquet file `out` (OUTPUT_SCHEMA, rows in the order of `files` unless
+    not `ordered`), atomically. `bundle`: the folder's files as `read_bundle_files` gives
+    them (read here when None). `actors`: model actors, one per CPU by default (never more
+    than batches)."""
     import ray
     import ray.data
 
@@ -154,7 +156,7 @@ def score_files(
     manifest = read_manifest(bundle_dir)
     limits = limits or Limits.service_defaults()
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # rows in the order of `files`
+    ctx.execution_options.preserve_order = ordered  # rows in the order of `files`
     ctx.enable_progress_bars = False  # the caller's own bar counts files
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if actors is None:
@@ -184,7 +186,7 @@ def score_files(
         fn_constructor_args=(bundle_dir.name, bundle),
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),
     )
     summary = Summary()
     out.parent.mkdir(parents=True, exist_ok=True)
