@@ -68,9 +68,10 @@ def fidelity(
         # only when both use the same front end)
         ok_img = None
         if gen.manifest.features == clf.manifest.features:
-            noise = np.random.default_rng(seed + i).standard_normal(
-                (per_class, gen.manifest.generator.latent_dim)  # type: ignore[union-attr]
-            )
+            spec = gen.manifest.generator
+            assert spec is not None
+            noise = np.random.default_rng(seed + i).standard_normal((per_class, spec.latent_dim))
+            noise *= spec.noise_scale
             raw = gen.images(i, noise.astype(np.float32))
             ok_img = int(sum(clf_labels[k] == label for k in clf.probabilities(raw).argmax(1)))
             hits_img += ok_img

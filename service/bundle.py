@@ -72,6 +72,9 @@ class GeneratorSpec(BaseModel):
     latent_dim: int = Field(gt=0)
     label_input: str
     griffin_lim_iterations: int = Field(32, ge=1, le=1000)
+    noise_scale: float = Field(
+        1.0, gt=0, le=1, description="the noise's standard deviation (< 1: the truncation trick)"
+    )
 
 
 class Manifest(BaseModel):

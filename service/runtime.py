@@ -241,7 +241,8 @@ class GeneratorRuntime(ModelRuntime):
 
         assert self.manifest is not None and self.manifest.generator is not None
         rng = np.random.default_rng(seed)
-        noise = rng.standard_normal((count, self.manifest.generator.latent_dim))
+        spec = self.manifest.generator
+        noise = rng.standard_normal((count, spec.latent_dim)) * spec.noise_scale
         images = self.images(label_index, noise.astype(np.float32))
         iterations = self.manifest.generator.griffin_lim_iterations
         return [image_to_audio(im, self.manifest.features, iterations, rng) for im in images]

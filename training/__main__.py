@@ -270,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--class-weight", type=float, default=1.0, help="auxiliary class loss (0: plain CGAN)"
     )
+    g.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        help="standard deviation of the noise when sampling (below 1: fewer, surer clips)",
+    )
     g.add_argument("--grid-every", type=int, default=1, help="a sample grid every N epochs")
     g.add_argument("--sample-rate", type=int, default=8000)
     g.add_argument("--clip-seconds", type=float, default=1.0)
@@ -482,6 +488,7 @@ def _run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             class_weight=args.class_weight,
+            noise_scale=args.noise_scale,
             grid_every=args.grid_every,
             seed=args.seed,
         )

@@ -58,6 +58,9 @@ class GeneratorConfig:
     class_weight: float = 1.0  # the auxiliary class loss (0: a plain projection CGAN)
     grid_every: int = 1  # a sample grid every this many epochs (and after the last)
     griffin_lim_iterations: int = 32
+    # the noise's spread when the bundle samples (GeneratorRuntime), not in training and not
+    # in the grids and sample wavs written here: below 1, fewer but surer clips (truncation)
+    noise_scale: float = 1.0
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -315,6 +318,7 @@ def fit_generator(
                 latent_dim=cfg.latent_dim,
                 label_input=LABEL_INPUT,
                 griffin_lim_iterations=cfg.griffin_lim_iterations,
+                noise_scale=cfg.noise_scale,
             ),
             "training": {
                 "data": Path(data_dir).name,
