@@ -1,7 +1,7 @@
 """Bulk scoring benchmark: `python -m bulk` on a local Ray with 1 and 2 CPUs against the
 service's batch endpoint on the same machine, on the same 10-s clips, plus Ray's start-up.
 
-    .venv/bin/python bench/bulk.py               # 2,000 clips (~15 min on 2 cores)
+    .venv/bin/python bench/bulk.py               # 2,000 clips (~8 min on 2 busy cores)
     .venv/bin/python bench/bulk.py --n 300       # a shorter run
 
 Figures (see bench/README.md, "bulk.py"):

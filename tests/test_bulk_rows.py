@@ -121,3 +121,24 @@ def test_bulk_extra_keeps_tensorflow_out_and_ray_out_of_the_service() -> None:
     assert not _closure(extras["bulk"]) & HEAVY
     assert "ray" not in _closure(extras["serve"])
     assert {"ray", "pyarrow"} <= _closure(extras["bulk"])
+
+
+def test_nothing_imports_bulk() -> None:
+    """DESIGN.md: bulk imports service; service and training never import bulk."""
+    for package in ("service", "training"):
+        for path in (REPO / package).rglob("*.py"):
+            text = path.read_text()
+            assert "import bulk" not in text and "from bulk" not in text, path
+
+
+def test_bench_bulk_core_scores_its_own_clips(tmp_path: Path) -> None:
+    """bench/bulk.py's clips and its in-process figure (the Ray and HTTP parts are the
+    code tests/test_bulk.py runs)."""
+    import soundfile as sf
+
+    from bench.bulk import bench_core, write_clips
+
+    files = write_clips(3, seed=0, folder=tmp_path)
+    assert len({p.read_bytes() for p in files}) == 3
+    assert {(sf.info(p).duration, sf.info(p).samplerate) for p in files} == {(10.0, 16000)}
+    assert bench_core(ARTIFACTS / "gearbox", files) > 0
