@@ -33,8 +33,6 @@ from service.runtime import AnomalyRuntime
 # Ray must not phone home (usage statistics); set before ray is imported.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-log = logging.getLogger("auscult.bulk")
-
 
 class JobError(Exception):
     """The job cannot start (bad bundle, unreachable cluster); the message says why."""
@@ -120,12 +118,11 @@ def start_ray(address: str | None, num_cpus: int | None) -> tuple[float, bool]:
     # one BLAS thread per worker process, as in the service (and so the same sums): a
     # local Ray's workers inherit this environment
     limit_native_threads()
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
-        if address:
-            ray.init(address=address, **kwargs)
+        if address:  # a cluster's own settings stand (Ray Client refuses most others)
+            ray.init(address=address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise JobError(f"could not start or reach Ray at {address or 'local'}: {e}") from e
     return time.perf_counter() - start, True
