@@ -2,7 +2,8 @@
 
 Exit status 0 when the job ran (bad files are rows with an error code, not a failure),
 2 for a usage error (no files, a bundle that does not load, no Ray installed, a cluster
-that cannot be reached).
+that cannot be reached), 1 when the job failed (the output cannot be written, an input
+vanished after it was listed, a worker died): then no output file is left behind.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bulk: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
     try:
-        import ray  # noqa: F401
+        import ray
+        import ray.exceptions
         from tqdm import tqdm
     except ModuleNotFoundError as e:
         print(
@@ -108,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as e:
         print(f"bulk: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the output cannot be written, an input vanished mid-job
+    except OSError as e:  # the output cannot be written, an input is gone
         print(f"bulk: {e}", file=sys.stderr)
+        return 1
+    except ray.exceptions.RayError as e:  # a worker failed (out of memory, node lost)
+        print(f"bulk: the job failed: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     finally:
         bar.close()
