@@ -249,10 +249,17 @@ def _worker_main(
     """One worker: the service's app on uvicorn, serving the inherited socket."""
     supervisor = os.getppid()
     _die_with_parent()
-    # SIGHUP's default ends the process: ignore it until the app's reloader takes it.
+    # SIGHUP's default ends the process: until the app's reloader takes it, note it and
+    # re-scan once started (the bundles may have been read before what it announced).
     # uvicorn raises SIGTERM/SIGINT again once it has drained: end with status 0 then,
     # through the caller (which writes the queued log lines), not by the signal's default.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    missed_hup = False
+
+    def hup_while_starting(sig: int, frame: Any) -> None:
+        nonlocal missed_hup
+        missed_hup = True
+
+    signal.signal(signal.SIGHUP, hup_while_starting)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_quietly)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -279,6 +286,8 @@ def _worker_main(
             if self.started:
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
+                if missed_hup:  # the bundles may have been read before the change: re-scan
+                    os.kill(os.getpid(), signal.SIGHUP)
 
     config = uvicorn.Config(app, **uvicorn_kwargs)
     WorkerServer(config).run(sockets=[sock])

@@ -58,6 +58,21 @@ def _until(check, seconds: float = 60.0, what: str = "condition") -> None:  # ty
         time.sleep(0.05)
 
 
+def _all_ready(svc: RunningService, n: int = 2) -> set[int]:
+    """Wait until `n` workers have logged `ready` (start_service returns at the first);
+    their pids."""
+
+    def pids() -> set[int]:
+        return {
+            json.loads(line)["pid"]
+            for line in svc.log.read_text().splitlines()
+            if line.startswith("{") and '"event": "ready"' in line
+        }
+
+    _until(lambda: len(pids()) >= n, what=f"{n} workers ready")
+    return pids()
+
+
 def _served_by(svc: RunningService) -> dict[str, int]:
     """request id → pid of the worker that logged the request."""
     out = {}
@@ -109,6 +124,7 @@ def two(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         AUSCULT_LOG_LEVEL="info",
     )
     try:
+        _all_ready(svc)
         yield svc
     finally:
         stop_service(svc)
@@ -192,7 +208,7 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics_folder(
 ) -> None:
     svc = start_service(tmp_path, AUSCULT_WORKERS="2", AUSCULT_ARTIFACTS_DIR=str(root))
     workers = _children(svc.proc.pid)
-    assert len(workers) == 2
+    assert _all_ready(svc) == workers
     metrics_dir = Path(svc.log.read_text().split("metrics folder ", 1)[1].split()[0])
     assert metrics_dir.is_dir() and any(metrics_dir.iterdir())
     svc.proc.send_signal(signal.SIGTERM)
