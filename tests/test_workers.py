@@ -189,7 +189,9 @@ def test_sighup_and_an_api_reload_reach_every_worker(two: RunningService, root: 
 def test_a_worker_that_dies_is_replaced_and_its_counts_stay(two: RunningService) -> None:
     workers = _children(two.proc.pid)
     metrics_dir = Path(two.log.read_text().split("metrics folder ", 1)[1].split()[0])
-    _spread(two, "POST", "/v1/models/gearbox/score", "d", n=4)
+    answers = _spread(two, "POST", "/v1/models/gearbox/score", "d", n=4)
+    # counted just after the answer went out, before the access line is written
+    _until(lambda: set(answers) <= set(_served_by(two)), what="access lines written")
     before = _counter(two, "auscult_requests_total", route=SCORE, status="200")
     victim = min(workers)
     assert (metrics_dir / f"gauge_livesum_{victim}.db").exists()
