@@ -20,7 +20,8 @@ registry, threads and limits.
   (`Reloader.relay`), so every worker re-scans after it. AUSCULT_WATCH polls in every worker.
 - SIGTERM or SIGINT: sent on to every worker, which stops accepting and finishes what is in
   flight (up to `GRACEFUL_S`); one still running `KILL_AFTER_S` later is killed. Workers
-  die with the supervisor (PR_SET_PDEATHSIG), so none is left behind.
+  die with the supervisor (PR_SET_PDEATHSIG), so none is left behind, and then remove the
+  metrics folder themselves.
 - A worker that exits before it served (its start-up failed, e.g. a bad default model)
   stops the whole service with its exit status; one that exits later is replaced.
 - Log lines of a worker carry `worker` (1..N) and `pid`.
@@ -162,6 +163,7 @@ class _Supervisor:
 
     def _spawn(self, number: int) -> None:
         read_fd, write_fd = os.pipe()
+        supervisor = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -180,6 +182,8 @@ class _Supervisor:
                     from service.observability import stop_logging
 
                     stop_logging()  # os._exit skips atexit: write the queued log lines
+                if os.getppid() != supervisor:  # it was killed: nobody else will clean up
+                    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

@@ -224,10 +224,12 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics_folder(
 def test_workers_end_with_a_killed_supervisor(root: Path, tmp_path: Path) -> None:
     svc = start_service(tmp_path, AUSCULT_WORKERS="2", AUSCULT_ARTIFACTS_DIR=str(root))
     workers = _children(svc.proc.pid)
-    assert len(workers) == 2
+    assert _all_ready(svc) == workers
+    metrics_dir = Path(svc.log.read_text().split("metrics folder ", 1)[1].split()[0])
     svc.proc.kill()  # no chance to stop them: the kernel's parent-death signal does
     svc.proc.wait(timeout=30)
     _until(lambda: not any(_alive(pid) for pid in workers), what="workers gone")
+    assert not metrics_dir.exists()  # the workers removed it
 
 
 @linux_only
