@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
+from service.bundle import read_manifest
 from service.settings import Settings
 from service.web.page import STATIC
 from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
@@ -174,8 +175,10 @@ async def test_spectrogram_without_windows_is_the_models_input(
         "/v1/models/digits/spectrogram", files={"file": ("a.wav", wav_bytes(tone(1.0), sr=8000))}
     )
     assert r.status_code == 200
-    assert Image.open(io.BytesIO(r.content)).size == (63, 32)  # the digits model's input
-    picture = png_bytes(63, 32)
+    features = read_manifest(ARTIFACTS / "digits").features  # the digits model's input
+    size = (features.width, features.height)
+    assert Image.open(io.BytesIO(r.content)).size == size
+    picture = png_bytes(*size)
     r = await committed.post("/v1/models/digits/spectrogram", files={"file": ("s.png", picture)})
     assert r.status_code == 200
     assert np.asarray(Image.open(io.BytesIO(r.content))).mean() == pytest.approx(128, abs=1)
