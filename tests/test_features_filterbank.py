@@ -18,7 +18,8 @@ from tests.conftest import REPO
     [
         (16000, 1024, 64, 0.0, 8000.0),  # the default bundle
         (16000, 1024, 128, 0.0, None),
-        (8000, 256, 32, 0.0, 4000.0),  # the digits classifier's kind
+        (8000, 256, 32, 0.0, 4000.0),  # fit-classifier's default
+        (8000, 128, 24, 0.0, 4000.0),  # the committed digits classifier (16-ms windows)
         (22050, 2048, 128, 20.0, 8000.0),
         (44100, 512, 40, 300.0, 11025.0),
         (16000, 400, 80, 50.0, 7600.0),
