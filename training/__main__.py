@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--kernel", type=int, default=9, help="tc: kernel of the residual blocks")
     c.add_argument("--learning-rate", type=float, default=1e-3)
     c.add_argument(
+        "--lr-patience",
+        type=int,
+        default=2,
+        help="epochs without a lower validation loss before the learning rate is halved",
+    )
+    c.add_argument(
         "--normalise",
         choices=["none", "clip", "band", "max"],
         default="none",
@@ -431,6 +437,7 @@ def _run(args: argparse.Namespace) -> int:
             convs=args.convs,
             kernel=args.kernel,
             learning_rate=args.learning_rate,
+            lr_patience=args.lr_patience,
             normalise=args.normalise,
             dropout=args.dropout,
             epochs=args.epochs,
