@@ -137,7 +137,8 @@ def _wrong_kind_message(registry: ModelRegistry, want: str) -> str:
     """The 409 a `want` endpoint answers for a model of the other kind: taken from the
     registry itself when such a model is loaded, so the example is the real message."""
     for rt in registry.runtimes.values():
-        if rt.ready and rt.kind not in (want, None):
+        # the other scoring kind: a generator's 409 names /generate, which no example shows
+        if rt.ready and rt.kind not in (want, None, "generator"):
             try:
                 registry.anomaly(rt.name) if want == "anomaly" else registry.classifier(rt.name)
             except WrongModelKind as e:
