@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Level = Literal["normal", "needs_maintenance", "severe"]
 
@@ -162,14 +162,19 @@ class Readiness(BaseModel):
 class GenerateRequest(BaseModel):
     """What to generate: `count` clips of class `label`; the same seed gives the same clips."""
 
-    label: str | int = Field(examples=["7"], description="one of the model's labels")
+    label: StrictStr | StrictInt = Field(examples=["7"], description="one of the model's labels")
     count: int = Field(
-        1, ge=1, examples=[1], description="clips to make, at most AUSCULT_MAX_GENERATE_COUNT"
+        1,
+        ge=1,
+        strict=True,
+        examples=[1],
+        description="clips to make, at most AUSCULT_MAX_GENERATE_COUNT",
     )
     seed: int | None = Field(
         None,
         ge=0,
         le=2**32 - 1,
+        strict=True,
         examples=[0],
         description="random seed (noise and phases); none: a random one, returned in the "
         "X-Auscult-Seed header",

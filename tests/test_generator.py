@@ -192,6 +192,8 @@ BAD_BODIES = [
     {"label": "low", "count": 3},  # over AUSCULT_MAX_GENERATE_COUNT=2
     {"label": "low", "seed": -1},
     {"label": "low", "count": "many"},
+    {"label": "low", "seed": False},
+    {"label": True},
     {"count": 1},
     [1, 2],
 ]
@@ -228,7 +230,7 @@ async def test_generate_and_the_other_routes_refuse_the_other_kinds(with_generat
         assert meta.status_code == 200 and meta.json()["platform"] == "auscult_generator"
         infer = {"inputs": [{"name": "audio", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
         r = await c.post("/v2/models/gan/infer", json=infer)
-        assert r.status_code == 409 and "generate" in r.json()["error"]
+        assert r.status_code == 400 and "generate" in r.json()["error"]
         assert (await c.post("/v1/models/tiny/score", files=clip)).status_code == 200
 
 

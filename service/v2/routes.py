@@ -30,7 +30,6 @@ from service.errors import (
     NotReady,
     PayloadTooLarge,
     RequestTimeout,
-    WrongModelKind,
 )
 from service.inputs import check_finite_images
 from service.registry import ModelRegistry
@@ -418,8 +417,8 @@ async def _infer(
 ) -> Response:
     rt = _runtime(registry, name, version)  # held to the end: a reload does not change it
     assert rt.manifest is not None
-    if isinstance(rt, GeneratorRuntime):
-        raise WrongModelKind(
+    if isinstance(rt, GeneratorRuntime):  # the protocol's bad request: no input it takes
+        raise InvalidInference(
             f"model {name!r} is a generator and takes no inference input; "
             f"use POST /v1/models/{name}/generate"
         )
