@@ -349,6 +349,16 @@ def test_onnx_and_keras_classifiers_agree(tone_bundle: Path) -> None:
 # --- the committed default bundle on real speech ------------------------------------------
 
 
+def test_committed_digits_bundle_records_its_unseen_speaker_accuracy() -> None:
+    manifest = json.loads((DIGITS / "manifest.json").read_text())
+    loso = manifest["evaluation"]["leave_one_group_out"]
+    assert loso["group"] == "speaker" and len(loso["folds"]) == 5
+    assert all(f["n"] == 500 for f in loso["folds"].values())  # every take of a speaker
+    accs = [f["accuracy"] for f in loso["folds"].values()]
+    assert loso["mean"] == pytest.approx(np.mean(accs)) and loso["worst"] == min(accs)
+    assert manifest["training"]["augment"]["copies"] > 0  # the recipe it was measured with
+
+
 @pytest.mark.realdata
 def test_committed_digits_bundle_recognises_fsdd_test_takes() -> None:
     if not FSDD.is_dir():
