@@ -8,6 +8,9 @@
 # a machine that cannot pull from a registry.
 # PIP_CERT: empty by default; set it to the path of a CA bundle mounted into the
 # build when pip must trust an extra CA (docker/smoke.sh shows it with podman).
+#
+# The image is FROM scratch: a slimmed root file system, the slimmed venv and the
+# package, each one layer (342 MB measured; README, "Containers").
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- Python (only where the base has none), a venv and the unprivileged user
@@ -43,43 +46,124 @@ COPY pyproject.toml /tmp/pyproject.toml
 RUN python -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; print("\n".join(r for r in p["dependencies"] + p["optional-dependencies"]["serve"] if not r.startswith("auscult")))' \
         > /tmp/requirements.txt
 
-# ---- the image
-FROM runtime-base
+# ---- the dependencies, installed and then slimmed; the image takes /opt/venv from
+# this stage (and, through the rootfs stage, the standard library's pruned .pyc files)
+FROM runtime-base AS deps
 ARG PIP_CERT=
-LABEL org.opencontainers.image.title="auscult-service" \
-      org.opencontainers.image.description="auscult: machine-sound anomaly scoring over REST" \
-      io.auscult.image="service"
-
-# Dependencies in their own cached layer; the libraries' own test suites
-# (~80 MB) are dropped in the same step.
 COPY --from=requirements /tmp/requirements.txt /tmp/auscult/requirements.txt
 RUN set -eux; \
     if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
     pip install -r /tmp/auscult/requirements.txt; \
-    rm -rf /tmp/auscult; \
+    rm -rf /tmp/auscult
+
+# Slimming, each step safe for what the service runs (issue 14: 522 MB before):
+# - the libraries' own test suites (~80 MB), type stubs, C headers and Cython sources;
+# - debug symbols and symbol tables of the compiled modules (strip --strip-unneeded
+#   keeps what the dynamic linker needs; binutils only in this stage). Not the
+#   vendored libraries in *.libs/: auditwheel's patchelf edits make strip break them
+#   (numpy: "ELF load command address/offset not page-aligned");
+# - onnxruntime's C-API library (34 MB, for native programs: the Python API has it all
+#   in onnxruntime_pybind11_state and never maps it) and its offline tools
+#   (model optimizers, quantization, converters, and the onnxruntime_test script);
+# - numpy.distutils, numpy's old build system (the image has no compiler; f2py stays:
+#   scipy's `from numpy import *` imports it);
+# - pip, setuptools and wheel: the image installs nothing at run time;
+# - a second copy of a vendored library numpy's wheel also ships (the same file under
+#   the same hashed name in numpy.libs and scipy.libs) becomes a symlink to it.
+RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils; \
     site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
     for pkg in numpy scipy onnxruntime PIL soxr; do \
         find "$site/$pkg" -depth -type d -name tests -exec rm -rf {} + 2>/dev/null || true; \
     done; \
+    find "$site" \( -name '*.pyi' -o -name '*.h' -o -name '*.pxd' \) -type f -delete; \
+    find "$site" -type f -name '*.so*' -not -path '*.libs/*' -exec strip --strip-unneeded {} +; \
+    rm -rf "$site"/onnxruntime/capi/libonnxruntime.so.* "$site"/onnxruntime/transformers \
+        "$site"/onnxruntime/quantization "$site"/onnxruntime/tools \
+        "$site"/numpy/distutils /opt/venv/bin/onnxruntime_test; \
+    for lib in "$site"/scipy.libs/*; do \
+        twin="$site/numpy.libs/${lib##*/}"; \
+        if [ -f "$twin" ] && cmp -s "$lib" "$twin"; then ln -sf "../numpy.libs/${lib##*/}" "$lib"; fi; \
+    done; \
+    python -m pip uninstall -y pip setuptools wheel; \
+    rm -f /opt/venv/bin/pip* /opt/venv/bin/wheel; \
     du -sh /opt/venv
 
-# The package itself: service/ only (training/ is not needed at run time; the
-# package discovery in pyproject.toml simply finds no training* here). The
-# import check catches a missing dependency at build time, not at start-up.
+# The check (docker/image_check.py): every compiled library the service loads still
+# works after the slimming, and the server starts and answers (the service's code from
+# the build context, not installed here). pip compiled a .pyc for every module (~39 MB)
+# and the base one for the whole standard library (~14 MB), most of them never
+# imported: the check runs with those __pycache__ folders emptied and bytecode writing
+# on, so .pyc files remain for what the service imports (a module imported later
+# without one is compiled in memory, as the file system is read-only).
+COPY docker/image_check.py /tmp/check/image_check.py
+COPY service /tmp/check/service
+RUN set -eux; \
+    stdlib=$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])'); \
+    find /opt/venv "$stdlib" -depth -type d -name __pycache__ -exec rm -rf {} +; \
+    cd /tmp/check; \
+    env -u PYTHONDONTWRITEBYTECODE python image_check.py; \
+    cd /; rm -rf /tmp/check; \
+    du -sh /opt/venv
+
+# ---- the package itself: service/ only (training/ is not needed at run time; the
+# package discovery in pyproject.toml simply finds no training* here), into a folder
+# of its own that the image adds to the venv
+FROM runtime-base AS app
+ARG PIP_CERT=
 COPY pyproject.toml README.m[d] /tmp/auscult/
 COPY service /tmp/auscult/service
 RUN set -eux; \
     if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi; \
     cd /tmp/auscult; \
     [ -f README.md ] || echo "# auscult" > README.md; \
-    pip install --no-deps .; \
-    cd /; rm -rf /tmp/auscult; \
-    python -c "import service.app, service.__main__"; \
-    for dist in tensorflow tensorflow-cpu librosa numba llvmlite; do \
-        if pip show "$dist" >/dev/null 2>&1; then \
-            echo "$dist must not be in the service image" >&2; exit 1; \
-        fi; \
+    pip install --no-deps --target /tmp/site .
+
+# ---- the root filesystem without what a Python service never reads: documentation,
+# man pages, message translations, apt's package lists and caches, pip's wheels, the
+# standard library's build and conversion tools (distutils, lib2to3, ensurepip), and
+# the venv (copied on its own below), and on python:3.11-slim its own pip, setuptools
+# and wheel. It is the deps stage's, for the standard library's pruned .pyc files,
+# without the binutils installed there. dpkg and apt stay, so an image built FROM
+# this one can still apt-get install.
+FROM deps AS rootfs
+RUN set -eux; \
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y --auto-remove binutils; \
+    rm -rf /opt/venv \
+        /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* \
+        /usr/share/lintian /usr/share/python-wheels \
+        /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/*.log \
+        /var/log/apt/*; \
+    for lib in /usr/lib/python3.11 /usr/local/lib/python3.11; do \
+        rm -rf "$lib/distutils" "$lib/lib2to3" "$lib/ensurepip"; \
     done; \
+    rm -rf /usr/local/lib/python3.*/site-packages/pip* \
+        /usr/local/lib/python3.*/site-packages/setuptools* \
+        /usr/local/lib/python3.*/site-packages/_distutils_hack \
+        /usr/local/lib/python3.*/site-packages/distutils-precedence.pth \
+        /usr/local/lib/python3.*/site-packages/wheel* \
+        /usr/local/bin/pip* /usr/local/bin/wheel
+
+# ---- the image: that root filesystem as one layer (files removed in a later layer
+# would still count), then the venv, then the package. A change to service/ re-runs the
+# check above, so all three layers are made anew (same files, new .pyc timestamps).
+FROM scratch
+LABEL org.opencontainers.image.title="auscult-service" \
+      org.opencontainers.image.description="auscult: machine-sound anomaly scoring over REST" \
+      io.auscult.image="service"
+ENV LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+COPY --from=rootfs / /
+COPY --from=deps /opt/venv /opt/venv
+# (both kinds of base have Python 3.11)
+COPY --from=app /tmp/site/ /opt/venv/lib/python3.11/site-packages/
+# The import check catches a missing piece at build time, not at start-up.
+RUN set -eux; \
+    python -c "import service.app, service.__main__"; \
     mkdir -p /app/artifacts
 
 WORKDIR /app
