@@ -78,7 +78,7 @@ digits-bundle: $(VENV)/.dev-installed
 digits-gan-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training fit-generator --data ../shared/data/fsdd \
 		--label-pattern '^(?P<label>\d)_' --include-pattern '_(george|jackson|lucas|nicolas)_' \
-		--epochs 60 --grid-every 5 --seed 0 --out artifacts/digits-gan
+		--epochs 60 --class-weight 3 --grid-every 5 --seed 0 --out artifacts/digits-gan
 
 ## bench: the serving benchmark (full mode; BENCH_ARGS=--quick for the short one)
 bench: $(VENV)/.dev-installed
