@@ -253,7 +253,7 @@ def mahalanobis(
     stored as k PCA components instead of a d x d matrix.
     Shared by training (calibration) and the service so both compute the same score.
     """
-    c = latents.astype(np.float32) - pca_mean
+    c = latents.astype(np.float32, copy=False) - pca_mean
     p = c @ pca_components.T
     z = p - mean_vec
     d2 = ((z @ inv_cov) * z).sum(axis=1, dtype=np.float64)
