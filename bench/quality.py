@@ -53,8 +53,8 @@ QUICK_REF_EPOCHS = 5
 REF_EPOCHS = 50
 DEFAULT_SEEDS = "0,1,2"  # training seeds of a full run; --quick: "0"
 MACHINE_DATA_SEEDS = (0, 1, 2)  # subsets of the generated machines (--quick: the first)
-# --quick runs one generated machine to keep CI short (tests/test_bench_quality.py builds both);
-# `--quick --datasets gear` runs the other.
+# --quick runs one generated machine to keep CI short (tests/benchmarks/test_bench_quality.py
+# builds both); `--quick --datasets gear` runs the other.
 QUICK_MACHINES = ("bearing",)
 # The declared split: the datasets whose results chose auscult's defaults, and those that are
 # only reported (no default was chosen on them).

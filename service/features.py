@@ -282,7 +282,7 @@ def mel_filterbank(
     """(n_mels, 1 + n_fft // 2) float32 Slaney-normalised triangles, built once per parameter set.
 
     The same numbers as `librosa.filters.mel(sr=…, n_fft=…, n_mels=…, fmin=…, fmax=…)`
-    (tests/test_features_filterbank.py checks it bit for bit), computed here so the
+    (tests/signal/test_features_filterbank.py checks it bit for bit), computed here so the
     service never imports librosa (numba and most of scipy: ~2 s and ~60 MB at start-up).
     """
     fmax = float(sample_rate) / 2 if fmax is None else fmax
@@ -333,7 +333,7 @@ def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     # power spectrum comes out (bins, n_frames) as the sparse product needs it (a transposed
     # operand would be copied again inside scipy.sparse).
     # float32 FFT with scipy: ~4x faster than numpy's (float64-only inside) for the same
-    # image; log-mel values differ from a float64 FFT by < 1e-4 dB (tests/test_features.py).
+    # image; log-mel values differ from a float64 FFT by < 1e-4 dB (tests/signal/test_features.py).
     spectrum = scipy.fft.rfft(frames.T * _window(n_fft)[:, None], axis=0)  # complex64
     power = spectrum.real**2 + spectrum.imag**2  # (bins, n_frames) float32
     fb = _sparse_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)

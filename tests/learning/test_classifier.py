@@ -23,7 +23,7 @@ from training.datasets import DatasetError
 SR = 8000
 TONES = {"low": 300.0, "mid": 900.0, "high": 2400.0}  # class → pitch (Hz)
 NAME_PATTERN = r"^(?P<label>[a-z]+)_(?P<speaker>[a-z]+)_"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FSDD = REPO.parent / "shared" / "data" / "fsdd"
 DIGITS = REPO / "artifacts" / "digits"
 TINY = ["--filters", "8,16,16", "--n-mels", "16", "--clip-seconds", "0.5", "--batch-size", "8"]

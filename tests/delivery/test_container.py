@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.container
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "docker" / "smoke.sh"
 SKIP_EXIT = 77
 TIMEOUT_S = 900

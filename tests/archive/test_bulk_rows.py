@@ -16,8 +16,8 @@ from bulk.rows import OUTPUT_SCHEMA, prepare_table, score_table
 from bulk.sources import NoFiles, find_files
 from service.bundle import read_manifest
 from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
+from tests.delivery.test_packaging import HEAVY, _closure
 from tests.helpers import FakeAnomalyRuntime
-from tests.test_packaging import HEAVY, _closure
 
 
 def _touch(root: Path, *names: str) -> None:
@@ -133,7 +133,7 @@ def test_nothing_imports_bulk() -> None:
 
 def test_bench_bulk_core_scores_its_own_clips(tmp_path: Path) -> None:
     """bench/bulk.py's clips and its in-process figure (the Ray and HTTP parts are the
-    code tests/test_bulk.py runs)."""
+    code tests/archive/test_bulk.py runs)."""
     import soundfile as sf
 
     from bench.bulk import bench_core, write_clips

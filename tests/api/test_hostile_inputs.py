@@ -2,7 +2,7 @@
 boundary and part bombs, batch budgets, leaks in messages, readiness, OpenAPI security.
 
 The connection-level defects (stalled uploads, header floods, slow headers, resets)
-need a real socket: tests/test_hostile_server.py.
+need a real socket: tests/server/test_hostile_server.py.
 """
 
 from __future__ import annotations
