@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 
 from service.deps import (
     RegistryDep,
@@ -22,12 +20,9 @@ from service.deps import (
     require_api_key,
 )
 from service.errors import (
-    ClientDisconnected,
     InvalidRequest,
     ModelNotFound,
     NotReady,
-    PayloadTooLarge,
-    RequestTimeout,
     public_message,
 )
 from service.generator import wav_bytes, zip_bytes
@@ -50,7 +45,7 @@ from service.schemas import (
 )
 from service.scoring import Scorer
 from service.settings import Settings
-from service.uploads import Upload, openapi_body, read_files
+from service.uploads import Upload, body_deadline, openapi_body, read_body, read_files
 
 TRIM_AFTER_BYTES = 8 * 1024 * 1024  # a request that buffered more gives memory back after
 
@@ -162,26 +157,18 @@ async def _uploads(
     budgets, *before* a scoring slot is taken: a slow upload holds no slot. The bytes
     count against AUSCULT_MAX_BUFFERED_BYTES until the request ends."""
     with scorer.buffers.lease() as lease:
-        try:
-            async with asyncio.timeout(settings.body_timeout_s):
-                uploads = await read_files(
-                    request.headers.get("content-type"),
-                    request.headers.get("content-length"),
-                    request.stream(),
-                    field,
-                    settings.max_batch_files if many else 1,
-                    settings.max_upload_bytes,
-                    max_body_bytes=settings.max_batch_bytes,
-                    max_parts=settings.max_form_parts,
-                    reserve=lease,
-                )
-        except TimeoutError as e:
-            raise RequestTimeout(
-                f"the upload did not arrive within {settings.body_timeout_s:g} s",
-                headers={"Connection": "close"},
-            ) from e
-        except ClientDisconnect as e:
-            raise ClientDisconnected("the client went away before its upload was read") from e
+        async with body_deadline(settings.body_timeout_s, "upload"):
+            uploads = await read_files(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                field,
+                settings.max_batch_files if many else 1,
+                settings.max_upload_bytes,
+                max_body_bytes=settings.max_batch_bytes,
+                max_parts=settings.max_form_parts,
+                reserve=lease,
+            )
         yield uploads
     if lease.taken >= TRIM_AFTER_BYTES:
         scorer.release_memory_soon()
@@ -294,24 +281,14 @@ GENERATE_BODY_BYTES = 4096
 async def _generate_request(request: Request, settings: Settings) -> GenerateRequest:
     """The JSON body (at most GENERATE_BODY_BYTES, within AUSCULT_BODY_TIMEOUT_S), parsed
     here so that any malformed body, bytes that are not UTF-8 included, is a 422."""
-    data = bytearray()
+    async with body_deadline(settings.body_timeout_s, "body"):
+        data = await read_body(
+            request.stream(),
+            GENERATE_BODY_BYTES,
+            f"a generate request is at most {GENERATE_BODY_BYTES} bytes of JSON",
+        )
     try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            async for chunk in request.stream():
-                data += chunk
-                if len(data) > GENERATE_BODY_BYTES:
-                    raise PayloadTooLarge(
-                        f"a generate request is at most {GENERATE_BODY_BYTES} bytes of JSON"
-                    )
-    except TimeoutError as e:
-        raise RequestTimeout(
-            f"the body did not arrive within {settings.body_timeout_s:g} s",
-            headers={"Connection": "close"},
-        ) from e
-    except ClientDisconnect as e:
-        raise ClientDisconnected("the client went away before its request was read") from e
-    try:
-        return GenerateRequest.model_validate_json(bytes(data))
+        return GenerateRequest.model_validate_json(data)
     except ValidationError as e:
         msg = "; ".join(
             f"{'.'.join(map(str, ('body', *err['loc'])))}: {err['msg']}" for err in e.errors()

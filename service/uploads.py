@@ -7,23 +7,65 @@ limit, not after it has been buffered.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from service.errors import (
     BatchTooLarge,
+    ClientDisconnected,
     InvalidRequest,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 
 FORM_OVERHEAD = 64 * 1024  # headers and boundaries, per request
 MAX_PART_HEADER_BYTES = 8 * 1024  # one part's headers together
+
+
+@asynccontextmanager
+async def body_deadline(timeout_s: float, what: Literal["upload", "body"]) -> AsyncIterator[None]:
+    """Read a request's body inside this block: a body still arriving after `timeout_s`
+    is a RequestTimeout (408) that closes the connection, a client gone before it was
+    read is ClientDisconnected (499)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as e:
+        raise RequestTimeout(
+            f"the {what} did not arrive within {timeout_s:g} s",
+            headers={"Connection": "close"},
+        ) from e
+    except ClientDisconnect as e:
+        noun = "upload" if what == "upload" else "request"
+        raise ClientDisconnected(f"the client went away before its {noun} was read") from e
+
+
+async def read_body(
+    stream: AsyncIterator[bytes],
+    limit: int,
+    too_large: str,
+    reserve: Callable[[int], None] | None = None,
+) -> bytes:
+    """A whole (non-multipart) body; PayloadTooLarge(too_large) as soon as it passes
+    `limit` bytes. `reserve(n)` is called for every chunk before it is kept (see
+    read_files)."""
+    data = bytearray()
+    async for chunk in stream:
+        if len(data) + len(chunk) > limit:
+            raise PayloadTooLarge(too_large)
+        if reserve is not None:
+            reserve(len(chunk))
+        data += chunk
+    return bytes(data)
 
 
 class BufferBudget:

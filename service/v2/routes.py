@@ -11,25 +11,21 @@ Outputs: anomaly models `score` (FP64 `[n]`) and `level` (BYTES `[n]`); classifi
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.requests import ClientDisconnect
 
 from service.bundle import level_for
 from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
 from service.errors import (
     AuscultError,
     BatchTooLarge,
-    ClientDisconnected,
     Failure,
     ModelNotFound,
     NonFiniteValues,
     NotReady,
     PayloadTooLarge,
-    RequestTimeout,
 )
 from service.inputs import check_finite_images
 from service.registry import ModelRegistry
@@ -37,7 +33,7 @@ from service.runtime import AnomalyRuntime, ClassifierRuntime, GeneratorRuntime,
 from service.schemas import ClassifyResult, FileError, ScoreResult
 from service.scoring import Scorer
 from service.settings import Settings
-from service.uploads import Lease, Upload
+from service.uploads import Lease, Upload, body_deadline, read_body
 from service.v2.codec import (
     HEADER_LENGTH,
     InvalidInference,
@@ -282,24 +278,10 @@ async def _read_body(request: Request, settings: Settings, lease: Lease) -> byte
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(f"the request body is over {limit} bytes")
-                lease(len(chunk))
-                chunks.append(chunk)
-    except TimeoutError as e:
-        raise RequestTimeout(
-            f"the body did not arrive within {settings.body_timeout_s:g} s",
-            headers={"Connection": "close"},
-        ) from e
-    except ClientDisconnect as e:
-        raise ClientDisconnected("the client went away before its request was read") from e
-    return b"".join(chunks)
+    async with body_deadline(settings.body_timeout_s, "body"):
+        return await read_body(
+            request.stream(), limit, f"the request body is over {limit} bytes", lease
+        )
 
 
 _STATUS: dict[str, int] = {}
