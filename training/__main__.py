@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from training.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
 from training.datasets import DatasetError
+
+C = TypeVar("C")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -339,23 +342,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """A config dataclass from the parsed options of the same names (fields without an
+    option keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """`fit` subcommand arguments → keyword arguments of training.fit.fit (also used by
     bench/quality.py, so the benchmark fits exactly what this command fits)."""
     from service.features import FeatureParams
 
-    cfg = AutoencoderConfig(
-        filters=args.filters,
-        bottleneck=args.bottleneck,
-        latent_dim=args.latent_dim,
-        pooling=args.pooling,
-        band_pool=args.band_pool,
-        band_flux=args.band_flux,
-        standardise_bands=args.standardise_bands,
-        ae_input=args.ae_input,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
+    cfg = config_from_args(AutoencoderConfig, args)
     n_fft = args.n_fft or round(0.064 * args.sample_rate)
     params = FeatureParams(
         sample_rate=args.sample_rate,
@@ -431,31 +429,8 @@ def _run(args: argparse.Namespace) -> int:
         from training.classifier import ClassifierConfig, feature_params, fit_classifier
         from training.classifier_eval import format_table as format_classifier_table
 
-        cfg = ClassifierConfig(
-            arch=args.arch,
-            filters=args.filters,
-            convs=args.convs,
-            kernel=args.kernel,
-            learning_rate=args.learning_rate,
-            lr_patience=args.lr_patience,
-            normalise=args.normalise,
-            dropout=args.dropout,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            validation_fraction=args.validation_fraction,
-            seed=args.seed,
-        )
-        aug = AugmentConfig(
-            copies=args.copies,
-            speed=args.speed,
-            tempo=args.tempo,
-            gain_db=args.gain_db,
-            noise_snr_db=args.noise_snr_db,
-            freq_masks=args.freq_masks,
-            freq_mask_width=args.freq_mask_width,
-            time_masks=args.time_masks,
-            time_mask_width=args.time_mask_width,
-        )
+        cfg = config_from_args(ClassifierConfig, args)
+        aug = config_from_args(AugmentConfig, args)
         params = feature_params(
             args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
         )
@@ -488,17 +463,7 @@ def _run(args: argparse.Namespace) -> int:
         from training.classifier import feature_params
         from training.generator import GeneratorConfig, fit_generator
 
-        gcfg = GeneratorConfig(
-            latent_dim=args.latent_dim,
-            filters=args.filters,
-            disc_filters=args.disc_filters,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            class_weight=args.class_weight,
-            noise_scale=args.noise_scale,
-            grid_every=args.grid_every,
-            seed=args.seed,
-        )
+        gcfg = config_from_args(GeneratorConfig, args)
         params = feature_params(args.sample_rate, args.clip_seconds, args.n_mels)
         gen = fit_generator(
             args.data, args.out, gcfg, params, args.label_pattern, args.include_pattern
