@@ -6,14 +6,13 @@ generated datasets (synth gearbox, and in --quick the bearing pump) still run.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
+from tests.benchmarks import run_bench
+from tests.conftest import SHARED_DATA
 
 METHODS = (
     "auscult (training fit)",
@@ -32,15 +31,7 @@ SPLIT = {
 
 @pytest.mark.slow
 def test_quality_bench_quick_runs_and_prints_the_table() -> None:
-    r = subprocess.run(
-        [sys.executable, "bench/quality.py", "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    out = r.stdout
+    out = run_bench("bench/quality.py", "--quick", timeout=900)
     assert "src AUC" in out and "tgt pAUC" in out and "hmean" in out, out
     assert "Tuning datasets (results chose the defaults): synth gearbox, fsdd digits" in out
     assert "Held-out datasets (only reported): machine faults, bearing pump, gear drive" in out

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ARTIFACTS, REPO
+from tests.benchmarks import run_bench
+from tests.conftest import ARTIFACTS
 
 SECTIONS = (
     "## In-process limit",
@@ -23,15 +21,7 @@ SECTIONS = (
 @pytest.mark.slow
 def test_serving_bench_quick_runs_and_prints_the_table() -> None:
     assert (ARTIFACTS / "gearbox" / "manifest.json").is_file(), "the default bundle is committed"
-    r = subprocess.run(
-        [sys.executable, "bench/serving.py", "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    out = r.stdout
+    out = run_bench("bench/serving.py", "--quick", timeout=600)
     for heading in SECTIONS:
         assert heading in out, f"{heading!r} missing from:\n{out}"
     assert "| errors (all auscult requests, incl. per-file errors) | 0 |" in out
@@ -45,15 +35,8 @@ def test_serving_bench_quick_runs_and_prints_the_table() -> None:
 
 @pytest.mark.slow
 def test_windowing_bench_quick_compares_two_bundles(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
-    r = subprocess.run(
-        [sys.executable, "bench/windowing.py", "--quick", "--baseline", str(tiny_bundle)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    lines = r.stdout.splitlines()
+    out = run_bench("bench/windowing.py", "--quick", "--baseline", str(tiny_bundle), timeout=600)
+    lines = out.splitlines()
     assert lines[0].startswith("windowed") and "11 windows of 1 s" in lines[0]
     assert lines[1].startswith("baseline") and "audio s/s" in lines[1]
     assert lines[2].startswith("windowed ÷ baseline audio s/s: ")

@@ -4,25 +4,15 @@ answers every request as expected and the summary is printed."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.benchmarks import run_bench
 
 
 @pytest.mark.slow
 def test_short_soak_has_no_errors_and_reports_rss_drift() -> None:
-    r = subprocess.run(
-        [sys.executable, "bench/soak.py", "--seconds", "20", "--concurrency", "16"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    out = r.stdout
+    out = run_bench("bench/soak.py", "--seconds", "20", "--concurrency", "16", timeout=300)
     assert "| errors (unexpected status, per-file or transport) | 0 |" in out, out
     requests = re.search(r"\| requests \(bad (\d+), batch (\d+), single (\d+)\) \| (\d+) ", out)
     assert requests and all(int(n) > 0 for n in requests.groups()), out
