@@ -96,14 +96,18 @@ class ModelRuntime:
         self.load_seconds = time.perf_counter() - start
         log.info("bundle_loaded", extra={"model": self.name, "seconds": self.load_seconds})
 
-    def _open_session(self, manifest: Manifest) -> None:
+    def _new_session(self) -> Any:
+        """An onnxruntime session on the bundle's `onnx_file`, with session_options."""
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(self.bundle_dir / self.onnx_file),
             sess_options=session_options(self.threads),
             providers=["CPUExecutionProvider"],
         )
+
+    def _open_session(self, manifest: Manifest) -> None:
+        self.session = self._new_session()
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != manifest.input.name:
             raise BundleError(
@@ -200,18 +204,12 @@ class GeneratorRuntime(ModelRuntime):
     onnx_file = "generator.onnx"
 
     def _open_session(self, manifest: Manifest) -> None:
-        import onnxruntime as ort
-
         spec, f = manifest.generator, manifest.features
         if spec is None or not manifest.labels:
             raise BundleError("a generator bundle needs `generator` and `labels` in its manifest")
         if f.scaling != "fixed_db" or f.height != f.n_mels:
             raise BundleError("a generator's images must be unresized fixed_db log-mels")
-        self.session = ort.InferenceSession(
-            str(self.bundle_dir / self.onnx_file),
-            sess_options=session_options(self.threads),
-            providers=["CPUExecutionProvider"],
-        )
+        self.session = self._new_session()
         got = {i.name: list(i.shape[1:]) for i in self.session.get_inputs()}
         want = {manifest.input.name: [spec.latent_dim], spec.label_input: [len(manifest.labels)]}
         if got != want:
