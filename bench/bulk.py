@@ -81,7 +81,7 @@ def bench_core(model: Path, files: list[Path]) -> float:
     one CPU (files read from disk as in a job)."""
     from bulk.limits import Limits
     from bulk.rows import prepare_table, score_table
-    from service.runtime import AnomalyRuntime, open_runtime
+    from service.models.runtimes import AnomalyRuntime, open_runtime
 
     runtime = open_runtime(model)
     assert isinstance(runtime, AnomalyRuntime) and runtime.manifest is not None

@@ -2,7 +2,7 @@
 
 `python bench/floor_app.py --port 8200` serves a bare ASGI app (no framework, no
 middleware) on uvicorn with the service's process set-up: `POST /score` reads the
-multipart body with the service's own parser (service.uploads.read_files) and
+multipart body with the service's own parser (service.api.uploads.read_files) and
 answers a fixed JSON document of a ScoreResult's size; `GET /readyz` answers 200.
 bench/serving.py measures its latency with the same requests as the service's, so
 the table can show how much of the service's per-request cost is the server stack
@@ -20,13 +20,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.process import configure
+from service.serving.process import configure
 
 configure()
 
 import uvicorn  # noqa: E402
 
-from service.uploads import read_files  # noqa: E402
+from service.api.uploads import read_files  # noqa: E402
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

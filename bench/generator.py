@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from service.features import prepare
-from service.generator import wav_bytes
-from service.runtime import ClassifierRuntime, GeneratorRuntime, open_runtime
+from service.models.generator import wav_bytes
+from service.models.runtimes import ClassifierRuntime, GeneratorRuntime, open_runtime
 
 LABEL_RX = re.compile(r"^(?P<label>\d)_(?P<speaker>[a-z]+)_")
 

@@ -2,7 +2,7 @@
 
     python bench/protocol_server.py --port P --plain-port Q
 
-P speaks service/server.py's protocol (header limit, deadlines, connection cap), Q
+P speaks service/serving/server.py's protocol (header limit, deadlines, connection cap), Q
 uvicorn's plain httptools protocol; app, settings and every other uvicorn option are
 the same. bench/serving.py alternates requests between them and reads the CPU time of
 the one event-loop thread, so the difference is the protocol's alone (two processes
@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
 import uvicorn  # noqa: E402
 
 from service.app import create_app  # noqa: E402  (tunes the process, as python -m service)
-from service.server import uvicorn_options  # noqa: E402
+from service.serving.server import uvicorn_options  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 

@@ -13,7 +13,7 @@ results chose auscult's defaults; the others (HELD_OUT) are only reported.
 
 Methods: auscult as `python -m training fit --sample-rate SR --seed S` builds it
 (training.fit.fit with the command's own argument handling), scored by training.evaluate
-through service.runtime, exactly as the service scores; the DCASE AE baseline, the seed's
+through service.models.runtimes, exactly as the service scores; the DCASE AE baseline, the seed's
 method (conv AE encoder → PCA → Mahalanobis) and a Gaussian on log-mel statistics
 (bench/baselines.py). The learned methods are fitted once per training seed (--seeds); the
 main table reports the mean over seeds and the spread of the harmonic mean. Metrics per DCASE:
@@ -214,9 +214,9 @@ CODEC_COLUMNS = ("wav", "mp3-128", "mp3-64", "ogg")
 def codec_false_alarms(data: Path, bundle: Path) -> dict[str, list[bool]]:
     """For every normal test clip: is its score at or above the bundle's needs_maintenance
     threshold, as recorded (wav) and after a round trip through each codec?"""
-    from service.bundle import level_for
     from service.features import prepare
-    from service.runtime import AnomalyRuntime, open_runtime
+    from service.models.bundle import level_for
+    from service.models.runtimes import AnomalyRuntime, open_runtime
     from training.augment import round_trip
     from training.datasets import discover
 
@@ -253,8 +253,8 @@ def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
     idea: the target mean of the few target training clips with the shared covariance), per
     window, with the bundle's parts, part weights and window aggregation. None when the
     training split has no target clips."""
-    from service.bundle import window_scores
-    from service.runtime import AnomalyRuntime, open_runtime
+    from service.models.bundle import window_scores
+    from service.models.runtimes import AnomalyRuntime, open_runtime
     from training import detector
     from training.datasets import discover, training_clips
     from training.evaluate import ScoredClips, clip_scores, load_windows, metrics_table

@@ -36,12 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The process set-up of `python -m service` (service/process.py: native thread pools, malloc),
-# before numpy loads, so the in-process figures are the service core's as it runs in the
-# service. Subprocesses get the environment as it was: the service sets its own up, the
-# seed-style stack keeps its defaults.
+# The process set-up of `python -m service` (service/serving/process.py: native thread
+# pools, malloc), before numpy loads, so the in-process figures are the service core's as
+# it runs in the service. Subprocesses get the environment as it was: the service sets its
+# own up, the seed-style stack keeps its defaults.
 ORIGINAL_ENV = dict(os.environ)
-from service.process import configure  # noqa: E402
+from service.serving.process import configure  # noqa: E402
 
 configure()
 
@@ -315,8 +315,8 @@ class InProcess:
 
     def __init__(self, bundle_dir: Path) -> None:
         from service import features
-        from service.bundle import window_scores
-        from service.runtime import AnomalyRuntime, open_runtime
+        from service.models.bundle import window_scores
+        from service.models.runtimes import AnomalyRuntime, open_runtime
         from service.settings import Settings
 
         self.settings = Settings(artifacts_dir=bundle_dir.parent)
@@ -756,7 +756,7 @@ PROTOCOLS = ("limited", "plain")
 
 
 async def bench_protocol(args: argparse.Namespace, cfg: Config, clips: list[bytes]) -> dict:
-    """Event-loop CPU per request of the service with service/server.py's protocol (header
+    """Event-loop CPU per request of the service with service/serving/server.py's protocol (header
     limit, deadlines, connection cap) and with uvicorn's plain httptools protocol: one
     process serving the same app on two ports (bench/protocol_server.py), one request at a
     time, blocks alternated in ABBA order; medians over `protocol_reps` blocks of each."""
@@ -829,7 +829,8 @@ async def bench_protocol(args: argparse.Namespace, cfg: Config, clips: list[byte
 
 def protocol_table(res: dict, cfg: Config) -> list[str]:
     out = [
-        "## Connection limits: event-loop CPU per request (service/server.py vs plain httptools)",
+        "## Connection limits: event-loop CPU per request "
+        "(service/serving/server.py vs plain httptools)",
         "",
         "one service process on two ports (bench/protocol_server.py); "
         f"{cfg.protocol_reps} blocks per protocol, one request at a time; GET /healthz "
@@ -897,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.artifacts = args.artifacts.resolve()
     if args.workers is None:
-        from service.process import available_cpus
+        from service.serving.process import available_cpus
 
         args.workers = available_cpus()
     cfg = QUICK if args.quick else FULL

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from bulk.limits import Limits
 from bulk.rows import OUTPUT_SCHEMA, prepare_table, score_table
-from service.bundle import read_manifest
 from service.errors import BundleError
 from service.features import FeatureParams
-from service.process import keep_freed_memory, limit_native_threads
-from service.runtime import AnomalyRuntime
+from service.models.bundle import read_manifest
+from service.models.runtimes import AnomalyRuntime
+from service.serving.process import keep_freed_memory, limit_native_threads
 
 # Ray must not phone home (usage statistics); set before ray is imported.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from bulk.limits import Limits
-from service.bundle import level_for
 from service.errors import AuscultError, NonFiniteValues, public_message
 from service.features import FeatureParams
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
-from service.runtime import AnomalyRuntime
+from service.models.bundle import level_for
+from service.models.runtimes import AnomalyRuntime
 
 WINDOW = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("score", pa.float64())])
 

@@ -1,5 +1,5 @@
 """`python -m service [--host 127.0.0.1] [--port 8000]`: run the API with uvicorn, in
-AUSCULT_WORKERS processes (default: the CPUs available; service/workers.py)."""
+AUSCULT_WORKERS processes (default: the CPUs available; service/serving/workers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from service.process import available_cpus, configure
+from service.serving.process import available_cpus, configure
 from service.settings import Settings, load_settings
 
 
@@ -16,12 +16,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    configure()  # before numpy loads (service/process.py)
+    configure()  # before numpy loads (service/serving/process.py)
     settings = load_settings()  # a bad AUSCULT_* variable: one line, exit status 2
     workers = settings.workers or available_cpus()
     if workers > 1:
         # before anything imports prometheus_client: it picks its mode on import
-        from service.workers import prepare_multiprocess_metrics, serve_workers
+        from service.serving.workers import prepare_multiprocess_metrics, serve_workers
 
         prepare_multiprocess_metrics()
         raise SystemExit(
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
-    from service.server import uvicorn_options
-    from service.workers import GRACEFUL_S
+    from service.serving.server import uvicorn_options
+    from service.serving.workers import GRACEFUL_S
 
     return {
         "log_level": settings.log_level,

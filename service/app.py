@@ -7,7 +7,7 @@ and builds nothing heavy at import time: bundles load in the lifespan handler.
 
 from __future__ import annotations
 
-from service.process import configure
+from service.serving.process import configure
 
 # `uvicorn service.app:app` imports this module first: tune the process before numpy loads
 # (a no-op for what `python -m service` has already done)
@@ -24,21 +24,21 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from service import features  # noqa: E402
-from service.api import admin, error_response, health, models  # noqa: E402
-from service.deps import describe_open_access  # noqa: E402
+from service.api.deps import describe_open_access  # noqa: E402
+from service.api.v1 import admin, error_response, health, models  # noqa: E402
+from service.api.v2 import v2, v2_health  # noqa: E402
+from service.api.v2.routes import is_v2  # noqa: E402
 from service.errors import AuscultError, public_message  # noqa: E402
+from service.models.registry import ModelRegistry  # noqa: E402
+from service.models.reload import Reloader  # noqa: E402
+from service.models.scoring import Scorer  # noqa: E402
 from service.observability import (  # noqa: E402
     Metrics,
     RequestContextMiddleware,
     configure_logging,
 )
-from service.registry import ModelRegistry  # noqa: E402
-from service.reload import Reloader  # noqa: E402
-from service.scoring import Scorer  # noqa: E402
-from service.server import DrainBeforeError  # noqa: E402
+from service.serving.server import DrainBeforeError  # noqa: E402
 from service.settings import Settings, load_settings  # noqa: E402
-from service.v2 import v2, v2_health  # noqa: E402
-from service.v2.routes import is_v2  # noqa: E402
 from service.web import install as install_web  # noqa: E402
 from service.web import package_version  # noqa: E402
 

@@ -1,6 +1,6 @@
 """JSON-lines logging with request ids, Prometheus metrics and the ASGI middleware.
 
-With several worker processes (service/workers.py) the metrics live in prometheus_client's
+With several worker processes (service/serving/workers.py) the metrics live in prometheus_client's
 multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported,
 every worker writes its values there, and `Metrics.exposition` adds them up.
 """

@@ -20,8 +20,8 @@ import numpy as np
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from service.bundle import Manifest
-from service.runtime import AnomalyRuntime
+from service.models.bundle import Manifest
+from service.models.runtimes import AnomalyRuntime
 from tests.conftest import REPO, tone, wav_bytes
 
 

@@ -1,5 +1,5 @@
 """auscult training: datasets, autoencoder, ONNX export, calibration, evaluation.
 
-May import `service.features` and `service.bundle` (the contracts); the service never
+May import `service.features` and `service.models.bundle` (the contracts); the service never
 imports this package.
 """

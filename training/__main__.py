@@ -398,8 +398,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
         return 0
     if args.command == "spectrograms":
-        from service.bundle import read_manifest
         from service.features import FeatureParams
+        from service.models.bundle import read_manifest
         from training.spectrograms import write_spectrograms
 
         params = read_manifest(args.model).features if args.model else FeatureParams()

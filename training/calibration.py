@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import Thresholds
+from service.models.bundle import Thresholds
 
 MAINTENANCE_Q = 0.95  # a healthy clip crosses needs_maintenance 5% of the time
 SEVERE_Q = 0.999

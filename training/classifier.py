@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
 from service.features import FeatureParams
+from service.models.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
 from training import export
 from training.augment import AugmentConfig, spec_augment
 from training.autoencoder import seed_everything

@@ -1,5 +1,5 @@
 """Evaluation of a classifier bundle, scored exactly as the service scores
-(service.runtime.open_runtime + service.features).
+(service.models.runtimes.open_runtime + service.features).
 
 Accuracy, per-class precision/recall/F1, the confusion matrix and accuracy per
 group (e.g. per speaker); report.json and report.png written into the bundle.
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.bundle import Manifest, update_bundle
-from service.runtime import ClassifierRuntime, open_runtime
+from service.models.bundle import Manifest, update_bundle
+from service.models.runtimes import ClassifierRuntime, open_runtime
 from training.classify_data import (
     LabelledClip,
     group_folds,

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import ScoringPart, mahalanobis
+from service.models.bundle import ScoringPart, mahalanobis
 
 Selection = Literal["full", "all", "top", "residual"]
 Shrinkage = Literal["ledoit_wolf", "oas"] | float

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.bundle import Aggregation, Manifest, aggregate, update_bundle
 from service.features import FeatureParams, load_file
-from service.runtime import AnomalyRuntime, open_runtime
+from service.models.bundle import Aggregation, Manifest, aggregate, update_bundle
+from service.models.runtimes import AnomalyRuntime, open_runtime
 from training.augment import codec_copy
 from training.datasets import AUDIO_EXTS, Clip, DatasetError, discover
 

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.bundle import (
+from service.features import FeatureParams
+from service.models.bundle import (
     Aggregation,
     TensorSpec,
     part_distances,
@@ -22,7 +23,6 @@ from service.bundle import (
     window_scores,
     write_bundle,
 )
-from service.features import FeatureParams
 from training import calibration, detector, export
 from training.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.autoencoder import fit as fit_autoencoder

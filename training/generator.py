@@ -7,7 +7,7 @@ service.features' fixed_db images. Discriminator: strided convolutions → featu
 logit (real vs generated *for that label*, the label entering by projection) and an
 auxiliary class head on φ alone. Adam (2e-4, β1 0.5) on the non-saturating loss with
 one-sided label smoothing, plus the class loss (real clips for D, intended class for G).
-Audio comes from the images through service.generator (Griffin-Lim), as in the service.
+Audio comes from the images through service.models.generator (Griffin-Lim), as in the service.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import GeneratorSpec, TensorSpec, write_bundle
 from service.features import FeatureParams
-from service.generator import image_to_audio, wav_bytes
+from service.models.bundle import GeneratorSpec, TensorSpec, write_bundle
+from service.models.generator import image_to_audio, wav_bytes
 from training.classify_data import (
     check_classes,
     compile_pattern,
@@ -345,7 +345,7 @@ def write_wavs(model_dir: Path, label: str, n: int, seed: int, out_dir: Path) ->
     """n clips of `label` from a generator bundle, through the service's own runtime (ONNX
     generator + Griffin-Lim) → `<out_dir>/<label>_<seed>_<i>.wav`. Raises DatasetError for
     a bundle that does not load or a label it does not know."""
-    from service.runtime import GeneratorRuntime, open_runtime
+    from service.models.runtimes import GeneratorRuntime, open_runtime
     from training.datasets import DatasetError
 
     if n < 1:

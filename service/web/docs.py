@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.errors import WrongModelKind, public_message
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 
 DOCS_ASSETS_URL = "/static/docs"

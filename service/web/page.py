@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.api import ERRORS, _uploads
-from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
+from service.api.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
+from service.api.uploads import Upload, openapi_body
+from service.api.v1 import ERRORS, _uploads
 from service.features import (
     FeatureParams,
     decode_audio,
@@ -27,7 +28,6 @@ from service.features import (
 )
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
 from service.settings import Settings
-from service.uploads import Upload, openapi_body
 
 STATIC = Path(__file__).parent / "static"
 STATIC_URL = "/static/web"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.bundle import read_manifest
-from service.registry import ModelRegistry
+from service.models.bundle import read_manifest
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.helpers import GOOD_WAV, FakeAnomalyRuntime, assert_error, assert_still_scores, serve
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from service.bundle import read_manifest
 from service.features import image_to_png, prepare
-from service.runtime import AnomalyRuntime
+from service.models.bundle import read_manifest
+from service.models.runtimes import AnomalyRuntime
 from tests.conftest import tone, wav_bytes
 from tests.helpers import GOOD_WAV, with_wav_sizes
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.bundle import MANIFEST, Thresholds, level_for, read_manifest, sha256_file
-from service.registry import ModelRegistry
+from service.models.bundle import MANIFEST, Thresholds, level_for, read_manifest, sha256_file
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.conftest import tone, wav_bytes
 from tests.helpers import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.bundle import read_manifest
+from service.models.bundle import read_manifest
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, tone, wav_bytes
 from tests.helpers import GOOD_WAV, serve, start_service, stop_service

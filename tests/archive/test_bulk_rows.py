@@ -14,7 +14,7 @@ from bulk.__main__ import main
 from bulk.limits import Limits
 from bulk.rows import OUTPUT_SCHEMA, prepare_table, score_table
 from bulk.sources import NoFiles, find_files
-from service.bundle import read_manifest
+from service.models.bundle import read_manifest
 from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
 from tests.delivery.test_packaging import HEAVY, _closure
 from tests.helpers import FakeAnomalyRuntime

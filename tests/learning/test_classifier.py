@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from service.features import audio_to_image, prepare
-from service.runtime import ClassifierRuntime, open_runtime
+from service.models.runtimes import ClassifierRuntime, open_runtime
 from training.__main__ import main
 from training.augment import AugmentConfig, perturbed_copies, perturbed_image, spec_augment
 from training.classifier import feature_params

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import mahalanobis, part_distances, read_manifest
-from service.runtime import AnomalyRuntime, open_runtime
+from service.models.bundle import mahalanobis, part_distances, read_manifest
+from service.models.runtimes import AnomalyRuntime, open_runtime
 from training.detector import fit_detector, fit_parts, score, standardise
 
 

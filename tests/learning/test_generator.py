@@ -14,16 +14,16 @@ import pytest
 import soundfile as sf
 
 from service.app import create_app
-from service.bundle import read_manifest
 from service.features import FeatureParams, log_mel, mel_filterbank, to_image
-from service.generator import (
+from service.models.bundle import read_manifest
+from service.models.generator import (
     griffin_lim,
     image_to_audio,
     mel_to_magnitude,
     spectral_convergence,
     stft,
 )
-from service.runtime import GeneratorRuntime, open_runtime
+from service.models.runtimes import GeneratorRuntime, open_runtime
 from service.settings import Settings
 from tests.helpers import assert_error, serve
 from training.__main__ import main

@@ -10,7 +10,7 @@ import soundfile as sf
 
 from bench.generator import fidelity
 from service.app import create_app
-from service.runtime import ClassifierRuntime, GeneratorRuntime, open_runtime
+from service.models.runtimes import ClassifierRuntime, GeneratorRuntime, open_runtime
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
 from tests.helpers import serve

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import read_manifest, sha256_file, verify_files
 from service.features import FeatureParams, load_file, prepare
-from service.runtime import AnomalyRuntime, open_runtime
+from service.models.bundle import read_manifest, sha256_file, verify_files
+from service.models.runtimes import AnomalyRuntime, open_runtime
 from tests.conftest import shared_data, tone, wav_bytes
 from training.__main__ import main
 from training.datasets import discover, parse_name

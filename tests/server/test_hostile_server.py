@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.bundle import read_manifest
+from service.models.bundle import read_manifest
 from tests.conftest import tone, wav_bytes
 from tests.helpers import GOOD_WAV, start_service, stop_service
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.scoring import MicroBatcher
+from service.models.scoring import MicroBatcher
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
-from service.bundle import read_manifest, update_bundle
+from service.models.bundle import read_manifest, update_bundle
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
 from tests.helpers import GOOD_WAV, assert_error, serve

@@ -1,4 +1,4 @@
-"""Several worker processes on one port (AUSCULT_WORKERS=2, service/workers.py): both serve,
+"""Several worker processes on one port (AUSCULT_WORKERS=2, service/serving/workers.py): both serve,
 metrics add up across them, a reload reaches every worker, SIGTERM leaves nothing behind."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from service.bundle import read_manifest, update_bundle
-from service.process import available_cpus, cgroup_cpu_quota
+from service.models.bundle import read_manifest, update_bundle
+from service.serving.process import available_cpus, cgroup_cpu_quota
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
 from tests.helpers import GOOD_WAV, RunningService, start_service, stop_service

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.bundle import MANIFEST, sha256_file
+from service.models.bundle import MANIFEST, sha256_file
 from tests.helpers import assert_error, assert_still_scores, serve
 
 pytestmark = pytest.mark.anyio

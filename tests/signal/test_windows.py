@@ -57,7 +57,7 @@ async def _score(client: httpx.AsyncClient, model: str, data: bytes) -> dict:
 
 
 def test_bundles_record_their_window(window_artifacts: Path) -> None:
-    from service.bundle import read_manifest
+    from service.models.bundle import read_manifest
 
     two, ten = read_manifest(window_artifacts / "two"), read_manifest(window_artifacts / "ten")
     assert two.features.window_seconds == 1.0 and ten.features.window_seconds == 1.0

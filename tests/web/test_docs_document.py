@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.bundle import read_manifest
+from service.models.bundle import read_manifest
 from service.settings import Settings
 from service.web.page import STATIC
 from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
@@ -223,7 +223,7 @@ def test_the_pages_files_ship_in_the_package() -> None:
 
 
 def test_an_operation_the_docs_do_not_know_keeps_its_statuses_with_fitting_examples() -> None:
-    from service.registry import ModelRegistry
+    from service.models.registry import ModelRegistry
     from service.web.docs import complete
 
     schema: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Routes: HTTP concerns only (multipart, status codes); the logic is in service.scoring."""
+"""Routes: HTTP concerns only (multipart, status codes); the logic is in service.models.scoring."""
 
 from __future__ import annotations
 
@@ -12,22 +12,24 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from service.deps import (
+from service.api.deps import (
     RegistryDep,
     ScorerDep,
     SettingsDep,
     require_admin_key,
     require_api_key,
 )
+from service.api.uploads import Upload, body_deadline, openapi_body, read_body, read_files
 from service.errors import (
     InvalidRequest,
     ModelNotFound,
     NotReady,
     public_message,
 )
-from service.generator import wav_bytes, zip_bytes
-from service.registry import ReloadOutcome
-from service.runtime import ModelRuntime
+from service.models.generator import wav_bytes, zip_bytes
+from service.models.registry import ReloadOutcome
+from service.models.runtimes import ModelRuntime
+from service.models.scoring import Scorer
 from service.schemas import (
     BatchClassifyResponse,
     BatchScoreResponse,
@@ -43,9 +45,7 @@ from service.schemas import (
     ReloadResult,
     ScoreResult,
 )
-from service.scoring import Scorer
 from service.settings import Settings
-from service.uploads import Upload, body_deadline, openapi_body, read_body, read_files
 
 TRIM_AFTER_BYTES = 8 * 1024 * 1024  # a request that buffered more gives memory back after
 

@@ -22,13 +22,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.bundle import level_for
+from service.api.uploads import BufferBudget, Upload
 from service.errors import AuscultError, Failure, NonFiniteValues, Overloaded, public_message
 from service.features import Prepared
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
+from service.models.bundle import level_for
+from service.models.runtimes import AnomalyRuntime, ClassifierRuntime, ModelRuntime
 from service.observability import Metrics
-from service.process import release_memory
-from service.runtime import AnomalyRuntime, ClassifierRuntime, ModelRuntime
 from service.schemas import (
     ClassifyResult,
     ErrorDetail,
@@ -38,8 +38,8 @@ from service.schemas import (
     ThresholdValues,
     WindowScore,
 )
+from service.serving.process import release_memory
 from service.settings import Settings
-from service.uploads import BufferBudget, Upload
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Unauthorized
-from service.registry import ModelRegistry
-from service.scoring import Scorer
+from service.models.registry import ModelRegistry
+from service.models.scoring import Scorer
 from service.settings import Settings
 
 

@@ -67,7 +67,7 @@ Aggregation = Literal["mean", "max", "top_k_mean"]
 class GeneratorSpec(BaseModel):
     """How a generator bundle makes audio (manifest `generator`): standard normal noise
     (the manifest's `input`, (b, latent_dim)) and a one-hot label (input `label_input`,
-    (b, n_labels)) → image (the `output`) → Griffin-Lim (service.generator)."""
+    (b, n_labels)) → image (the `output`) → Griffin-Lim (service.models.generator)."""
 
     latent_dim: int = Field(gt=0)
     label_input: str

@@ -16,8 +16,26 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.bundle import level_for
-from service.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
+from service.api.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
+from service.api.uploads import Lease, Upload, body_deadline, read_body
+from service.api.v2.codec import (
+    HEADER_LENGTH,
+    InvalidInference,
+    Output,
+    Tensor,
+    encode_response,
+    parse_request,
+)
+from service.api.v2.schemas import (
+    InferenceResponse,
+    LiveResponse,
+    ModelMetadata,
+    ModelReadyResponse,
+    ReadyResponse,
+    ServerMetadata,
+    TensorMetadata,
+    V2Error,
+)
 from service.errors import (
     AuscultError,
     BatchTooLarge,
@@ -28,30 +46,17 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.inputs import check_finite_images
-from service.registry import ModelRegistry
-from service.runtime import AnomalyRuntime, ClassifierRuntime, GeneratorRuntime, ModelRuntime
+from service.models.bundle import level_for
+from service.models.registry import ModelRegistry
+from service.models.runtimes import (
+    AnomalyRuntime,
+    ClassifierRuntime,
+    GeneratorRuntime,
+    ModelRuntime,
+)
+from service.models.scoring import Scorer
 from service.schemas import ClassifyResult, FileError, ScoreResult
-from service.scoring import Scorer
 from service.settings import Settings
-from service.uploads import Lease, Upload, body_deadline, read_body
-from service.v2.codec import (
-    HEADER_LENGTH,
-    InvalidInference,
-    Output,
-    Tensor,
-    encode_response,
-    parse_request,
-)
-from service.v2.schemas import (
-    InferenceResponse,
-    LiveResponse,
-    ModelMetadata,
-    ModelReadyResponse,
-    ReadyResponse,
-    ServerMetadata,
-    TensorMetadata,
-    V2Error,
-)
 from service.web import package_version
 
 AUDIO = "audio"

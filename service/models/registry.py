@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service.bundle import MANIFEST
 from service.errors import ModelNotFound, NotReady, WrongModelKind
-from service.runtime import (
+from service.models.bundle import MANIFEST
+from service.models.runtimes import (
     AnomalyRuntime,
     ClassifierRuntime,
     GeneratorRuntime,

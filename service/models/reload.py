@@ -8,7 +8,7 @@ a removed one is unloaded, a changed one is re-read).
 
 With several worker processes each has its own registry: a reload through the API calls
 `relay` afterwards, which the worker sets to signal the supervisor, and the supervisor sends
-SIGHUP to every worker (service/workers.py), so all of them re-scan the folder.
+SIGHUP to every worker (service/serving/workers.py), so all of them re-scan the folder.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from collections.abc import Callable
 import anyio
 
 from service import features
+from service.models.registry import ModelRegistry, ReloadOutcome
 from service.observability import Metrics
-from service.registry import ModelRegistry, ReloadOutcome
 from service.settings import Settings
 
 log = logging.getLogger("auscult.reload")

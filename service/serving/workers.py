@@ -3,7 +3,7 @@
 One event loop spends about 1-2 ms of CPU per request on HTTP alone, which caps one
 process below what the scoring core does on two cores. The supervisor binds the port,
 imports the application's modules once, and forks `workers` processes. Each worker is the
-single-process service: its own uvicorn server with service/server.py's limits, its own
+single-process service: its own uvicorn server with service/serving/server.py's limits, its own
 registry, threads and limits.
 
 - Sockets: one listening socket per worker on the same port (SO_REUSEPORT), so the kernel

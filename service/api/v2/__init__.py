@@ -4,6 +4,6 @@
 tensor data extension) into arrays and results back into v2 responses.
 """
 
-from service.v2.routes import v2, v2_health
+from service.api.v2.routes import v2, v2_health
 
 __all__ = ["v2", "v2_health"]

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import (
+from service.errors import BundleError
+from service.models.bundle import (
     ANOMALY_ARRAYS,
     Aggregation,
     Manifest,
@@ -29,7 +30,6 @@ from service.bundle import (
     verify_files,
     window_scores,
 )
-from service.errors import BundleError
 
 log = logging.getLogger("auscult.runtime")
 RUN_CHUNK = 256
@@ -199,7 +199,8 @@ class ClassifierRuntime(ModelRuntime):
 
 class GeneratorRuntime(ModelRuntime):
     """generator.onnx: noise and a one-hot label → images → Griffin-Lim audio
-    (service.generator). Inputs: the manifest's `input` (noise) and `generator.label_input`."""
+    (service.models.generator). Inputs: the manifest's `input` (noise) and
+    `generator.label_input`."""
 
     onnx_file = "generator.onnx"
 
@@ -235,7 +236,7 @@ class GeneratorRuntime(ModelRuntime):
     def generate(self, label_index: int, count: int, seed: int) -> list[np.ndarray]:
         """`count` clips of one class, each (n_samples,) float32 at the features' rate; the
         same seed gives the same clips (noise and Griffin-Lim's starting phases)."""
-        from service.generator import image_to_audio
+        from service.models.generator import image_to_audio
 
         assert self.manifest is not None and self.manifest.generator is not None
         rng = np.random.default_rng(seed)
