@@ -26,6 +26,7 @@ from service.features import (
     decode_audio,
     fit_length,
     log_mel,
+    mel_filterbank,
     prepare,
     resample,
     to_image,
@@ -76,6 +77,13 @@ class AugmentConfig:
     freq_mask_width: int = 4
     time_masks: int = 0  # and this many spans of up to time_mask_width frames
     time_mask_width: int = 8
+    # VTLP: every drawn image's mel axis warped by a factor in [1 - warp, 1 + warp]
+    warp: float = 0.0
+    # a microphone's response: every drawn image's bands shifted by a smooth random curve
+    # over the mel axis (a tilt plus a bow, each up to ± eq_db at the edges)
+    eq_db: float = 0.0
+    # mixup: every drawn image mixed with another of its batch, lam ~ Beta(mixup, mixup)
+    mixup: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,3 +160,56 @@ def spec_augment(batch: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator
             start = int(rng.integers(0, max(1, w - size)))
             img[:, start : start + size] = fill
     return out
+
+
+def band_centres(params: FeatureParams) -> np.ndarray:
+    """(height,) centre frequency (Hz) of every image row: the centroid of its mel triangle
+    (rows interpolated when the image is resized from n_mels)."""
+    fb = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+    freqs = np.linspace(0, params.sample_rate / 2, fb.shape[1])
+    centres = (fb @ freqs) / np.maximum(fb.sum(axis=1), 1e-12)
+    if params.height == params.n_mels:
+        return centres
+    return np.interp(
+        np.linspace(0, params.n_mels - 1, params.height), np.arange(params.n_mels), centres
+    )
+
+
+def warp_matrix(centres: np.ndarray, alpha: float) -> np.ndarray:
+    """(h,) row centre frequencies, warp factor → (h, h) float32 W such that W @ image
+    (h, w) is the image with every frequency f moved to alpha·f (vocal tract length
+    perturbation): output row i reads the input at centres[i] / alpha, interpolated linearly
+    between rows; beyond the lowest or highest row the edge row is repeated."""
+    h = len(centres)
+    pos = np.interp(centres / alpha, centres, np.arange(h))  # fractional source row
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, h - 1)
+    frac = pos - lo
+    out = np.zeros((h, h), np.float32)
+    out[np.arange(h), lo] += 1 - frac
+    out[np.arange(h), hi] += frac
+    return out
+
+
+def warp_batch(
+    batch: np.ndarray, centres: np.ndarray, warp: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(b, h, w) images → a copy with each image's mel axis warped by its own random factor
+    in [1 - warp, 1 + warp] (warp_matrix)."""
+    alphas = rng.uniform(1 - warp, 1 + warp, len(batch))
+    mats = np.stack([warp_matrix(centres, a) for a in alphas])
+    return np.einsum("bij,bjw->biw", mats, batch).astype(np.float32)
+
+
+def eq_batch(
+    batch: np.ndarray, params: FeatureParams, eq_db: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(b, h, w) fixed_db images in [0, 1] → a copy with each image's rows raised or lowered
+    by its own curve tilt·t + bow·(2t² - 1) dB (t from -1 at the lowest row to 1 at the
+    highest; tilt, bow uniform in ± eq_db), clipped to [0, 1]."""
+    b, h, _ = batch.shape
+    t = np.linspace(-1, 1, h)
+    tilt, bow = rng.uniform(-eq_db, eq_db, (2, b, 1))
+    db = tilt * t + bow * (2 * t**2 - 1)  # (b, h)
+    step = db / (params.db_max - params.db_min)
+    return np.clip(batch + step[:, :, None], 0, 1).astype(np.float32)
