@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from service import features  # noqa: E402
 from service.api.deps import describe_open_access  # noqa: E402
+from service.api.direct import DirectRoutes  # noqa: E402
 from service.api.v1 import admin, error_response, health, models  # noqa: E402
 from service.api.v2 import v2, v2_health  # noqa: E402
 from service.api.v2.routes import is_v2  # noqa: E402
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if not settings.api_keys:
         # the document says no key is needed (the admin routes keep theirs when one is set)
         describe_open_access(app, frozenset({"AdminKey"} if settings.admin_keys else ()))
+    app.add_middleware(DirectRoutes, fastapi_app=app)  # innermost: after drain, log, metrics
     app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
