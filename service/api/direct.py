@@ -15,6 +15,7 @@ the OpenAPI document.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -71,6 +72,6 @@ class DirectRoutes:
             )
             response = Response(result.model_dump_json(), media_type="application/json")
         except AuscultError as exc:
-            handler = self.fastapi_app.exception_handlers[AuscultError]
-            response = await handler(request, exc)
+            answer = self.fastapi_app.exception_handlers[AuscultError](request, exc)
+            response = await answer if inspect.isawaitable(answer) else answer
         await response(scope, receive, send)
