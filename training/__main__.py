@@ -19,10 +19,6 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v)
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v)
-
-
 def _pooling(text: str) -> str:
     try:
         pooling_parts(text)
@@ -240,11 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--normalise",
-        choices=["none", "clip", "band", "max", "speech"],
+        choices=["none", "clip", "band", "max"],
         default="none",
         help="per-clip normalisation inside the network: clip (mean/variance of the image), "
-        "band (of every mel band over time), max (minus the image's maximum), speech (max, "
-        "then every band minus its mean over the frames within 30 dB of the loudest)",
+        "band (of every mel band over time), max (minus the image's maximum)",
     )
     c.add_argument("--dropout", type=float, default=0.3)
     c.add_argument("--batch-size", type=int, default=32)
@@ -264,41 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="vocal tract length perturbation: each training image's mel axis warped by a "
         "factor in [1 - warp, 1 + warp], drawn per batch (0: none)",
-    )
-    c.add_argument(
-        "--eq-db",
-        type=float,
-        default=0.0,
-        help="microphone response: each training image's bands shifted by a random smooth "
-        "curve (tilt plus bow) of up to ± this many dB, drawn per batch (0: none)",
-    )
-    c.add_argument(
-        "--mixup",
-        type=float,
-        default=0.0,
-        help="mixup: each training image mixed with another of its batch by a weight drawn "
-        "from Beta(this, this); the loss weights both labels by it (0: none)",
-    )
-    c.add_argument(
-        "--warp-average",
-        type=_floats,
-        default=(),
-        help="warp factors, e.g. 0.88,0.94,1,1.06,1.12: the exported graph averages the "
-        "softmax over the image warped by each (empty: one unwarped image)",
-    )
-    c.add_argument(
-        "--lifter",
-        type=int,
-        default=0,
-        help="inside the network: keep this many DCT coefficients of every frame's mel "
-        "spectrum (cepstral smoothing across bands; 0: off)",
-    )
-    c.add_argument(
-        "--members",
-        type=int,
-        default=1,
-        help="networks trained with seeds SEED, SEED+1, …; the exported graph averages "
-        "their softmax",
     )
     c.add_argument("--freq-masks", type=int, default=0, help="SpecAugment")
     c.add_argument("--freq-mask-width", type=int, default=4, help="mel rows")

@@ -2,7 +2,8 @@
 
 Detectors: lossy-codec copies of training clips, so the normal distribution includes what
 codecs do. Classifiers: perturbed copies of every clip (speed, tempo, gain, noise) and
-SpecAugment masks drawn per batch, so a voice the classifier never heard is less new.
+SpecAugment masks and mel-axis warps (vocal tract length perturbation) drawn per batch, so
+a voice the classifier never heard is less new.
 
 Users send mp3 and ogg as well as wav. A codec's psychoacoustic model removes sound it
 judges masked (a noise floor between strong harmonics, the top of the spectrum), which moves
@@ -79,11 +80,6 @@ class AugmentConfig:
     time_mask_width: int = 8
     # VTLP: every drawn image's mel axis warped by a factor in [1 - warp, 1 + warp]
     warp: float = 0.0
-    # a microphone's response: every drawn image's bands shifted by a smooth random curve
-    # over the mel axis (a tilt plus a bow, each up to ± eq_db at the edges)
-    eq_db: float = 0.0
-    # mixup: every drawn image mixed with another of its batch, lam ~ Beta(mixup, mixup)
-    mixup: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,17 +195,3 @@ def warp_batch(
     alphas = rng.uniform(1 - warp, 1 + warp, len(batch))
     mats = np.stack([warp_matrix(centres, a) for a in alphas])
     return np.einsum("bij,bjw->biw", mats, batch).astype(np.float32)
-
-
-def eq_batch(
-    batch: np.ndarray, params: FeatureParams, eq_db: float, rng: np.random.Generator
-) -> np.ndarray:
-    """(b, h, w) fixed_db images in [0, 1] → a copy with each image's rows raised or lowered
-    by its own curve tilt·t + bow·(2t² - 1) dB (t from -1 at the lowest row to 1 at the
-    highest; tilt, bow uniform in ± eq_db), clipped to [0, 1]."""
-    b, h, _ = batch.shape
-    t = np.linspace(-1, 1, h)
-    tilt, bow = rng.uniform(-eq_db, eq_db, (2, b, 1))
-    db = tilt * t + bow * (2 * t**2 - 1)  # (b, h)
-    step = db / (params.db_max - params.db_min)
-    return np.clip(batch + step[:, :, None], 0, 1).astype(np.float32)

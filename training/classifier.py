@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +21,7 @@ import numpy as np
 from service.features import FeatureParams
 from service.models.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
 from training import export
-from training.augment import (
-    AugmentConfig,
-    band_centres,
-    eq_batch,
-    spec_augment,
-    warp_batch,
-)
+from training.augment import AugmentConfig, band_centres, spec_augment, warp_batch
 from training.autoencoder import seed_everything
 from training.classify_data import (
     LabelledClip,
@@ -40,10 +34,9 @@ from training.classify_data import (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PARITY_TOLERANCE = 1e-4
-SPEECH_RANGE = 0.25  # normalise "speech": 30 dB of the fixed_db image's 120
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "probabilities"
-Normalise = Literal["none", "clip", "band", "max", "speech"]
+Normalise = Literal["none", "clip", "band", "max"]
 Arch = Literal["cnn", "tc"]
 
 
@@ -58,9 +51,7 @@ class ClassifierConfig:
     convs: int = 1  # cnn: Conv → BN → ReLU per block, before its pooling
     kernel: int = 9  # tc: kernel of the residual blocks' convolutions (frames)
     # inside the network (so the service's ONNX graph applies it): none; clip: the image
-    # to zero mean, unit variance; band: every mel band so over time; max: minus its maximum;
-    # speech: max, then every band minus its mean over the loud frames (within 30 dB of the
-    # loudest), quiet frames zero: the voice's and microphone's long-term spectrum removed
+    # to zero mean, unit variance; band: every mel band so over time; max: minus its maximum
     normalise: Normalise = "none"
     dropout: float = 0.3
     epochs: int = 30
@@ -70,14 +61,6 @@ class ClassifierConfig:
     patience: int = 8  # EarlyStopping on val_loss
     lr_patience: int = 2  # ReduceLROnPlateau on val_loss (halves the rate)
     seed: int = 0
-    # the exported graph averages the softmax over copies of the image with the mel axis
-    # warped by each of these factors (training.augment.warp_matrix); empty: no averaging
-    warp_average: tuple[float, ...] = ()
-    # networks trained with seeds seed, seed + 1, …; the exported graph averages their softmax
-    members: int = 1
-    # inside the network, after normalise: the mel axis smoothed to its first `lifter` DCT
-    # coefficients (lifter_matrix); 0: off
-    lifter: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,14 +82,6 @@ def _clip_norm_class() -> Any:
         def call(self, x: Any) -> Any:
             if self.mode == "max":
                 return x - ops.max(x, axis=(1, 2, 3), keepdims=True)
-            if self.mode == "speech":
-                # frames whose loudest band is within SPEECH_RANGE of the clip's loudest
-                x = x - ops.max(x, axis=(1, 2, 3), keepdims=True)
-                loud = ops.cast(ops.max(x, axis=1, keepdims=True) > -SPEECH_RANGE, x.dtype)
-                mean = ops.sum(x * loud, axis=2, keepdims=True) / ops.sum(
-                    loud, axis=2, keepdims=True
-                )
-                return (x - mean) * loud
             axes = (1, 2, 3) if self.mode == "clip" else (2, 3)
             mean = ops.mean(x, axis=axes, keepdims=True)
             var = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
@@ -116,64 +91,6 @@ def _clip_norm_class() -> Any:
             return {**super().get_config(), "mode": self.mode}
 
     return ClipNorm
-
-
-@lru_cache(maxsize=1)
-def _mel_matrix_class() -> Any:
-    import keras
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="auscult")
-    class MelMatrix(keras.layers.Layer):
-        """(b, h, w, 1) → (b, h, w, 1): a fixed (h, h) matrix applied to the mel axis (a warp,
-        a lifter)."""
-
-        def __init__(self, matrix: Any, **kw: Any):
-            super().__init__(**kw)
-            self.matrix = np.asarray(matrix, np.float32)
-
-        def call(self, x: Any) -> Any:
-            return ops.einsum("ij,bjwc->biwc", ops.convert_to_tensor(self.matrix), x)
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "matrix": self.matrix.tolist()}
-
-    return MelMatrix
-
-
-def lifter_matrix(height: int, keep: int) -> np.ndarray:
-    """(height, height) float32 L: L @ image (height, w) keeps the first `keep` coefficients
-    of the orthonormal DCT-II over the mel axis of every frame and inverts it, smoothing the
-    spectrum across bands (what MFCCs keep: the envelope, not the voice's harmonics)."""
-    n = np.arange(height)
-    dct = np.cos(np.pi * (n[None, :] + 0.5) * n[:, None] / height) * np.sqrt(2 / height)
-    dct[0] /= np.sqrt(2)
-    return (dct[:keep].T @ dct[:keep]).astype(np.float32)
-
-
-def averaged(models: list[Any], centres: np.ndarray, factors: tuple[float, ...] = ()) -> Any:
-    """Models (b, h, w, 1) → (b, n_classes) combined into one model with the same input and
-    output names that averages their softmax, each on the image warped by every factor
-    (training.augment.warp_matrix over row centres (h,) Hz; no factors: the image as it
-    is). One model and no factors: that model itself."""
-    import keras
-    from keras import layers
-
-    from training.augment import warp_matrix
-
-    if len(models) == 1 and not factors:
-        return models[0]
-    inp = keras.Input(models[0].inputs[0].shape[1:], name=INPUT_NAME)
-    views = [
-        _mel_matrix_class()(warp_matrix(centres, a), name=f"warp{k}")(inp)
-        for k, a in enumerate(factors)
-    ] or [inp]
-    for k, model in enumerate(models):
-        model.name = f"member{k}"
-    probs = [model(view) for model in models for view in views]
-    out = probs[0] if len(probs) == 1 else layers.Average(name="average")(probs)
-    out = layers.Identity(name=OUTPUT_NAME)(out)
-    return keras.Model(inp, out, name="classifier_average")
 
 
 @dataclass
@@ -227,8 +144,6 @@ def build(height: int, width: int, n_classes: int, cfg: ClassifierConfig) -> Any
     x = inp
     if cfg.normalise != "none":
         x = _clip_norm_class()(mode=cfg.normalise, name="clip_norm")(x)
-    if cfg.lifter:
-        x = _mel_matrix_class()(lifter_matrix(height, cfg.lifter), name="lifter")(x)
     if cfg.arch == "tc":
         return _compile(_temporal(x, inp, width, height, n_classes, cfg), cfg)
     for i, f in enumerate(cfg.filters):
@@ -287,20 +202,6 @@ def _compile(model: Any, cfg: ClassifierConfig) -> Any:
     return model
 
 
-def mixup(
-    batch: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(b, h, w) images, (b,) labels → mixup as sample weights on the sparse loss:
-    ((2b, h, w, 1) the mixes lam·x + (1 - lam)·x[perm] twice, (2b,) labels y then y[perm],
-    (2b,) weights lam then 1 - lam), lam ~ Beta(alpha, alpha) per image, at least 0.5."""
-    lam = rng.beta(alpha, alpha, len(batch)).astype(np.float32)
-    lam = np.maximum(lam, 1 - lam)
-    perm = rng.permutation(len(batch))
-    mixed = lam[:, None, None] * batch + (1 - lam)[:, None, None] * batch[perm]
-    both = np.concatenate([mixed, mixed])[..., None]
-    return both, np.concatenate([y, y[perm]]), np.concatenate([lam, 1 - lam])
-
-
 def _batches(
     x: np.ndarray,
     y: np.ndarray,
@@ -311,9 +212,8 @@ def _batches(
     params: FeatureParams | None = None,
 ) -> Any:
     """A keras PyDataset over (x (n, h, w), y (n,)): shuffled every epoch, each clip drawn
-    as itself or one of its copies (n, k, h, w), then mel-warped (aug.warp), equalised
-    (aug.eq_db), SpecAugment-masked and mixed (aug.mixup); params: the features (needed
-    for warp and eq)."""
+    as itself or one of its copies (n, k, h, w), then mel-warped (aug.warp; params: the
+    features, for the bands' frequencies) and SpecAugment-masked."""
     import keras
 
     centres = band_centres(params) if aug.warp and params is not None else None
@@ -332,20 +232,16 @@ def _batches(
             k = 0 if copies is None else copies.shape[1]
             self.pick = self.rng.integers(0, k + 1, len(x))  # 0: the clip itself
 
-        def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
             idx = self.order[i * batch_size : (i + 1) * batch_size]
             batch = x[idx]
             if copies is not None:
                 use = self.pick[idx] > 0
                 batch[use] = copies[idx[use], self.pick[idx[use]] - 1]
-            if aug.warp and centres is not None:
+            if centres is not None:
                 batch = warp_batch(batch, centres, aug.warp, self.rng)
-            if aug.eq_db and params is not None:
-                batch = eq_batch(batch, params, aug.eq_db, self.rng)
             if aug.freq_masks or aug.time_masks:
                 batch = spec_augment(batch, aug, self.rng)
-            if aug.mixup:
-                return mixup(batch, y[idx], aug.mixup, self.rng)
             return batch[..., None], y[idx]
 
     return Batches()
@@ -368,8 +264,8 @@ def train(
     import keras
 
     aug = aug or AugmentConfig()
-    if (aug.warp or aug.eq_db) and params is None:
-        raise ValueError("aug.warp and aug.eq_db need the feature params")
+    if aug.warp and params is None:
+        raise ValueError("aug.warp needs the feature params (the bands' frequencies)")
     seed_everything(cfg.seed)
     model = build(x.shape[1], x.shape[2], n_classes, cfg)
     with tempfile.TemporaryDirectory(prefix="auscult-ckpt-") as tmp:
@@ -396,24 +292,6 @@ def train(
     return TrainedClassifier(
         model, history, len(history["loss"]), int(np.argmin(history["val_loss"])) + 1
     )
-
-
-def train_members(
-    x: np.ndarray,
-    y: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    n_classes: int,
-    cfg: ClassifierConfig,
-    aug: AugmentConfig | None = None,
-    copies: np.ndarray | None = None,
-    params: FeatureParams | None = None,
-) -> list[TrainedClassifier]:
-    """cfg.members networks (train), member k with seed cfg.seed + k."""
-    return [
-        train(x, y, x_val, y_val, n_classes, replace(cfg, seed=cfg.seed + k), aug, copies, params)
-        for k in range(cfg.members)
-    ]
 
 
 def augmented_copies(
@@ -499,7 +377,7 @@ def fit_classifier(
     copies = augmented_copies(train_clips, params, aug, cfg.seed)
     y = np.array([labels.index(c.label) for c in train_clips])
     fit_idx, val_idx = split_validation(y, cfg.validation_fraction, cfg.seed)
-    members = train_members(
+    trained = train(
         images[fit_idx],
         y[fit_idx],
         images[val_idx],
@@ -510,14 +388,12 @@ def fit_classifier(
         None if copies is None else copies[fit_idx],
         params,
     )
-    trained = members[0]
-    model = averaged([m.model for m in members], band_centres(params), cfg.warp_average)
-    onnx_bytes, diff = export_checked(model, images[val_idx[:32]])
+    onnx_bytes, diff = export_checked(trained.model, images[val_idx[:32]])
 
     out_dir = Path(out_dir)
     files = {"classifier.onnx": onnx_bytes}
     if save_keras:
-        files["classifier.keras"] = keras_bytes(model)
+        files["classifier.keras"] = keras_bytes(trained.model)
     best = trained.best_epoch - 1
     write_bundle(
         out_dir,

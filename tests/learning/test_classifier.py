@@ -18,7 +18,6 @@ from training.__main__ import main
 from training.augment import (
     AugmentConfig,
     band_centres,
-    eq_batch,
     perturbed_copies,
     perturbed_image,
     spec_augment,
@@ -71,7 +70,7 @@ def tone_bundle(named_tones: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     argv = ["fit-classifier", "--data", str(named_tones), "--out", str(out)]
     argv += ["--label-pattern", NAME_PATTERN, "--test-pattern", r"_[01]\.wav$"]
     argv += ["--loso", "speaker", "--arch", "tc", "--normalise", "clip"]
-    argv += ["--warp", "0.1", "--warp-average", "0.9,1,1.1"]
+    argv += ["--warp", "0.1"]
     assert main([*argv, *TINY, "--epochs", "20", "--seed", "1"]) == 0
     return out
 
@@ -284,24 +283,19 @@ def test_warp_matrix_moves_a_tone_to_the_band_of_its_warped_frequency() -> None:
         assert abs(expected - source) >= 2  # the tone did move
 
 
-def test_warp_and_eq_batches_are_seeded_and_change_every_image() -> None:
+def test_warp_batch_is_seeded_and_warps_every_image_by_its_own_factor() -> None:
     params = feature_params(SR, 0.5, 16)
     batch = np.random.default_rng(0).uniform(0.2, 0.8, (6, 16, 30)).astype(np.float32)
     before = batch.copy()
     centres = band_centres(params)
     warped = warp_batch(batch, centres, 0.15, np.random.default_rng(4))
-    eqd = eq_batch(batch, params, 10.0, np.random.default_rng(4))
     assert np.array_equal(batch, before)
     assert np.array_equal(warped, warp_batch(batch, centres, 0.15, np.random.default_rng(4)))
-    assert np.array_equal(eqd, eq_batch(batch, params, 10.0, np.random.default_rng(4)))
-    for out in (warped, eqd):
-        assert out.shape == batch.shape and out.dtype == np.float32
-        assert all(np.abs(o - b).mean() > 1e-4 for o, b in zip(out, batch, strict=True))
-    # eq: one offset per row (a band's gain): tilt and bow of up to 10 dB each, of the
-    # 120-dB image range
-    step = eqd - batch
-    assert np.allclose(step, step[:, :, :1], atol=1e-6)
-    assert np.abs(step).max() <= 20.0 / (params.db_max - params.db_min) + 1e-6
+    assert warped.shape == batch.shape and warped.dtype == np.float32
+    alphas = np.random.default_rng(4).uniform(0.85, 1.15, 6)
+    for img, out, alpha in zip(batch, warped, alphas, strict=True):
+        assert np.allclose(out, warp_matrix(centres, alpha) @ img, atol=1e-6)
+        assert np.abs(out - img).mean() > 1e-4
 
 
 # --- a tiny end-to-end fit -------------------------------------------------------------
@@ -327,7 +321,7 @@ def test_fit_classifier_writes_a_classifier_bundle(tone_bundle: Path) -> None:
     report = json.loads((tone_bundle / "report.json").read_text())
     assert len(report["clips"]) == 12
     assert manifest["training"]["classifier"]["normalise"] == "clip"
-    assert manifest["training"]["classifier"]["warp_average"] == [0.9, 1.0, 1.1]
+    assert manifest["training"]["augment"]["warp"] == 0.1
     loso = evaluation["leave_one_group_out"]
     assert report["metrics"]["leave_one_group_out"] == loso
     assert loso["group"] == "speaker" and set(loso["folds"]) == {"anna", "bob"}
@@ -344,7 +338,7 @@ def test_loso_only_prints_the_leave_one_speaker_out_table(
     argv = ["fit-classifier", "--data", str(named_tones), "--label-pattern", NAME_PATTERN]
     argv += ["--loso", "speaker", "--loso-only", "--normalise", "clip", "--copies", "1"]
     argv += ["--speed", "0.05", "--gain-db", "6", "--freq-masks", "1", "--time-masks", "1"]
-    argv += ["--warp", "0.1", "--eq-db", "6"]
+    argv += ["--warp", "0.1"]
     assert main([*argv, *TINY, "--epochs", "8", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     table = out[out.index("leave-one-speaker-out (2 fits)") :].splitlines()
@@ -365,91 +359,6 @@ def test_loso_groups_fits_only_the_named_folds(
     assert "leave-one-speaker-out (1 fits)" in out and "anna" not in out
     assert main([*argv, "--loso-groups", "bob,carol"]) == 2
     assert "--loso-groups: no speaker carol" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_warp_average_graph_exports_to_onnx_and_averages_the_warped_images() -> None:
-    import onnxruntime as ort
-
-    from training.classifier import (
-        ClassifierConfig,
-        averaged,
-        build,
-        export_checked,
-        predict_keras,
-    )
-
-    params = feature_params(SR, 0.5, 16)
-    centres = band_centres(params)
-    model = build(16, params.width, 3, ClassifierConfig(arch="tc", filters=(8, 8), normalise="max"))
-    factors = (0.9, 1.0, 1.1)
-    combined = averaged([model], centres, factors)
-    batch = np.random.default_rng(2).uniform(0, 1, (5, 16, params.width)).astype(np.float32)
-    onnx_bytes, diff = export_checked(combined, batch)
-    assert diff <= 1e-4
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    assert [t.name for t in session.get_inputs()] == ["spectrogram"]
-    assert [t.name for t in session.get_outputs()] == ["probabilities"]
-    expected = np.mean(
-        [
-            predict_keras(model, np.einsum("ij,bjw->biw", warp_matrix(centres, a), batch))
-            for a in factors
-        ],
-        axis=0,
-    )
-    assert np.allclose(predict_keras(combined, batch), expected, atol=1e-5)
-    assert not np.allclose(expected, predict_keras(model, batch), atol=1e-4)
-    # members: two networks in one graph, their softmax averaged
-    other = build(16, params.width, 3, ClassifierConfig(arch="tc", filters=(8, 8), seed=1))
-    pair = averaged([model, other], centres)
-    assert export_checked(pair, batch)[1] <= 1e-4
-    mean = (predict_keras(model, batch) + predict_keras(other, batch)) / 2
-    assert np.allclose(predict_keras(pair, batch), mean, atol=1e-5)
-
-
-def test_mixup_mixes_each_image_with_one_other_and_weights_both_labels() -> None:
-    from training.classifier import mixup
-
-    rng = np.random.default_rng(0)
-    batch = rng.uniform(0, 1, (8, 4, 5)).astype(np.float32)
-    y = np.arange(8)
-    x, labels, weights = mixup(batch, y, 0.4, np.random.default_rng(3))
-    again = mixup(batch, y, 0.4, np.random.default_rng(3))
-    assert all(np.array_equal(a, b) for a, b in zip((x, labels, weights), again, strict=True))
-    assert x.shape == (16, 4, 5, 1) and np.array_equal(x[:8], x[8:])
-    assert np.array_equal(labels[:8], y) and sorted(labels[8:]) == list(y)
-    lam = weights[:8]
-    assert np.all(lam >= 0.5) and np.allclose(weights[8:], 1 - lam)
-    other = batch[labels[8:]]
-    assert np.allclose(x[:8, ..., 0], lam[:, None, None] * batch + (1 - lam)[:, None, None] * other)
-
-
-def test_lifter_keeps_the_envelope_and_removes_fine_structure_across_bands() -> None:
-    from training.classifier import lifter_matrix
-
-    assert np.allclose(lifter_matrix(24, 24), np.eye(24), atol=1e-6)
-    rows = np.arange(24, dtype=np.float32)
-    envelope = np.exp(-((rows - 8) ** 2) / 40)  # a broad formant
-    comb = 0.2 * (rows % 2)  # harmonics: every other band
-    smooth = lifter_matrix(24, 8) @ (envelope + comb)[:, None]
-    assert np.abs(smooth[:, 0] - envelope - 0.1).max() < 0.05  # the comb's mean stays
-
-
-@pytest.mark.slow
-def test_speech_normalisation_removes_each_bands_mean_over_the_loud_frames() -> None:
-    from training.classifier import SPEECH_RANGE, _clip_norm_class
-
-    rng = np.random.default_rng(0)
-    image = np.zeros((2, 6, 10, 1), np.float32)  # silence (0) but for frames 2-6
-    image[:, :, 2:7] = rng.uniform(0.5, 0.9, (2, 6, 5, 1))
-    image[1] += 0.05  # a louder copy: the same output
-    image[1, :, 2:7] = image[0, :, 2:7] + 0.05
-    out = _clip_norm_class()(mode="speech")(image).numpy()
-    assert np.allclose(out[0], out[1], atol=1e-6)
-    loud = image[0, :, :, 0].max(axis=0) - image[0].max() > -SPEECH_RANGE
-    assert loud.any() and not loud.all()
-    assert np.all(out[0][:, ~loud] == 0)
-    assert np.allclose(out[0][:, loud].mean(axis=1), 0, atol=1e-6)
 
 
 def test_loso_only_needs_loso(named_tones: Path) -> None:
