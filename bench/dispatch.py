@@ -11,7 +11,7 @@ carries every request) and receive the same single-clip requests (`POST
 /v1/models/MODEL/score`, 10-s clips from bench/serving.py's generator) from
 bench/loadgen.py, at `--concurrency`, in blocks that alternate between the two (ABBA), so
 both see the same machine. Per block: CPU of the server's main thread (its event loop:
-HTTP, multipart, routing, JSON) per request, and the p50 latency. Printed: medians over the
+HTTP, multipart, routing, JSON) per request, the p50 latency and the rate. Printed: medians over the
 blocks, and the median of the per-pair differences. The event loop's CPU is what limits a
 worker at high concurrency and what adds to every request's latency at concurrency 1
 (bench/README.md, "Reading the ratios").
@@ -67,7 +67,9 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]
     servers = {name: start(name, tree, args.artifacts.resolve()) for name, tree in trees.items()}
     try:
         clips = make_clips(16, 10.0, args.seed)
-        result: dict[str, dict[str, list[float]]] = {n: {"cpu": [], "p50": []} for n in trees}
+        result: dict[str, dict[str, list[float]]] = {
+            n: {"cpu": [], "p50": [], "rate": []} for n in trees
+        }
         clients, requests = {}, {}
         for name, server in servers.items():
             clients[name] = LeanClient(server.url)
@@ -88,6 +90,7 @@ async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]
                     raise RuntimeError(f"{name}: {load.errors} errors, e.g. {load.error_samples}")
                 result[name]["cpu"].append(cpu / args.requests * 1e3)
                 result[name]["p50"].append(median(load.latencies) * 1e3)
+                result[name]["rate"].append(load.rate)
         for client in clients.values():
             await client.aclose()
         return result
@@ -114,6 +117,11 @@ def report(result: dict[str, dict[str, list[float]]], args: argparse.Namespace) 
             f"| {label} | {median(this[key]):.3f} ms | {median(base[key]):.3f} ms "
             f"| {median(diffs):+.3f} ms |"
         )
+    ratios = [a / b for a, b in zip(this["rate"], base["rate"], strict=True)]
+    lines.append(
+        f"| clips/s | {median(this['rate']):.1f} | {median(base['rate']):.1f} "
+        f"| {median(ratios):.2f}x (median of pair ratios) |"
+    )
     return "\n".join(lines)
 
 
