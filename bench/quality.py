@@ -82,6 +82,26 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ),
     ("AE only (flat)", ["--pooling", "flat"], "the flattened conv maps alone"),
     ("AE sees the level", ["--ae-input", "image"], "the convolutions see the window as scaled"),
+    (
+        "AE level std bands",
+        ["--ae-input", "image", "--standardise-bands"],
+        "the convolutions see the window with every band standardised (training mean/std)",
+    ),
+    (
+        "AE both views",
+        ["--ae-input", "both"],
+        "the convolutions see two channels: the window min-max scaled and as scaled",
+    ),
+    (
+        "AE both std level",
+        ["--ae-input", "both", "--standardise-bands"],
+        "as AE both views, the level channel standardised per band",
+    ),
+    (
+        "AE latent",
+        ["--pooling", "dense+band_stats"],
+        "the autoencoder's bottleneck instead of the flattened conv maps",
+    ),
     ("concat", ["--fusion", "concat"], "one detector on the concatenated parts, no fusion"),
     (
         "AE time stats",

@@ -134,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--ae-input",
-        choices=("image", "minmax"),
+        choices=("image", "minmax", "both"),
         default=ae.ae_input,
-        help="what the autoencoder's convolutions see: the window as scaled (image) or every "
-        "window min-max scaled on its own (minmax: level-independent; band_stats keeps the level)",
+        help="what the autoencoder's convolutions see: the window as scaled (image), every "
+        "window min-max scaled on its own (minmax: level-independent; band_stats keeps the "
+        "level) or both as two channels (both)",
     )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
     f.add_argument(

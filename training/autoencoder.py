@@ -52,10 +52,11 @@ class AutoencoderConfig:
     # Standardise every mel band (mean and std of the training images over clips and time)
     # inside the network, before the first convolution.
     standardise_bands: bool = False
-    # What the convolutions see: the window as scaled by the features ("image"), or every
+    # What the convolutions see: the window as scaled by the features ("image"), every
     # window min-max scaled on its own ("minmax": the conv parts ignore level and gain, as the
-    # seeds' images did; band_stats still sees the level).
-    ae_input: Literal["image", "minmax"] = "minmax"
+    # seeds' images did; band_stats still sees the level), or both as two channels ("both":
+    # the shape of the window and its level; the autoencoder reconstructs both).
+    ae_input: Literal["image", "minmax", "both"] = "minmax"
     epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -214,12 +215,18 @@ def build(
     if "band_stats" in pooling_parts(cfg.pooling) and (cfg.band_pool < 1 or height % cfg.band_pool):
         raise ValueError(f"--band-pool {cfg.band_pool} must divide the input height {height}")
     inp = keras.Input((height, width, 1), name="spectrogram")
+    mean, std = band_stats if band_stats is not None else (np.zeros(height), np.ones(height))
     x = inp
-    if cfg.ae_input == "minmax":
-        x = _minmax_class()(name="minmax")(x)
-    if cfg.standardise_bands:
-        mean, std = band_stats if band_stats is not None else (np.zeros(height), np.ones(height))
-        x = _band_standardise_class()(mean, std, name="standardise_bands")(x)
+    if cfg.ae_input == "both":  # two channels: the window's shape and its level
+        level = inp
+        if cfg.standardise_bands:
+            level = _band_standardise_class()(mean, std, name="standardise_bands")(inp)
+        x = layers.Concatenate(name="views")([_minmax_class()(name="minmax")(inp), level])
+    else:
+        if cfg.ae_input == "minmax":
+            x = _minmax_class()(name="minmax")(x)
+        if cfg.standardise_bands:
+            x = _band_standardise_class()(mean, std, name="standardise_bands")(x)
     for i, f in enumerate(cfg.filters):
         name = "features" if i == n_down - 1 else None
         x = layers.Conv2D(f, 3, strides=2, padding="same", activation="relu", name=name)(x)
@@ -233,7 +240,8 @@ def build(
         y = layers.Reshape(conv_shape)(y)
     for f in reversed(cfg.filters[:-1]):
         y = layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu")(y)
-    y = layers.Conv2DTranspose(1, 3, strides=2, padding="same", activation="sigmoid")(y)
+    channels = 2 if cfg.ae_input == "both" else 1  # "both" reconstructs both views
+    y = layers.Conv2DTranspose(channels, 3, strides=2, padding="same", activation="sigmoid")(y)
     autoencoder = keras.Model(inp, y, name="autoencoder")
     autoencoder.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
     encoder = scoring_encoder(autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
@@ -306,9 +314,11 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     model = build(images.shape[1], images.shape[2], cfg, band_stats)
     x, xv = images[..., None], val_images[..., None]
     y, yv = x, xv
-    if cfg.ae_input == "minmax":  # the autoencoder reconstructs what its convolutions see
+    if cfg.ae_input != "image":  # the autoencoder reconstructs what its convolutions see
         scale = model.autoencoder.get_layer("minmax")
         y, yv = scale(x).numpy(), scale(xv).numpy()
+        if cfg.ae_input == "both":  # and the window as scaled ([0, 1], as the sigmoid's)
+            y, yv = np.concatenate([y, x], -1), np.concatenate([yv, xv], -1)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True

@@ -350,3 +350,28 @@ def test_minmax_ae_input_makes_the_conv_part_level_independent() -> None:
     flat = 4 * 4 * 8
     np.testing.assert_allclose(a[:, :flat], b[:, :flat], atol=1e-5)
     assert np.abs(a[:, flat:] - b[:, flat:]).max() > 0.05
+
+
+def test_both_ae_input_feeds_the_convolutions_the_window_min_max_scaled_and_as_is() -> None:
+    # --ae-input both: channel 0 of what the convolutions see is the window min-max scaled,
+    # channel 1 the window as the features scaled it, so a gain/offset change moves the conv
+    # part; the autoencoder reconstructs both channels and the exported encoder agrees
+    import keras
+
+    from training.autoencoder import AutoencoderConfig, build
+    from training.export import onnx_run, to_onnx
+
+    cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="both")
+    model = build(16, 16, cfg)
+    x = np.random.default_rng(0).uniform(0.2, 0.6, (3, 16, 16, 1)).astype(np.float32)
+    views = keras.Model(model.autoencoder.inputs[0], model.autoencoder.get_layer("views").output)
+    seen = views(x).numpy()
+    lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(seen[..., :1], (x - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_allclose(seen[..., 1:], x, atol=1e-7)
+    assert model.autoencoder(x).shape == (3, 16, 16, 2)
+    a, b = model.encoder(x).numpy(), model.encoder(0.5 * x + 0.3).numpy()
+    flat = 4 * 4 * 8
+    assert np.abs(a[:, :flat] - b[:, :flat]).max() > 1e-3
+    onnx = to_onnx(model.encoder, "spectrogram", "latent")
+    np.testing.assert_allclose(onnx_run(onnx, x), a, atol=1e-5)
