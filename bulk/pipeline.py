@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bulk.limits import Limits
-from bulk.rows import OUTPUT_SCHEMA, prepare_table, score_table
+from bulk.rows import OUTPUT_SCHEMA, error_rows, prepare_table, score_table, unreadable
 from service.errors import BundleError
 from service.features import FeatureParams
 from service.models.bundle import read_manifest
@@ -160,6 +160,79 @@ def score_files(
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     start = time.perf_counter()
+    # A file that cannot be read would fail Ray's read task, and with it the job: such
+    # files become error rows here, in their place among the others.
+    missing = unreadable(files)
+    readable = [f for f in files if f not in missing]
+    version = manifest.version
+    summary = Summary()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with pq.ParquetWriter(partial, OUTPUT_SCHEMA) as writer:
+            ahead = iter(files)  # the unreadable files due before the next scored row
+
+            def write(table: pa.Table) -> None:
+                writer.write_table(table)
+                summary.files += table.num_rows
+                for level in table["level"].to_pylist():
+                    if level is not None:
+                        summary.levels[level] += 1
+                for code in table["error_code"].to_pylist():
+                    if code is not None:
+                        summary.errors[code] += 1
+                if progress is not None:
+                    progress(table.num_rows)
+
+            def due_before(path: str | None) -> dict[str, str]:
+                due = {}
+                for f in ahead:
+                    if f == path:
+                        break
+                    if f in missing:
+                        due[f] = missing[f]
+                return due
+
+            for table in _scored(
+                bundle_dir, bundle, manifest, readable, limits, actors, batch_size
+            ):
+                table = table.cast(OUTPUT_SCHEMA)
+                if not (missing and ordered):
+                    write(table)
+                    continue
+                start = 0
+                for i, path in enumerate(table["file"].to_pylist()):
+                    due = due_before(path)
+                    if due:
+                        if i > start:
+                            write(table.slice(start, i - start))
+                        write(error_rows(due, bundle_dir.name, version))
+                        start = i
+                write(table.slice(start))
+            rest = due_before(None) if ordered else missing
+            if rest:
+                write(error_rows(rest, bundle_dir.name, version))
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _scored(
+    bundle_dir: Path,
+    bundle: dict[str, bytes],
+    manifest: Any,
+    files: list[str],
+    limits: Limits,
+    actors: int,
+    batch_size: int,
+) -> Iterator[pa.Table]:
+    """OUTPUT_SCHEMA-like tables for `files`, from Ray Data (nothing for no files)."""
+    import ray.data
+
+    if not files:
+        return
     # Reading takes no CPU slot (with one CPU the model actor holds it, and the reads that
     # feed it must still run; decoding is fused into the actors' batches), so the read
     # tasks in flight are bounded instead. One read task per model batch: Ray's default of
@@ -185,28 +258,7 @@ def score_files(
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),
     )
-    summary = Summary()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        with pq.ParquetWriter(partial, OUTPUT_SCHEMA) as writer:
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                table = table.cast(OUTPUT_SCHEMA)
-                writer.write_table(table)
-                summary.files += table.num_rows
-                for level in table["level"].to_pylist():
-                    if level is not None:
-                        summary.levels[level] += 1
-                for code in table["error_code"].to_pylist():
-                    if code is not None:
-                        summary.errors[code] += 1
-                if progress is not None:
-                    progress(table.num_rows)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def stop_ray() -> None:

@@ -9,6 +9,7 @@ becomes a row with `error_code`/`error_message` and no score; it never raises.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -128,3 +129,37 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
+
+
+UNREADABLE = "unreadable_file"  # bulk only: the service never reads files
+
+
+def unreadable(files: list[str]) -> dict[str, str]:
+    """Those of `files` that cannot be read now (gone since they were listed, no
+    permission, not a regular file): path → error message. A stat each, no reading."""
+    out = {}
+    for path in files:
+        if not os.path.isfile(path):
+            out[path] = "the file is gone or is not a regular file"
+        elif not os.access(path, os.R_OK):
+            out[path] = "no permission to read the file"
+    return out
+
+
+def error_rows(errors: dict[str, str], model: str, version: str) -> pa.Table:
+    """OUTPUT_SCHEMA rows for files that never reached the pipeline, in `errors`' order."""
+    n = len(errors)
+    return pa.Table.from_pydict(
+        {
+            "file": list(errors),
+            "duration_s": [None] * n,
+            "score": [None] * n,
+            "level": [None] * n,
+            "windows": [None] * n,
+            "model": [model] * n,
+            "model_version": [version] * n,
+            "error_code": [UNREADABLE] * n,
+            "error_message": list(errors.values()),
+        },
+        schema=OUTPUT_SCHEMA,
+    )

@@ -183,3 +183,40 @@ def test_cli_scores_a_folder_on_a_running_cluster(
     assert "errors by code: audio_too_short 1, invalid_audio 2, invalid_image 1" in r.stderr
     assert not list(out.parent.glob(".*partial"))
     assert ray.cluster_resources()["CPU"] == 2  # the second driver left the cluster up
+
+
+def test_files_gone_before_the_job_are_error_rows_in_their_place(
+    local_ray: str, archive: list[Path], http_results: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """A file listed but unreadable when the job runs (deleted since, no permission) would
+    fail Ray's read task and the job: it is an `unreadable_file` row in its place instead,
+    the other files' rows unchanged, across batch boundaries."""
+    files = [str(p) for p in archive]
+    root = archive[0].parents[1]  # names that sort first, among and after the archive's
+    gone = [str(root / name) for name in ("a-first.wav", "plant-a/m-middle.wav", "zz-last.wav")]
+    listed = sorted([*files, *gone])
+    assert listed[0] == gone[0] and listed[-1] == gone[2] and listed[1:-1] != files
+    listed.insert(listed.index(files[4]), str(tmp_path / "dir.wav"))
+    (tmp_path / "dir.wav").mkdir()  # not a regular file
+    out = tmp_path / "scores.parquet"
+    summary = score_files(GEARBOX, listed, out, batch_size=3)
+    rows = pq.read_table(out).to_pylist()
+    assert [r["file"] for r in rows] == listed
+    bad = [r for r in rows if r["error_code"] == "unreadable_file"]
+    assert [r["file"] for r in bad] == [f for f in listed if f not in files]
+    assert all(r["score"] is None and r["error_message"] for r in bad)
+    _check_rows([r for r in rows if r["file"] in files], http_results, archive, exact=False)
+    assert summary.files == len(listed)
+    assert summary.errors["unreadable_file"] == 4
+
+
+def test_a_job_of_only_unreadable_files_still_writes_its_rows(
+    local_ray: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores.parquet"
+    summary = score_files(GEARBOX, [str(tmp_path / "gone.wav")], out)
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["file"], r["error_code"]) for r in rows] == [
+        (str(tmp_path / "gone.wav"), "unreadable_file")
+    ]
+    assert summary.files == 1
