@@ -81,6 +81,11 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
         "the autoencoder's features removed: band statistics alone (issue 7's default)",
     ),
     ("AE only (flat)", ["--pooling", "flat"], "the flattened conv maps alone"),
+    (
+        "AE min-max",
+        ["--ae-input", "minmax"],
+        "the convolutions see each window min-max scaled (the previous default)",
+    ),
     ("AE sees the level", ["--ae-input", "image"], "the convolutions see the window as scaled"),
     (
         "AE level std bands",
@@ -126,6 +131,7 @@ DEFAULT_ABLATION_ROWS = (
     "default",
     "no AE (band stats)",
     "AE only (flat)",
+    "AE min-max",
     "AE sees the level",
     "concat",
     "width 64",

@@ -134,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--ae-input",
-        choices=("image", "minmax", "both"),
+        choices=("image", "minmax", "centred", "both"),
         default=ae.ae_input,
         help="what the autoencoder's convolutions see: the window as scaled (image), every "
         "window min-max scaled on its own (minmax: level-independent; band_stats keeps the "
-        "level) or both as two channels (both)",
+        "level), every window minus its own mean (centred: gain-independent, keeps the "
+        "contrast) or the first two as two channels (both)",
     )
     f.add_argument("--n-mels", type=int, default=64, help="mel bands = input height")
     f.add_argument(

@@ -55,8 +55,9 @@ class AutoencoderConfig:
     # What the convolutions see: the window as scaled by the features ("image"), every
     # window min-max scaled on its own ("minmax": the conv parts ignore level and gain, as the
     # seeds' images did; band_stats still sees the level), or both as two channels ("both":
-    # the shape of the window and its level; the autoencoder reconstructs both).
-    ae_input: Literal["image", "minmax", "both"] = "minmax"
+    # the shape of the window and its level; the autoencoder reconstructs both), or every
+    # window minus its own mean ("centred": a gain change is removed, contrast is kept).
+    ae_input: Literal["image", "minmax", "centred", "both"] = "centred"
     epochs: int = 60
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -116,6 +117,22 @@ def _minmax_class() -> Any:
             return (x - lo) / ops.maximum(hi - lo, 1e-6)
 
     return MinMax
+
+
+@lru_cache(maxsize=1)
+def _centre_class() -> Any:
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="auscult")
+    class Centre(keras.layers.Layer):
+        """(b, h, w, 1) → every sample minus its own mean, plus 0.5, clipped to [0, 1]: a gain
+        change (an offset in dB) is removed, the contrast between bands and frames is kept."""
+
+        def call(self, x: Any) -> Any:
+            return ops.clip(x - ops.mean(x, axis=(1, 2, 3), keepdims=True) + 0.5, 0.0, 1.0)
+
+    return Centre
 
 
 @lru_cache(maxsize=1)
@@ -225,6 +242,8 @@ def build(
     else:
         if cfg.ae_input == "minmax":
             x = _minmax_class()(name="minmax")(x)
+        elif cfg.ae_input == "centred":
+            x = _centre_class()(name="centred")(x)
         if cfg.standardise_bands:
             x = _band_standardise_class()(mean, std, name="standardise_bands")(x)
     for i, f in enumerate(cfg.filters):
@@ -289,7 +308,13 @@ def load_autoencoder(path: Any) -> Any:
     """A saved autoencoder.keras, with auscult's custom layers registered first."""
     import keras
 
-    for register in (_time_stats_class, _band_stats_class, _band_standardise_class, _minmax_class):
+    for register in (
+        _time_stats_class,
+        _band_stats_class,
+        _band_standardise_class,
+        _minmax_class,
+        _centre_class,
+    ):
         register()
     return keras.models.load_model(path, compile=False)
 
@@ -315,7 +340,7 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
     x, xv = images[..., None], val_images[..., None]
     y, yv = x, xv
     if cfg.ae_input != "image":  # the autoencoder reconstructs what its convolutions see
-        scale = model.autoencoder.get_layer("minmax")
+        scale = model.autoencoder.get_layer("centred" if cfg.ae_input == "centred" else "minmax")
         y, yv = scale(x).numpy(), scale(xv).numpy()
         if cfg.ae_input == "both":  # and the window as scaled ([0, 1], as the sigmoid's)
             y, yv = np.concatenate([y, x], -1), np.concatenate([yv, xv], -1)

@@ -375,3 +375,27 @@ def test_both_ae_input_feeds_the_convolutions_the_window_min_max_scaled_and_as_i
     assert np.abs(a[:, :flat] - b[:, :flat]).max() > 1e-3
     onnx = to_onnx(model.encoder, "spectrogram", "latent")
     np.testing.assert_allclose(onnx_run(onnx, x), a, atol=1e-5)
+
+
+def test_centred_ae_input_removes_a_gain_change_but_keeps_the_contrast() -> None:
+    # --ae-input centred: the convolutions see the window minus its own mean (+0.5, clipped to
+    # [0, 1]): an offset in dB (a gain change) leaves the conv part as it was, a change of
+    # contrast does not; the exported encoder agrees with Keras
+    import keras
+
+    from training.autoencoder import AutoencoderConfig, build
+    from training.export import onnx_run, to_onnx
+
+    cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="centred")
+    model = build(16, 16, cfg)
+    x = np.random.default_rng(0).uniform(0.2, 0.6, (3, 16, 16, 1)).astype(np.float32)
+    seen = keras.Model(model.autoencoder.inputs[0], model.autoencoder.get_layer("centred").output)
+    expected = x - x.mean(axis=(1, 2, 3), keepdims=True) + 0.5
+    np.testing.assert_allclose(seen(x).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(seen(np.ones_like(x)).numpy(), 0.5, atol=1e-6)
+    a = model.encoder(x).numpy()
+    flat = 4 * 4 * 8
+    np.testing.assert_allclose(model.encoder(x + 0.3).numpy()[:, :flat], a[:, :flat], atol=1e-5)
+    assert np.abs(model.encoder(0.5 * x).numpy()[:, :flat] - a[:, :flat]).max() > 1e-3
+    onnx = to_onnx(model.encoder, "spectrogram", "latent")
+    np.testing.assert_allclose(onnx_run(onnx, x), a, atol=1e-5)
