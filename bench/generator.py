@@ -6,7 +6,7 @@ path (wav bytes → service.features → ClassifierRuntime); the share labelled 
 class they were made for, per class and overall. The images before Griffin-Lim are
 scored too, to show what the phase reconstruction costs.
 
-Usefulness: a classifier (training.classifier.train, the bundle's own recipe) fitted on
+Usefulness: a classifier (training.classifier.network.train, the bundle's own recipe) fitted on
 `--real-per-class` real clips per class of the speakers the generator learned from, with
 and without `--gen-per-class` generated clips per class, scored on every clip of a
 speaker neither of them heard (`--heldout`); over `--seeds` (which real clips, and the
@@ -103,7 +103,7 @@ def usefulness(
 ) -> dict[str, Any]:
     """Unseen-speaker accuracy of a classifier fitted on few real clips, without and with
     generated ones. The generator's features are the classifier's (its manifest)."""
-    from training.classifier import ClassifierConfig, train
+    from training.classifier.network import ClassifierConfig, train
 
     assert gen.manifest is not None and gen.manifest.labels is not None
     labels, params = gen.manifest.labels, gen.manifest.features

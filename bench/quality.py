@@ -12,13 +12,13 @@ generator (bearing pump, gear drive; one subset per data seed). fsdd and the mac
 results chose auscult's defaults; the others (HELD_OUT) are only reported.
 
 Methods: auscult as `python -m training fit --sample-rate SR --seed S` builds it
-(training.fit.fit with the command's own argument handling), scored by training.evaluate
-through service.models.runtimes, exactly as the service scores; the DCASE AE baseline, the seed's
-method (conv AE encoder → PCA → Mahalanobis) and a Gaussian on log-mel statistics
-(bench/baselines.py). The learned methods are fitted once per training seed (--seeds); the
-main table reports the mean over seeds and the spread of the harmonic mean. Metrics per DCASE:
-AUC and pAUC (max FPR 0.1) per domain, averaged over a dataset's subsets (digits, folds, data
-seeds), and the harmonic mean of all of them.
+(training.anomaly.fit.fit with the command's own argument handling), scored by
+training.anomaly.evaluate through service.models.runtimes, exactly as the service scores;
+the DCASE AE baseline, the seed's method (conv AE encoder → PCA → Mahalanobis) and a
+Gaussian on log-mel statistics (bench/baselines.py). The learned methods are fitted once per
+training seed (--seeds); the main table reports the mean over seeds and the spread of the
+harmonic mean. Metrics per DCASE: AUC and pAUC (max FPR 0.1) per domain, averaged over a
+dataset's subsets (digits, folds, data seeds), and the harmonic mean of all of them.
 
 The ablation table refits auscult with one choice changed at a time (same `fit` arguments as
 the command line, first training seed only) and reports the harmonic mean per dataset.
@@ -151,7 +151,8 @@ class Dataset:
 
 @dataclass
 class Result:
-    """Metrics of one method on one dataset: a training.evaluate.metrics_table per subset."""
+    """Metrics of one method on one dataset: training.anomaly.evaluate.metrics_table per
+    subset."""
 
     per_subset: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -225,8 +226,8 @@ def quiet() -> Iterator[None]:
 
 
 def run_auscult(data: Path, bundle: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    from training.evaluate import evaluate
-    from training.fit import fit
+    from training.anomaly.evaluate import evaluate
+    from training.anomaly.fit import fit
 
     with quiet():
         fit(data, bundle, run_evaluation=False, **settings)
@@ -262,8 +263,8 @@ def codec_false_alarms(data: Path, bundle: Path) -> dict[str, list[bool]]:
 
 
 def run_reference(data: Path, model: Any) -> dict[str, Any]:
+    from training.anomaly.evaluate import ScoredClips, metrics_table
     from training.datasets import discover, training_clips
-    from training.evaluate import ScoredClips, metrics_table
 
     clips = discover(data)
     test = [c for c in clips if c.split == "test" and c.label is not None]
@@ -281,10 +282,10 @@ def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
     training split has no target clips."""
     from service.models.bundle import window_scores
     from service.models.runtimes import AnomalyRuntime, open_runtime
-    from training import detector
+    from training.anomaly import mahalanobis
+    from training.anomaly.evaluate import ScoredClips, clip_scores, load_windows, metrics_table
+    from training.anomaly.fit import split_heldout
     from training.datasets import discover, training_clips
-    from training.evaluate import ScoredClips, clip_scores, load_windows, metrics_table
-    from training.fit import split_heldout
 
     runtime = open_runtime(bundle)
     assert isinstance(runtime, AnomalyRuntime) and runtime.manifest is not None
@@ -309,7 +310,7 @@ def domain_aware_metrics(data: Path, bundle: Path) -> dict[str, Any] | None:
     target_w = target[owners]
     scoring = runtime.manifest.scoring
     widths = [(p.name, p.dims[1] - p.dims[0]) for p in runtime.parts]
-    arrays, parts, _ = detector.fit_parts(
+    arrays, parts, _ = mahalanobis.fit_parts(
         z_train[~target_w],
         widths,
         scoring.get("pca_components"),

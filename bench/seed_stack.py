@@ -10,7 +10,7 @@ server, the way the seed did:
   (uint8) → 224x224 picture;
 - the Keras autoencoder from the bundle (`autoencoder.keras`) is loaded, the
   encoder rebuilt from its layers (`keras.Model(m.input, m.get_layer(...).output)`,
-  via `training.autoencoder.scoring_encoder`), and `model.predict` is called once
+  via `training.anomaly.autoencoder.scoring_encoder`), and `model.predict` is called once
   per request;
 - PCA + Mahalanobis with the bundle's arrays.
 
@@ -38,7 +38,7 @@ def create_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     from flask import Flask, jsonify, request
     from PIL import Image
 
-    from training.autoencoder import load_autoencoder, scoring_encoder_for
+    from training.anomaly.autoencoder import load_autoencoder, scoring_encoder_for
 
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     height, width = manifest["features"]["height"], manifest["features"]["width"]

@@ -63,8 +63,8 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bundle(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real anomaly bundle fitted by the training package with a tiny network."""
     from service.features import FeatureParams
-    from training.autoencoder import AutoencoderConfig
-    from training.fit import fit
+    from training.anomaly.autoencoder import AutoencoderConfig
+    from training.anomaly.fit import fit
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
     cfg = AutoencoderConfig(filters=(4, 8, 8), latent_dim=8, epochs=3, batch_size=8, seed=0)

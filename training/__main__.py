@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from training.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
+from training.anomaly.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
 from training.datasets import DatasetError
 
 C = TypeVar("C")
@@ -364,7 +364,7 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 
 
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """`fit` subcommand arguments → keyword arguments of training.fit.fit (also used by
+    """`fit` subcommand arguments → keyword arguments of training.anomaly.fit.fit (also used by
     bench/quality.py, so the benchmark fits exactly what this command fits)."""
     from service.features import FeatureParams
 
@@ -424,15 +424,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"skipped {f}", file=sys.stderr)
         return 0 if written else 2
     if args.command == "evaluate":
-        from training.evaluate import evaluate, format_table
+        from training.anomaly.evaluate import evaluate, format_table
 
         metrics, _ = evaluate(args.data, args.model)
         print(format_table(metrics))
         print(f"report: {args.model / 'report.png'}, {args.model / 'report.json'}")
         return 0
     if args.command == "fit":
-        from training.evaluate import format_table
-        from training.fit import fit
+        from training.anomaly.evaluate import format_table
+        from training.anomaly.fit import fit
 
         result = fit(args.data, args.out, run_evaluation=not args.no_evaluate, **fit_kwargs(args))
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
@@ -441,8 +441,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fit-classifier":
         from training.augment import AugmentConfig
-        from training.classifier import ClassifierConfig, feature_params, fit_classifier
-        from training.classifier_eval import format_table as format_classifier_table
+        from training.classifier.evaluate import format_table as format_classifier_table
+        from training.classifier.network import ClassifierConfig, feature_params, fit_classifier
 
         cfg = config_from_args(ClassifierConfig, args)
         aug = config_from_args(AugmentConfig, args)
@@ -450,8 +450,8 @@ def _run(args: argparse.Namespace) -> int:
             args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
         )
         if args.loso_only:
-            from training.classifier_eval import format_loso, leave_one_group_out
-            from training.classify_data import discover_labelled
+            from training.classifier.data import discover_labelled
+            from training.classifier.evaluate import format_loso, leave_one_group_out
 
             clips = discover_labelled(
                 args.data, args.label_pattern, args.test_pattern, args.group_pattern
@@ -476,7 +476,7 @@ def _run(args: argparse.Namespace) -> int:
             print(format_classifier_table(result.evaluation))
         return 0
     if args.command == "fit-generator":
-        from training.classifier import feature_params
+        from training.classifier.network import feature_params
         from training.generator import GeneratorConfig, fit_generator
 
         gcfg = config_from_args(GeneratorConfig, args)

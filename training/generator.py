@@ -26,7 +26,7 @@ import numpy as np
 from service.features import FeatureParams
 from service.models.bundle import GeneratorSpec, TensorSpec, write_bundle
 from service.models.generator import image_to_audio, wav_bytes
-from training.classify_data import (
+from training.classifier.data import (
     check_classes,
     compile_pattern,
     discover_labelled,
@@ -161,7 +161,7 @@ def train(
     import keras
     import tensorflow as tf
 
-    from training.autoencoder import seed_everything
+    from training.anomaly.autoencoder import seed_everything
 
     seed_everything(cfg.seed)
     h, w = images.shape[1:]
@@ -279,8 +279,8 @@ def fit_generator(
     """Fit a CGAN on the clips of data_dir (all of them, or those whose file name matches
     `include_pattern`, searched) and write a generator bundle to out_dir: generator.onnx, the sample
     grids and one Griffin-Lim wav per class (`sample_<label>.wav`)."""
-    from training.classifier import feature_params
-    from training.fit import library_versions
+    from training.anomaly.fit import library_versions
+    from training.classifier.network import feature_params
 
     start = time.perf_counter()
     cfg = cfg or GeneratorConfig()

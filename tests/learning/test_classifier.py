@@ -24,8 +24,8 @@ from training.augment import (
     warp_batch,
     warp_matrix,
 )
-from training.classifier import feature_params
-from training.classify_data import discover_labelled, group_folds, label_key, split_validation
+from training.classifier.data import discover_labelled, group_folds, label_key, split_validation
+from training.classifier.network import feature_params
 from training.datasets import DatasetError
 
 SR = 8000
@@ -416,7 +416,7 @@ def test_committed_digits_bundle_records_its_unseen_speaker_accuracy() -> None:
 def test_committed_digits_bundle_recognises_fsdd_test_takes() -> None:
     if not FSDD.is_dir():
         pytest.skip(f"real data not available: {FSDD} is absent")
-    from training.classifier_eval import evaluate_classifier
+    from training.classifier.evaluate import evaluate_classifier
 
     clips = discover_labelled(FSDD, r"^(?P<label>\d)_(?P<speaker>[a-z]+)_", r"_[0-4]\.wav$")
     test = [c for c in clips if c.split == "test"]

@@ -11,7 +11,7 @@ import pytest
 
 from service.models.bundle import mahalanobis, part_distances, read_manifest
 from service.models.runtimes import AnomalyRuntime, open_runtime
-from training.detector import fit_detector, fit_parts, score, standardise
+from training.anomaly.mahalanobis import fit_detector, fit_parts, score, standardise
 
 
 def _latents(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -64,7 +64,7 @@ def test_fit_writes_a_complete_verified_bundle(tiny_bundle: Path) -> None:
 
 
 def test_onnx_encoder_matches_keras(tiny_bundle: Path) -> None:
-    from training.autoencoder import load_autoencoder, scoring_encoder_for
+    from training.anomaly.autoencoder import load_autoencoder, scoring_encoder_for
     from training.export import onnx_run
 
     ae = load_autoencoder(tiny_bundle / "autoencoder.keras")
@@ -80,7 +80,7 @@ def test_onnx_encoder_matches_keras(tiny_bundle: Path) -> None:
 def test_training_and_service_paths_give_identical_features(
     synth_dir: Path, window: float | None
 ) -> None:
-    from training.evaluate import load_windows
+    from training.anomaly.evaluate import load_windows
 
     clips = discover(synth_dir)[:3]
     params = FeatureParams(height=32, n_mels=32, width=32, window_seconds=window)
@@ -276,7 +276,7 @@ def test_input_stats_pooling_exports_band_stats_and_scores_in_the_service(
 ) -> None:
     import keras
 
-    from training.autoencoder import scoring_encoder
+    from training.anomaly.autoencoder import scoring_encoder
     from training.export import onnx_run
 
     out = tmp_path / "stats_in"
@@ -341,7 +341,7 @@ def test_band_pool_must_divide_the_mel_bands(
 def test_minmax_ae_input_makes_the_conv_part_level_independent() -> None:
     # --ae-input minmax: the flattened conv maps of a window and of a gain/offset change of
     # it are the same; the band statistics beside them still see the change
-    from training.autoencoder import AutoencoderConfig, build
+    from training.anomaly.autoencoder import AutoencoderConfig, build
 
     cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="minmax")
     model = build(16, 16, cfg)
@@ -358,7 +358,7 @@ def test_both_ae_input_feeds_the_convolutions_the_window_min_max_scaled_and_as_i
     # part; the autoencoder reconstructs both channels and the exported encoder agrees
     import keras
 
-    from training.autoencoder import AutoencoderConfig, build
+    from training.anomaly.autoencoder import AutoencoderConfig, build
     from training.export import onnx_run, to_onnx
 
     cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="both")
@@ -383,7 +383,7 @@ def test_centred_ae_input_removes_a_gain_change_but_keeps_the_contrast() -> None
     # contrast does not; the exported encoder agrees with Keras
     import keras
 
-    from training.autoencoder import AutoencoderConfig, build
+    from training.anomaly.autoencoder import AutoencoderConfig, build
     from training.export import onnx_run, to_onnx
 
     cfg = AutoencoderConfig(filters=(4, 8), pooling="flat+band_stats", ae_input="centred")

@@ -118,7 +118,7 @@ def render_report(scored: ScoredClips, manifest: Manifest) -> bytes:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from training.calibration import kmeans_boundaries
+    from training.anomaly.calibration import kmeans_boundaries
 
     th = manifest.thresholds
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))

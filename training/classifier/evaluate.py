@@ -18,7 +18,7 @@ import numpy as np
 
 from service.models.bundle import Manifest, update_bundle
 from service.models.runtimes import ClassifierRuntime, open_runtime
-from training.classify_data import (
+from training.classifier.data import (
     LabelledClip,
     group_folds,
     label_key,
@@ -31,7 +31,7 @@ from training.datasets import DatasetError
 if TYPE_CHECKING:
     from service.features import FeatureParams
     from training.augment import AugmentConfig
-    from training.classifier import ClassifierConfig
+    from training.classifier.network import ClassifierConfig
 
 
 def open_classifier(bundle_dir: Path) -> ClassifierRuntime:
@@ -105,7 +105,7 @@ def leave_one_group_out(
     the fold accuracies), "worst", "worst_group", "seconds"}."""
     import time
 
-    from training.classifier import augmented_copies, predict_keras, train
+    from training.classifier.network import augmented_copies, predict_keras, train
 
     start = time.perf_counter()
     folds = group_folds(clips, key)  # checks the groups before any feature is computed

@@ -320,7 +320,7 @@ def load_autoencoder(path: Any) -> Any:
 
 
 def scoring_encoder_for(autoencoder: Any, recorded: dict[str, Any]) -> Any:
-    """scoring_encoder with the settings a manifest recorded (training.autoencoder); bundles
+    """scoring_encoder with the settings a manifest recorded (training.anomaly.autoencoder); bundles
     from before `pooling` existed scored the dense bottleneck."""
     return scoring_encoder(
         autoencoder,

@@ -21,9 +21,9 @@ import numpy as np
 from service.features import FeatureParams
 from service.models.bundle import TensorSpec, read_manifest, update_bundle, write_bundle
 from training import export
+from training.anomaly.autoencoder import seed_everything
 from training.augment import AugmentConfig, band_centres, spec_augment, warp_batch
-from training.autoencoder import seed_everything
-from training.classify_data import (
+from training.classifier.data import (
     LabelledClip,
     discover_labelled,
     load_images,
@@ -358,10 +358,10 @@ def fit_classifier(
     """Fit a classifier bundle on the train split of data_dir, write it to out_dir and
     evaluate it (through the service runtime) on the test split, or on the validation
     clips when there is no test split. With `loso` (a group key, e.g. "speaker") the same
-    recipe is first measured leave-one-group-out on all clips (training.classifier_eval);
+    recipe is first measured leave-one-group-out on all clips (training.classifier.evaluate);
     the figures go into the manifest's evaluation and the report."""
-    from training.classifier_eval import evaluate_classifier, leave_one_group_out
-    from training.fit import library_versions
+    from training.anomaly.fit import library_versions
+    from training.classifier.evaluate import evaluate_classifier, leave_one_group_out
 
     start = time.perf_counter()
     cfg = cfg or ClassifierConfig()

@@ -23,11 +23,12 @@ from service.models.bundle import (
     window_scores,
     write_bundle,
 )
-from training import calibration, detector, export
-from training.autoencoder import AutoencoderConfig, scoring_encoder_parts
-from training.autoencoder import fit as fit_autoencoder
+from training import export
+from training.anomaly import calibration, mahalanobis
+from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
+from training.anomaly.autoencoder import fit as fit_autoencoder
+from training.anomaly.evaluate import clip_scores, evaluate, load_windows
 from training.datasets import DatasetError, discover, labelled_test_clips, training_clips
-from training.evaluate import clip_scores, evaluate, load_windows
 
 log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
@@ -96,9 +97,9 @@ def fit(
     out_dir: Path,
     cfg: AutoencoderConfig | None = None,
     params: FeatureParams | None = None,
-    pca_selection: detector.Selection = "full",
+    pca_selection: mahalanobis.Selection = "full",
     pca_components: int | None = None,
-    shrinkage: detector.Shrinkage = "ledoit_wolf",
+    shrinkage: mahalanobis.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
     detector_clips: DetectorClips = "all",
     window_seconds: float | None = WINDOW_SECONDS,
@@ -165,12 +166,12 @@ def fit(
         widths = [(cfg.pooling, int(latents.shape[1]))]
 
     def fit_on(rows: np.ndarray) -> tuple[dict[str, np.ndarray], list[Any], list[Any]]:
-        return detector.fit_parts(
+        return mahalanobis.fit_parts(
             latents[rows], widths, pca_components, pca_selection, shrinkage, max_components
         )
 
     arrays, parts, part_fits = fit_on(tr_w)
-    parts = detector.standardise(parts, part_distances(latents[val_w], arrays, parts))
+    parts = mahalanobis.standardise(parts, part_distances(latents[val_w], arrays, parts))
 
     def scores_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(window scores, clip scores) of the training clips whose windows are `rows`."""
