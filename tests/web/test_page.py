@@ -103,8 +103,13 @@ def test_a_batch_gives_a_table_row_per_clip_and_a_csv(
     ]
     with page.expect_response(lambda r: r.url.endswith("/score/batch")) as answer:
         page.set_input_files("#files", [str(f) for f in files])
-    levels = [r["level"] for r in answer.value.json()["results"]]
-    assert levels[0] == "normal" and levels[1] != "normal"  # rubbing for 2 of 6 s
+    results = answer.value.json()["results"]
+    levels = [r["level"] for r in results]
+    assert levels[0] == "normal"
+    # rubbing for 2 of 6 s: the clip's mean may stay under the threshold, its windows may not
+    loudest = max(results[1]["windows"], key=lambda w: w["score"])
+    assert 1.0 <= loudest["start_s"] <= 4.0, results[1]["windows"]
+    assert loudest["score"] >= results[1]["thresholds"]["severe"]
     rows = page.locator("#batch-table tbody tr")
     rows.nth(1).wait_for()
     assert rows.count() == 2
