@@ -200,15 +200,15 @@ def score_files(
                 if not (missing and ordered):
                     write(table)
                     continue
-                start = 0
+                first = 0  # the first row of `table` not written yet
                 for i, path in enumerate(table["file"].to_pylist()):
                     due = due_before(path)
                     if due:
-                        if i > start:
-                            write(table.slice(start, i - start))
+                        if i > first:
+                            write(table.slice(first, i - first))
                         write(error_rows(due, bundle_dir.name, version))
-                        start = i
-                write(table.slice(start))
+                        first = i
+                write(table.slice(first))
             rest = due_before(None) if ordered else missing
             if rest:
                 write(error_rows(rest, bundle_dir.name, version))

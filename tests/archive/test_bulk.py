@@ -208,6 +208,7 @@ def test_files_gone_before_the_job_are_error_rows_in_their_place(
     _check_rows([r for r in rows if r["file"] in files], http_results, archive, exact=False)
     assert summary.files == len(listed)
     assert summary.errors["unreadable_file"] == 4
+    assert 0 < summary.seconds < 300  # the job's wall time, not a row offset's
 
 
 def test_a_job_of_only_unreadable_files_still_writes_its_rows(
