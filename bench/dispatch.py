@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import bench.serving as serving  # noqa: E402  (sets up the process)
 from bench.loadgen import LeanClient, build_request  # noqa: E402
-from bench.serving import (  # noqa: E402
+from bench.serving import (  # noqa: E402  (sets up the process)
+    ORIGINAL_ENV,
     Server,
     free_port,
     loop_cpu_seconds,
@@ -48,18 +48,13 @@ def start(name: str, tree: Path, artifacts: Path) -> Server:
     """`python -m service` run from `tree` (its own code), one worker, on `artifacts`."""
     port = free_port()
     env = dict(
-        serving.ORIGINAL_ENV,
+        ORIGINAL_ENV,
         AUSCULT_ARTIFACTS_DIR=str(artifacts),
         AUSCULT_WORKERS="1",
         PYTHONPATH=str(tree),
     )
-    serving.REPO = tree  # start_server runs the command from the checkout
-    try:
-        return start_server(
-            name, [sys.executable, "-m", "service", "--port", str(port)], env, port, 120
-        )
-    finally:
-        serving.REPO = REPO
+    cmd = [sys.executable, "-m", "service", "--port", str(port)]
+    return start_server(name, cmd, env, port, 120, cwd=tree)
 
 
 async def measure(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:

@@ -213,14 +213,19 @@ class Server:
 
 
 def start_server(
-    name: str, cmd: list[str], env: dict[str, str], port: int, timeout: float
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    timeout: float,
+    cwd: Path = REPO,
 ) -> Server:
-    """Start a server subprocess; time from Popen to the first /readyz 200."""
+    """Start a server subprocess in `cwd`; time from Popen to the first /readyz 200."""
     log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     with httpx.Client(timeout=2.0) as client:
         while True:
             if proc.poll() is not None:
