@@ -56,6 +56,25 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of an HTTP/1.1 `POST path` with these headers, for tests that drive
+    an app with their own `receive` and `send`."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is exactly `{"error": {"code": code, "message": <non-empty text>}}`."""
     assert response.status_code == status, response.text

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
 
 from service.api.deps import get_scorer
@@ -17,7 +16,7 @@ from service.app import create_app
 from service.models.scoring import Scorer
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, tone, wav_bytes
-from tests.helpers import serve
+from tests.helpers import post_scope, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -151,20 +150,9 @@ def sent_to(sent: list[dict[str, Any]]) -> Any:
 
 async def test_a_client_gone_mid_upload_gets_the_same_answer(artifacts_dir: Path) -> None:
     body = b"--b\r\nContent-Disposition: form-data; name=file; filename=a.wav\r\n\r\nRIFF"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/models/tiny/score",
-        "raw_path": b"/v1/models/tiny/score",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = post_scope(
+        "/v1/models/tiny/score", [(b"content-type", b"multipart/form-data; boundary=b")]
+    )
     answers = []
     for app in (
         create_app(Settings(artifacts_dir=artifacts_dir)),
@@ -173,8 +161,8 @@ async def test_a_client_gone_mid_upload_gets_the_same_answer(artifacts_dir: Path
         sent: list[dict[str, Any]] = []
         receive = _upload_then_gone(body)
 
-        async with LifespanManager(app) as manager:
-            await manager.app(dict(scope, state=dict(manager._state)), receive, sent_to(sent))
+        async with serve(app):  # lifespan run
+            await app(scope, receive, sent_to(sent))
         answers.append((sent[0]["status"], sent[1]["body"]))
     assert answers[0] == answers[1]
     assert answers[0][0] == 499

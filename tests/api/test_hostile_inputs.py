@@ -25,6 +25,7 @@ from tests.helpers import (
     FakeAnomalyRuntime,
     assert_error,
     assert_still_scores,
+    post_scope,
     serve,
     with_flac_streaminfo,
 )
@@ -293,24 +294,14 @@ async def test_an_early_error_reads_the_rest_of_a_small_body_first(settings_fact
     async def send(message: dict) -> None:
         events.append(message["type"])
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/v1/models/nope/score",
-        "raw_path": b"/v1/models/nope/score",
-        "query_string": b"",
-        "root_path": "",
-        "scheme": "http",
-        "server": ("test", 80),
-        "client": ("test", 1),
-        "headers": [
+    scope = post_scope(
+        "/v1/models/nope/score",
+        [
             (b"content-type", b"multipart/form-data; boundary=b"),
             (b"content-length", b"200000"),
             (b"connection", b"close"),
         ],
-    }
+    )
     async with serve(app):  # lifespan run
         await app(scope, receive, send)
     assert events.count("body") == 20
