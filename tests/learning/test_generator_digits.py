@@ -10,6 +10,7 @@ import soundfile as sf
 
 from bench.generator import fidelity
 from service.app import create_app
+from service.models.bundle import read_manifest
 from service.models.runtimes import ClassifierRuntime, GeneratorRuntime, open_runtime
 from service.settings import Settings
 from tests.conftest import ARTIFACTS
@@ -32,6 +33,8 @@ async def test_committed_bundles_serve_side_by_side() -> None:
         listed = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
         assert all(listed[n]["status"] == "ready" for n in ("gearbox", "digits", "digits-gan"))
         assert listed["digits-gan"]["kind"] == "generator"
+        for name in ("gearbox", "digits", "digits-gan"):  # manifests name their own folder
+            assert read_manifest(ARTIFACTS / name).name == name
         assert listed["digits-gan"]["labels"] == [str(d) for d in range(10)]
         r = await c.post("/v1/models/digits-gan/generate", json={"label": 7, "seed": 0})
         assert r.status_code == 200, r.text
