@@ -217,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --loso-only: only these held-out groups, e.g. george,jackson (a quick "
         "look at the hardest folds)",
     )
+    c.add_argument(
+        "--extra-train",
+        type=Path,
+        metavar="DIR",
+        help="more labelled clips (same layout or --label-pattern) that only ever train: "
+        "never validation, test or a held-out group (e.g. synthetic voices, see "
+        "`python -m training voices`)",
+    )
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--filters", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
@@ -450,13 +458,14 @@ def _run(args: argparse.Namespace) -> int:
             args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
         )
         if args.loso_only:
-            from training.classifier.data import discover_labelled
+            from training.classifier.data import discover_extra, discover_labelled
             from training.classifier.evaluate import format_loso, leave_one_group_out
 
             clips = discover_labelled(
                 args.data, args.label_pattern, args.test_pattern, args.group_pattern
             )
-            loso = leave_one_group_out(clips, args.loso, params, cfg, aug, args.loso_groups)
+            extra = discover_extra(args.extra_train, args.label_pattern)
+            loso = leave_one_group_out(clips, args.loso, params, cfg, aug, args.loso_groups, extra)
             print(format_loso(loso))
             return 0
         result = fit_classifier(
@@ -470,6 +479,7 @@ def _run(args: argparse.Namespace) -> int:
             save_keras=not args.no_keras,
             aug=aug,
             loso=args.loso,
+            extra_dir=args.extra_train,
         )
         print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
         if result.evaluation:

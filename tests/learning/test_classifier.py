@@ -24,8 +24,14 @@ from training.augment import (
     warp_batch,
     warp_matrix,
 )
-from training.classifier.data import discover_labelled, group_folds, label_key, split_validation
-from training.classifier.network import feature_params
+from training.classifier.data import (
+    discover_extra,
+    discover_labelled,
+    group_folds,
+    label_key,
+    split_validation,
+)
+from training.classifier.network import extra_fit_set, feature_params, with_extra
 from training.datasets import DatasetError
 
 SR = 8000
@@ -359,6 +365,54 @@ def test_loso_groups_fits_only_the_named_folds(
     assert "leave-one-speaker-out (1 fits)" in out and "anna" not in out
     assert main([*argv, "--loso-groups", "bob,carol"]) == 2
     assert "--loso-groups: no speaker carol" in capsys.readouterr().err
+
+
+def test_extra_clips_only_ever_train(named_tones: Path, tmp_path: Path) -> None:
+    """--extra-train clips are read with the data's label pattern, all in the fit set."""
+    rng = np.random.default_rng(5)
+    for label, pitch in TONES.items():
+        for take in range(3):
+            write_wav(tone(rng, pitch), tmp_path / "extra" / f"{label}_synth_{take}.wav")
+    extra = discover_extra(tmp_path / "extra", NAME_PATTERN)
+    assert len(extra) == 9 and {c.split for c in extra} == {"train"}
+    params = feature_params(SR, 0.5, 16)
+    clips = discover_labelled(named_tones, NAME_PATTERN)
+    labels = sorted({c.label for c in clips}, key=label_key)
+    fit_set = extra_fit_set(extra, labels, params, AugmentConfig(copies=2, gain_db=6), 0)
+    assert fit_set is not None
+    ex, ey, ec = fit_set
+    assert ex.shape == (9, params.height, params.width) and ec is not None
+    assert ec.shape == (9, 2, params.height, params.width)
+    assert [labels[i] for i in ey] == [c.label for c in extra]
+    x = np.zeros((4, params.height, params.width), np.float32)
+    xs, ys, cs = with_extra(x, np.zeros(4, int), None, fit_set)
+    assert xs.shape[0] == ys.shape[0] == 13 and cs is None  # no copies unless both have them
+    assert extra_fit_set([], labels, params, AugmentConfig(), 0) is None
+    with pytest.raises(DatasetError, match="not in the data: high"):
+        extra_fit_set(extra, ["low", "mid"], params, AugmentConfig(), 0)
+    with pytest.raises(DatasetError, match=r"--extra-train: .* is not a folder"):
+        discover_extra(tmp_path / "nowhere", NAME_PATTERN)
+
+
+def test_fit_with_extra_clips_records_them_and_holds_none_out(
+    named_tones: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(6)
+    for label, pitch in TONES.items():
+        for take in range(4):
+            write_wav(tone(rng, pitch), tmp_path / "extra" / f"{label}_synth_{take}.wav")
+    out = tmp_path / "bundle"
+    argv = ["fit-classifier", "--data", str(named_tones), "--out", str(out)]
+    argv += ["--label-pattern", NAME_PATTERN, "--test-pattern", r"_[01]\.wav$"]
+    argv += ["--loso", "speaker", "--arch", "tc", "--extra-train", str(tmp_path / "extra")]
+    assert main([*argv, *TINY, "--epochs", "1"]) == 0
+    training = json.loads((out / "manifest.json").read_text())["training"]
+    assert training["clips"] == {"train": 36, "test": 12} and training["clips_extra"] == 12
+    assert training["clips_validation"] == 3  # one per class, of the data's own clips
+    assert training["clips_fit"] == 36 - 3 + 12
+    loso = json.loads((out / "manifest.json").read_text())["evaluation"]["leave_one_group_out"]
+    assert set(loso["folds"]) == {"anna", "bob"}  # the extra clips are never held out
+    assert all(f["n"] == 24 for f in loso["folds"].values())
 
 
 def test_loso_only_needs_loso(named_tones: Path) -> None:

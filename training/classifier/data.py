@@ -151,6 +151,21 @@ def discover_labelled(
     return clips
 
 
+def discover_extra(extra_dir: Path | None, label_pattern: str | None) -> list[LabelledClip]:
+    """Fit-only clips (`--extra-train`): every audio file under extra_dir, labelled as the
+    main data is (by label_pattern, or by class folder), all in the train split; [] for None."""
+    if extra_dir is None:
+        return []
+    extra_dir = Path(extra_dir)
+    if not extra_dir.is_dir():
+        raise DatasetError(f"--extra-train: {extra_dir} is not a folder")
+    label_rx = compile_pattern(label_pattern, "--label-pattern", need_label=True)
+    pairs = _by_name(extra_dir, label_rx) if label_rx is not None else _by_folder(extra_dir)
+    if not pairs:
+        raise DatasetError(f"--extra-train: no labelled audio under {extra_dir}")
+    return [LabelledClip(path, label, "train") for path, label in pairs]
+
+
 def check_classes(clips: list[LabelledClip]) -> None:
     """At least two classes with two training clips each; test labels must be known."""
     counts = Counter(c.label for c in clips if c.split == "train")

@@ -95,17 +95,25 @@ def leave_one_group_out(
     cfg: ClassifierConfig,
     aug: AugmentConfig,
     only: tuple[str, ...] | None = None,
+    extra: list[LabelledClip] | None = None,
 ) -> dict[str, Any]:
     """Fit the recipe once per value of group `key` (or only those in `only`) on the clips
     of all other values (train and test splits alike; cfg.validation_fraction of them for
     early stopping) and score the held-out clips with the Keras model on the service's
-    features.
+    features. `extra` clips (e.g. synthetic voices) join every fold's fit set only: never
+    its validation, never a fold of their own.
 
     → {"group", "folds": {value: {"accuracy", "n", "epochs", "best_epoch"}}, "mean" (of
     the fold accuracies), "worst", "worst_group", "seconds"}."""
     import time
 
-    from training.classifier.network import augmented_copies, predict_keras, train
+    from training.classifier.network import (
+        augmented_copies,
+        extra_fit_set,
+        predict_keras,
+        train,
+        with_extra,
+    )
 
     start = time.perf_counter()
     folds = group_folds(clips, key)  # checks the groups before any feature is computed
@@ -118,21 +126,15 @@ def leave_one_group_out(
     images = load_images(clips, params, "features (all)")
     copies = augmented_copies(clips, params, aug, cfg.seed)
     y = np.array([labels.index(c.label) for c in clips])
+    fit_extra = extra_fit_set(extra or [], labels, params, aug, cfg.seed)
     results: dict[str, dict[str, Any]] = {}
     for value, train_idx, test_idx in folds:
         fit_i, val_i = split_validation(y[train_idx], cfg.validation_fraction, cfg.seed)
         fit_i, val_i = train_idx[fit_i], train_idx[val_i]
-        trained = train(
-            images[fit_i],
-            y[fit_i],
-            images[val_i],
-            y[val_i],
-            len(labels),
-            cfg,
-            aug,
-            None if copies is None else copies[fit_i],
-            params,
+        x_fit, y_fit, c_fit = with_extra(
+            images[fit_i], y[fit_i], None if copies is None else copies[fit_i], fit_extra
         )
+        trained = train(x_fit, y_fit, images[val_i], y[val_i], len(labels), cfg, aug, c_fit, params)
         pred = predict_keras(trained.model, images[test_idx]).argmax(axis=1)
         results[value] = {
             "accuracy": float((pred == y[test_idx]).mean()),

@@ -25,11 +25,13 @@ from training.anomaly.autoencoder import seed_everything
 from training.augment import AugmentConfig, band_centres, spec_augment, warp_batch
 from training.classifier.data import (
     LabelledClip,
+    discover_extra,
     discover_labelled,
     load_images,
     ordered_labels,
     split_validation,
 )
+from training.datasets import DatasetError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -311,6 +313,39 @@ def augmented_copies(
     return perturbed_copies(audios, params, aug, seed)
 
 
+FitSet = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def extra_fit_set(
+    extra: list[LabelledClip],
+    labels: list[str],
+    params: FeatureParams,
+    aug: AugmentConfig,
+    seed: int,
+) -> FitSet | None:
+    """Clips that only ever train (e.g. synthetic voices) → (images (n, h, w), y (n,),
+    copies (n, k, h, w) or None), or None without any. Their labels must be known."""
+    if not extra:
+        return None
+    unknown = sorted({c.label for c in extra} - set(labels))
+    if unknown:
+        raise DatasetError(f"--extra-train class(es) not in the data: {', '.join(unknown)}")
+    images = load_images(extra, params, "features (extra)")
+    y = np.array([labels.index(c.label) for c in extra])
+    return images, y, augmented_copies(extra, params, aug, seed + 1)
+
+
+def with_extra(
+    x: np.ndarray, y: np.ndarray, copies: np.ndarray | None, extra: FitSet | None
+) -> FitSet:
+    """A fit set with the extra clips appended (copies on both sides or neither)."""
+    if extra is None:
+        return x, y, copies
+    ex, ey, ec = extra
+    both = None if copies is None or ec is None else np.concatenate([copies, ec])
+    return np.concatenate([x, ex]), np.concatenate([y, ey]), both
+
+
 def predict_keras(model: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """(n, h, w) → (n, n_classes) probabilities from a Keras model (no export)."""
     return np.concatenate(
@@ -354,12 +389,15 @@ def fit_classifier(
     save_keras: bool = True,
     aug: AugmentConfig | None = None,
     loso: str | None = None,
+    extra_dir: Path | None = None,
 ) -> ClassifierFitResult:
     """Fit a classifier bundle on the train split of data_dir, write it to out_dir and
     evaluate it (through the service runtime) on the test split, or on the validation
     clips when there is no test split. With `loso` (a group key, e.g. "speaker") the same
     recipe is first measured leave-one-group-out on all clips (training.classifier.evaluate);
-    the figures go into the manifest's evaluation and the report."""
+    the figures go into the manifest's evaluation and the report. Clips under `extra_dir`
+    (labelled by the same pattern) are added to every fit set, never to a validation, test
+    or held-out set."""
     from training.anomaly.fit import library_versions
     from training.classifier.evaluate import evaluate_classifier, leave_one_group_out
 
@@ -371,23 +409,20 @@ def fit_classifier(
     labels = ordered_labels(clips)
     train_clips = [c for c in clips if c.split == "train"]
     test_clips = [c for c in clips if c.split == "test"]
-    loso_result = leave_one_group_out(clips, loso, params, cfg, aug) if loso else None
+    extra = discover_extra(extra_dir, label_pattern)
+    loso_result = leave_one_group_out(clips, loso, params, cfg, aug, extra=extra) if loso else None
 
     images = load_images(train_clips, params, "features (train)")
     copies = augmented_copies(train_clips, params, aug, cfg.seed)
     y = np.array([labels.index(c.label) for c in train_clips])
     fit_idx, val_idx = split_validation(y, cfg.validation_fraction, cfg.seed)
-    trained = train(
+    x_fit, y_fit, c_fit = with_extra(
         images[fit_idx],
         y[fit_idx],
-        images[val_idx],
-        y[val_idx],
-        len(labels),
-        cfg,
-        aug,
         None if copies is None else copies[fit_idx],
-        params,
+        extra_fit_set(extra, labels, params, aug, cfg.seed),
     )
+    trained = train(x_fit, y_fit, images[val_idx], y[val_idx], len(labels), cfg, aug, c_fit, params)
     onnx_bytes, diff = export_checked(trained.model, images[val_idx[:32]])
 
     out_dir = Path(out_dir)
@@ -412,7 +447,9 @@ def fit_classifier(
                 "test_pattern": test_pattern,
                 "group_pattern": group_pattern,
                 "clips": {"train": len(train_clips), "test": len(test_clips)},
-                "clips_fit": len(fit_idx),
+                "extra_train": None if extra_dir is None else Path(extra_dir).name,
+                "clips_extra": len(extra),
+                "clips_fit": len(y_fit),
                 "clips_validation": len(val_idx),
                 "class_counts": dict(sorted(Counter(c.label for c in train_clips).items())),
                 "epochs": trained.epochs_run,
