@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="more labelled clips (same layout or --label-pattern) that only ever train: "
-        "never validation, test or a held-out group (e.g. synthetic voices, see "
-        "`python -m training voices`)",
+        "never validation, test or a held-out group (e.g. synthetic voices made by "
+        "bench/espeak_voices.py)",
     )
     c.add_argument("--epochs", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
