@@ -70,6 +70,7 @@ digits-bundle: $(VENV)/.dev-installed
 		--loso speaker --arch tc --filters 32,48,64,96 --normalise max --epochs 30 \
 		--n-fft 128 --hop-length 64 --n-mels 24 --copies 4 --speed 0.2 --tempo 0.15 \
 		--gain-db 20 --noise-snr-db 10 --freq-masks 2 --time-masks 2 --warp 0.1 \
+		--onset-margin 0.1 \
 		--out artifacts/digits
 
 ## digits-gan-bundle: rebuild the committed spoken-digit generator (a class-conditional GAN) from

@@ -64,6 +64,13 @@ class FeatureParams(BaseModel):
     clip_seconds: float | None = Field(
         None, description="if set, audio is padded/trimmed to this length (classifiers)"
     )
+    onset_margin_s: float | None = Field(
+        None,
+        ge=0,
+        description="with clip_seconds: a longer recording's clip starts this long before "
+        "its first loud 10-ms frame, so silence before a word does not push the word out "
+        "of the clip; unset keeps the recording's own start",
+    )
     min_seconds: float = Field(0.1, ge=0, description="shorter clips are rejected")
     window_seconds: float | None = Field(
         None,
@@ -89,6 +96,12 @@ class FeatureParams(BaseModel):
         exactly that length has (frames are centred: one more than hops)."""
         assert self.window_seconds is not None
         return 1 + max(1, round(self.window_seconds * self.sample_rate / self.hop_length))
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples of a classifier's clip (clip_seconds must be set)."""
+        assert self.clip_seconds is not None
+        return round(self.clip_seconds * self.sample_rate)
 
     @property
     def window_hop_frames(self) -> int:
@@ -245,6 +258,36 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+ONSET_FRAME_S = 0.01
+ONSET_MIN_RANGE_DB = 6.0
+
+
+def from_onset(audio: np.ndarray, sample_rate: int, margin_s: float) -> np.ndarray:
+    """(n,) → the clip from `margin_s` before its onset: the first 10-ms frame whose level
+    is at least half-way (in dB) from the clip's noise floor (its 10th-percentile frame) to
+    its loudest frame. A clip whose frames span less than 6 dB (a steady sound) is kept."""
+    frame = max(1, round(ONSET_FRAME_S * sample_rate))
+    n = audio.shape[0] // frame
+    if n < 2:
+        return audio
+    power = np.mean(np.square(audio[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    level = 10 * np.log10(power + 1e-12)
+    floor, peak = float(np.percentile(level, 10)), float(level.max())
+    if peak - floor < ONSET_MIN_RANGE_DB:
+        return audio
+    onset = int(np.argmax(level >= floor + (peak - floor) / 2))
+    return audio[max(0, onset * frame - round(margin_s * sample_rate)) :]
+
+
+def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """A classifier's recording (n,) at params.sample_rate, longer than its clip, from
+    params.onset_margin_s before its onset (from_onset), so the word is inside the clip. One
+    that fits is kept as recorded, as the model learnt such clips."""
+    if params.onset_margin_s is None or audio.shape[0] <= params.clip_samples:
+        return audio
+    return from_onset(audio, params.sample_rate, params.onset_margin_s)
 
 
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
@@ -424,7 +467,7 @@ def audio_to_image(audio: np.ndarray, sample_rate: int, params: FeatureParams) -
     (bundles without windows)."""
     audio = resample(audio, sample_rate, params.sample_rate)
     if params.clip_seconds is not None:
-        audio = fit_length(audio, round(params.clip_seconds * params.sample_rate))
+        audio = fit_length(onset_aligned(audio, params), params.clip_samples)
     return to_image(log_mel(audio, params), params)
 
 

@@ -277,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--validation-fraction", type=float, default=0.1)
     c.add_argument("--sample-rate", type=int, default=8000)
     c.add_argument("--clip-seconds", type=float, default=1.0, help="clips are padded/trimmed")
+    c.add_argument(
+        "--onset-margin",
+        type=float,
+        default=0.1,
+        help="each clip starts this many seconds before its first loud 10-ms frame (in "
+        "training and in the service), so silence before a word does not push it out of "
+        "the clip; a negative value keeps every recording's own start",
+    )
     c.add_argument("--n-mels", type=int, default=32, help="mel bands = input height")
     c.add_argument("--n-fft", type=int, default=None, help="default: ~32 ms")
     c.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
@@ -455,7 +463,12 @@ def _run(args: argparse.Namespace) -> int:
         cfg = config_from_args(ClassifierConfig, args)
         aug = config_from_args(AugmentConfig, args)
         params = feature_params(
-            args.sample_rate, args.clip_seconds, args.n_mels, args.n_fft, args.hop_length
+            args.sample_rate,
+            args.clip_seconds,
+            args.n_mels,
+            args.n_fft,
+            args.hop_length,
+            None if args.onset_margin < 0 else args.onset_margin,
         )
         if args.loso_only:
             from training.classifier.data import discover_extra, discover_labelled
@@ -490,7 +503,7 @@ def _run(args: argparse.Namespace) -> int:
         from training.generator import GeneratorConfig, fit_generator
 
         gcfg = config_from_args(GeneratorConfig, args)
-        params = feature_params(args.sample_rate, args.clip_seconds, args.n_mels)
+        params = feature_params(args.sample_rate, args.clip_seconds, args.n_mels, onset_margin=None)
         gen = fit_generator(
             args.data, args.out, gcfg, params, args.label_pattern, args.include_pattern
         )

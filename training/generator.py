@@ -284,7 +284,7 @@ def fit_generator(
 
     start = time.perf_counter()
     cfg = cfg or GeneratorConfig()
-    params = params or feature_params()
+    params = params or feature_params(onset_margin=None)
     if params.height != params.n_mels or params.scaling != "fixed_db":
         raise ValueError("a generator needs unresized fixed_db images (height = n_mels)")
     clips = discover_labelled(Path(data_dir), label_pattern)

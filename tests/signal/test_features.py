@@ -159,3 +159,61 @@ def test_log_mel_float32_fft_matches_a_float64_fft(level: float) -> None:
     fb = mel_filterbank(params.sample_rate, n_fft, params.n_mels, params.fmin, params.fmax)
     reference = 10 * np.log10(np.maximum(fb.astype(np.float64) @ (np.abs(spectrum) ** 2).T, 1e-10))
     np.testing.assert_allclose(log_mel(audio, params), reference, atol=1e-3)
+
+
+# --- where a classifier's clip starts (onset_margin_s) -----------------------------------
+
+
+def word_after_silence(lead_s: float, floor: float, sr: int = 8000) -> np.ndarray:
+    """lead_s of noise at `floor` RMS, then a 0.4-s "word" (a loud tone), then 0.3 s noise."""
+    rng = np.random.default_rng(0)
+    word = 0.3 * np.sin(2 * np.pi * 440 * np.arange(int(0.4 * sr)) / sr)
+    parts = [rng.standard_normal(int(lead_s * sr)) * floor, word, rng.standard_normal(2400) * floor]
+    return np.concatenate(parts).astype(np.float32)
+
+
+@pytest.mark.parametrize("lead_s", [0.0, 0.05, 0.5, 2.0, 7.0])
+@pytest.mark.parametrize("floor", [1e-4, 1e-2])
+def test_from_onset_starts_the_margin_before_the_word(lead_s: float, floor: float) -> None:
+    audio = word_after_silence(lead_s, floor)
+    out = features.from_onset(audio, 8000, 0.1)
+    kept_lead = (out.shape[0] - audio.shape[0]) / 8000 + lead_s
+    assert kept_lead == pytest.approx(min(lead_s, 0.1), abs=0.011)  # one 10-ms frame
+    assert np.array_equal(out, audio[audio.shape[0] - out.shape[0] :])  # a suffix, unchanged
+
+
+def test_from_onset_keeps_steady_and_tiny_clips() -> None:
+    steady = tone(1.0, 300.0, sr=8000)
+    assert features.from_onset(steady, 8000, 0.1) is steady  # no onset in a steady sound
+    tiny = np.ones(50, np.float32)
+    assert features.from_onset(tiny, 8000, 0.1) is tiny
+
+
+def word_columns(img: np.ndarray) -> np.ndarray:
+    """The frames of an image where the loud tone is."""
+    return np.flatnonzero((img > 0.6).any(axis=0))
+
+
+CLIP_PARAMS = FeatureParams(
+    sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, fmax=4000, height=32, width=63,
+    clip_seconds=1.0, onset_margin_s=0.1,
+)  # fmt: skip
+
+
+def test_a_long_recording_is_clipped_from_just_before_its_word() -> None:
+    image = features.audio_to_image(word_after_silence(0.1, 1e-3), 8000, CLIP_PARAMS)
+    late = features.audio_to_image(word_after_silence(3.0, 1e-3), 8000, CLIP_PARAMS)
+    assert word_columns(image).size > 20  # the 0.4-s word
+    assert np.array_equal(word_columns(image), word_columns(late))  # in the same frames
+    assert np.abs(image - late).mean() < 0.02  # only the noise around it differs
+    unaligned = CLIP_PARAMS.model_copy(update={"onset_margin_s": None})
+    silent = features.audio_to_image(word_after_silence(3.0, 1e-3), 8000, unaligned)
+    assert word_columns(silent).size == 0  # without it the clip is the noise alone
+
+
+def test_a_recording_that_fits_the_clip_is_kept_as_recorded() -> None:
+    audio = word_after_silence(0.25, 1e-3)  # 0.95 s: the word 0.25 s in
+    image = features.audio_to_image(audio, 8000, CLIP_PARAMS)
+    unaligned = CLIP_PARAMS.model_copy(update={"onset_margin_s": None})
+    assert np.array_equal(image, features.audio_to_image(audio, 8000, unaligned))
+    assert word_columns(image)[0] == pytest.approx(0.25 * 8000 / 128, abs=2)

@@ -36,6 +36,9 @@ from training.datasets import DatasetError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PARITY_TOLERANCE = 1e-4
+# fsdd's recordings start up to 0.1 s before the word (most less); a user's recording may
+# start seconds before it
+ONSET_MARGIN_S = 0.1
 INPUT_NAME = "spectrogram"
 OUTPUT_NAME = "probabilities"
 Normalise = Literal["none", "clip", "band", "max"]
@@ -116,9 +119,11 @@ def feature_params(
     n_mels: int = 32,
     n_fft: int | None = None,
     hop_length: int | None = None,
+    onset_margin: float | None = ONSET_MARGIN_S,
 ) -> FeatureParams:
     """Speech-style features: ~32 ms windows (a power of two), half-window hop, mel
-    bands up to Nyquist. The image is (n_mels, frames of clip_seconds): no resizing."""
+    bands up to Nyquist. The image is (n_mels, frames of clip_seconds): no resizing. Each
+    clip starts onset_margin seconds before its first loud frame (None: where it starts)."""
     n_fft = n_fft or 2 ** round(math.log2(0.032 * sample_rate))
     hop_length = hop_length or n_fft // 2
     n_samples = round(clip_seconds * sample_rate)
@@ -133,6 +138,7 @@ def feature_params(
         width=1 + n_samples // hop_length,  # frames of a centred STFT (features.log_mel)
         scaling="fixed_db",
         clip_seconds=clip_seconds,
+        onset_margin_s=onset_margin,
     )
 
 
