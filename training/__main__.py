@@ -281,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--onset-margin",
         type=float,
         default=0.1,
-        help="each clip starts this many seconds before its first loud 10-ms frame (in "
-        "training and in the service), so silence before a word does not push it out of "
-        "the clip; a negative value keeps every recording's own start",
+        help="a recording longer than the clip is cut from this many seconds before its "
+        "first loud 10-ms frame (the service does the same), so silence before a word does "
+        "not push it out of the clip; perturbed training copies stay as made; negative: "
+        "every recording's own start",
     )
     c.add_argument("--n-mels", type=int, default=32, help="mel bands = input height")
     c.add_argument("--n-fft", type=int, default=None, help="default: ~32 ms")

@@ -28,7 +28,6 @@ from service.features import (
     fit_length,
     log_mel,
     mel_filterbank,
-    onset_aligned,
     prepare,
     resample,
     to_image,
@@ -115,8 +114,6 @@ def perturbed_image(
         x = x + rng.standard_normal(x.shape[0]).astype(np.float32) * np.float32(
             rms * 10 ** (-snr / 20)
         )
-    if params.clip_seconds is not None:
-        x = onset_aligned(x, params)  # as the service does
     n_samples = round((params.clip_seconds or x.shape[0] / params.sample_rate) * params.sample_rate)
     if not cfg.tempo:  # exactly the service's features of the perturbed audio
         return to_image(log_mel(fit_length(x, n_samples), params), params)
