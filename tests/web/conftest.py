@@ -97,20 +97,25 @@ def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser(chromium: str, fake_microphone: Path) -> Iterator[Any]:
-    """One chromium per test module. Not per session: Playwright's sync API keeps an event
-    loop running on the main thread while it is open, which async tests after it cannot
-    share."""
+def chromium_hearing(chromium: str, microphone: Path) -> Iterator[Any]:
+    """A headless chromium whose fake microphone plays the wav `microphone` (in a loop)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={fake_microphone}"]
+        args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={microphone}"]
         b = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
         try:
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str, fake_microphone: Path) -> Iterator[Any]:
+    """One chromium per test module. Not per session: Playwright's sync API keeps an event
+    loop running on the main thread while it is open, which async tests after it cannot
+    share."""
+    yield from chromium_hearing(chromium, fake_microphone)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from tests.conftest import REPO, wav_bytes
 from tests.helpers import RunningService
-from tests.web.conftest import CHROMIUM_ARGS, screenshot
+from tests.web.conftest import chromium_hearing, screenshot
 
 SEVEN = REPO / "docs" / "examples" / "7_george_0.wav"
 expect = pytest.importorskip("playwright.sync_api", reason="needs the playwright package").expect
@@ -25,7 +25,6 @@ expect = pytest.importorskip("playwright.sync_api", reason="needs the playwright
 def browser(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A chromium whose fake microphone plays 1.2 s of a quiet room, "seven", then 4 s of
     the room again (48 kHz, as the other fake microphone)."""
-    from playwright.sync_api import sync_playwright
     from scipy.signal import resample_poly
 
     seven, sr = sf.read(SEVEN, dtype="float32")
@@ -34,13 +33,7 @@ def browser(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     cut = int(1.2 * 48000)
     path = tmp_path_factory.mktemp("mic") / "seven.wav"
     path.write_bytes(wav_bytes(np.concatenate([room[:cut], seven, room[cut:]]), sr=48000))
-    with sync_playwright() as pw:
-        args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
-        b = pw.chromium.launch(executable_path=chromium, headless=True, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from chromium_hearing(chromium, path)
 
 
 def test_a_digit_said_a_moment_after_pressing_record_is_heard(
