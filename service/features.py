@@ -284,8 +284,8 @@ def from_onset(audio: np.ndarray, sample_rate: int, margin_s: float) -> np.ndarr
 def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     """A classifier's recording (n,) at params.sample_rate, longer than its clip, from
     params.onset_margin_s before its onset (from_onset), so the word is inside the clip. One
-    that fits is kept as recorded: the model learnt such clips (fsdd's are cut around the
-    word by their speakers; aligning those too cost leave-one-speaker-out accuracy)."""
+    that fits is kept as recorded, as the model learnt such clips (fsdd's are cut around
+    the word by their speakers; bench/README.md has what aligning those too measured)."""
     if params.onset_margin_s is None or audio.shape[0] <= params.clip_samples:
         return audio
     return from_onset(audio, params.sample_rate, params.onset_margin_s)
