@@ -264,21 +264,27 @@ ONSET_FRAME_S = 0.01
 ONSET_MIN_RANGE_DB = 6.0
 
 
-def from_onset(audio: np.ndarray, sample_rate: int, margin_s: float) -> np.ndarray:
-    """(n,) → the clip from `margin_s` before its onset: the first 10-ms frame whose level
-    is at least half-way (in dB) from the clip's noise floor (its 10th-percentile frame) to
-    its loudest frame. A clip whose frames span less than 6 dB (a steady sound) is kept."""
+def from_onset(
+    audio: np.ndarray, sample_rate: int, margin_s: float, span_s: float = 1.0
+) -> np.ndarray:
+    """(n,) → the clip from `margin_s` before its onset: the first 10-ms frame at least
+    half-way (in dB) from the clip's noise floor (its 10th-percentile frame) to its loudest
+    frame, searched from `span_s` (less the margin) before that loudest frame, so it lies
+    within span_s of the start: a click well before the word is passed over. A clip whose
+    frames span less than 6 dB (a steady sound) is kept."""
     frame = max(1, round(ONSET_FRAME_S * sample_rate))
     n = audio.shape[0] // frame
     if n < 2:
         return audio
     power = np.mean(np.square(audio[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
     level = 10 * np.log10(power + 1e-12)
-    floor, peak = float(np.percentile(level, 10)), float(level.max())
-    if peak - floor < ONSET_MIN_RANGE_DB:
+    floor, top = float(np.percentile(level, 10)), int(level.argmax())
+    if level[top] - floor < ONSET_MIN_RANGE_DB:
         return audio
-    onset = int(np.argmax(level >= floor + (peak - floor) / 2))
-    return audio[max(0, onset * frame - round(margin_s * sample_rate)) :]
+    margin = round(margin_s * sample_rate)
+    first = max(0, top - max(0, round(span_s * sample_rate) - margin) // frame + 1)
+    onset = first + int(np.argmax(level[first:] >= floor + (level[top] - floor) / 2))
+    return audio[max(0, onset * frame - margin) :]
 
 
 def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
@@ -288,7 +294,7 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     the word by their speakers; bench/README.md has what aligning those too measured)."""
     if params.onset_margin_s is None or audio.shape[0] <= params.clip_samples:
         return audio
-    return from_onset(audio, params.sample_rate, params.onset_margin_s)
+    return from_onset(audio, params.sample_rate, params.onset_margin_s, params.clip_seconds or 1.0)
 
 
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:

@@ -182,6 +182,14 @@ def test_from_onset_starts_the_margin_before_the_word(lead_s: float, floor: floa
     assert np.array_equal(out, audio[audio.shape[0] - out.shape[0] :])  # a suffix, unchanged
 
 
+def test_from_onset_passes_over_a_click_long_before_the_word() -> None:
+    """Pressing Record clicks: a 20-ms burst at 0.2 s, quieter than the word at 2.5 s."""
+    audio = word_after_silence(2.5, 1e-3)
+    audio[1600:1760] += 0.1 * np.sign(np.sin(np.arange(160)))
+    out = features.from_onset(audio, 8000, 0.1)
+    assert out.shape[0] == audio.shape[0] - int(2.4 * 8000)  # 0.1 s before the word
+
+
 def test_from_onset_keeps_steady_and_tiny_clips() -> None:
     steady = tone(1.0, 300.0, sr=8000)
     assert features.from_onset(steady, 8000, 0.1) is steady  # no onset in a steady sound
