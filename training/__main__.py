@@ -472,13 +472,20 @@ def _run(args: argparse.Namespace) -> int:
             None if args.onset_margin < 0 else args.onset_margin,
         )
         if args.loso_only:
-            from training.classifier.data import discover_extra, discover_labelled
+            from training.classifier.data import discover_extra, discover_labelled, ordered_labels
             from training.classifier.evaluate import format_loso, leave_one_group_out
+            from training.classifier.network import extra_fit_set
 
             clips = discover_labelled(
                 args.data, args.label_pattern, args.test_pattern, args.group_pattern
             )
-            extra = discover_extra(args.extra_train, args.label_pattern)
+            extra = extra_fit_set(
+                discover_extra(args.extra_train, args.label_pattern),
+                ordered_labels(clips),
+                params,
+                aug,
+                cfg.seed,
+            )
             loso = leave_one_group_out(clips, args.loso, params, cfg, aug, args.loso_groups, extra)
             print(format_loso(loso))
             return 0

@@ -31,7 +31,7 @@ from training.datasets import DatasetError
 if TYPE_CHECKING:
     from service.features import FeatureParams
     from training.augment import AugmentConfig
-    from training.classifier.network import ClassifierConfig
+    from training.classifier.network import ClassifierConfig, FitSet
 
 
 def open_classifier(bundle_dir: Path) -> ClassifierRuntime:
@@ -95,13 +95,13 @@ def leave_one_group_out(
     cfg: ClassifierConfig,
     aug: AugmentConfig,
     only: tuple[str, ...] | None = None,
-    extra: list[LabelledClip] | None = None,
+    extra: FitSet | None = None,
 ) -> dict[str, Any]:
     """Fit the recipe once per value of group `key` (or only those in `only`) on the clips
     of all other values (train and test splits alike; cfg.validation_fraction of them for
     early stopping) and score the held-out clips with the Keras model on the service's
-    features. `extra` clips (e.g. synthetic voices) join every fold's fit set only: never
-    its validation, never a fold of their own.
+    features. `extra` (network.extra_fit_set: clips that only ever train, e.g. synthetic
+    voices) joins every fold's fit set: never its validation, never a fold of its own.
 
     → {"group", "folds": {value: {"accuracy", "n", "epochs", "best_epoch"}}, "mean" (of
     the fold accuracies), "worst", "worst_group", "seconds"}."""
@@ -109,7 +109,6 @@ def leave_one_group_out(
 
     from training.classifier.network import (
         augmented_copies,
-        extra_fit_set,
         predict_keras,
         train,
         with_extra,
@@ -126,13 +125,12 @@ def leave_one_group_out(
     images = load_images(clips, params, "features (all)")
     copies = augmented_copies(clips, params, aug, cfg.seed)
     y = np.array([labels.index(c.label) for c in clips])
-    fit_extra = extra_fit_set(extra or [], labels, params, aug, cfg.seed)
     results: dict[str, dict[str, Any]] = {}
     for value, train_idx, test_idx in folds:
         fit_i, val_i = split_validation(y[train_idx], cfg.validation_fraction, cfg.seed)
         fit_i, val_i = train_idx[fit_i], train_idx[val_i]
         x_fit, y_fit, c_fit = with_extra(
-            images[fit_i], y[fit_i], None if copies is None else copies[fit_i], fit_extra
+            images[fit_i], y[fit_i], None if copies is None else copies[fit_i], extra
         )
         trained = train(x_fit, y_fit, images[val_i], y[val_i], len(labels), cfg, aug, c_fit, params)
         pred = predict_keras(trained.model, images[test_idx]).argmax(axis=1)

@@ -416,7 +416,10 @@ def fit_classifier(
     train_clips = [c for c in clips if c.split == "train"]
     test_clips = [c for c in clips if c.split == "test"]
     extra = discover_extra(extra_dir, label_pattern)
-    loso_result = leave_one_group_out(clips, loso, params, cfg, aug, extra=extra) if loso else None
+    extra_set = extra_fit_set(extra, labels, params, aug, cfg.seed)  # for the folds and the fit
+    loso_result = (
+        leave_one_group_out(clips, loso, params, cfg, aug, extra=extra_set) if loso else None
+    )
 
     images = load_images(train_clips, params, "features (train)")
     copies = augmented_copies(train_clips, params, aug, cfg.seed)
@@ -426,7 +429,7 @@ def fit_classifier(
         images[fit_idx],
         y[fit_idx],
         None if copies is None else copies[fit_idx],
-        extra_fit_set(extra, labels, params, aug, cfg.seed),
+        extra_set,
     )
     trained = train(x_fit, y_fit, images[val_idx], y[val_idx], len(labels), cfg, aug, c_fit, params)
     onnx_bytes, diff = export_checked(trained.model, images[val_idx[:32]])
