@@ -292,9 +292,10 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     params.onset_margin_s before its onset (from_onset), so the word is inside the clip. One
     that fits is kept as recorded, as the model learnt such clips (fsdd's are cut around
     the word by their speakers; bench/README.md has what aligning those too measured)."""
-    if params.onset_margin_s is None or audio.shape[0] <= params.clip_samples:
+    margin, clip = params.onset_margin_s, params.clip_seconds
+    if margin is None or clip is None or audio.shape[0] <= params.clip_samples:
         return audio
-    return from_onset(audio, params.sample_rate, params.onset_margin_s, params.clip_seconds or 1.0)
+    return from_onset(audio, params.sample_rate, margin, clip)
 
 
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bench.leading_silence import with_lead
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, REPO, shared_data, tone, wav_bytes
@@ -54,10 +55,7 @@ def after_silence(wav: bytes, lead_s: float) -> bytes:
     """The clip with lead_s of quiet room noise before it and 0.5 s after (as someone
     recording with the web page does: click, wait, speak, click)."""
     audio, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    rng = np.random.default_rng(1)
-    noise = rng.standard_normal(int((lead_s + 0.5) * sr)).astype(np.float32) * 0.003
-    lead = int(lead_s * sr)
-    return wav_bytes(np.concatenate([noise[:lead], audio, noise[lead:]]), sr)
+    return with_lead(audio, sr, lead_s, np.random.default_rng(1))
 
 
 async def test_a_digit_is_recognised_after_seconds_of_silence(both_kinds: Path) -> None:
