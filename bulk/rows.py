@@ -18,7 +18,6 @@ from bulk.limits import Limits
 from service.errors import AuscultError, NonFiniteValues, public_message
 from service.features import FeatureParams
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
-from service.models.bundle import level_for
 from service.models.runtimes import AnomalyRuntime
 
 WINDOW = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("score", pa.float64())])
@@ -44,6 +43,9 @@ OUTPUT_SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("level", pa.string()),
         ("windows", pa.list_(WINDOW)),
+        ("worst_start_s", pa.float64()),
+        ("worst_end_s", pa.float64()),
+        ("condition", pa.string()),
         ("model", pa.string()),
         ("model_version", pa.string()),
         ("error_code", pa.string()),
@@ -102,20 +104,26 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
     score_of = {id(r): s for r, s in zip(good, scores, strict=True)}
     cols: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
     for r in rows:
-        score = level = windows = None
+        score = level = windows = worst_start = worst_end = condition = None
         code, message = r["error_code"], r["error_message"]
         if code is None:
-            window_scores = score_of[id(r)]
-            s = runtime.clip_score(window_scores)
-            if math.isfinite(s) and np.isfinite(window_scores).all():
-                score, level = s, level_for(s, m.thresholds)
+            raw = score_of[id(r)]
+            v = runtime.verdict(raw)
+            if math.isfinite(v.score) and np.isfinite(raw).all():
+                score, level = v.score, v.level
+                condition = v.condition if runtime.conditions else None
                 spans = r["spans"]
                 windows = None
                 if spans is not None:
+                    starts, ends = spans[::2], spans[1::2]
                     windows = [
-                        {"start_s": round(a, 3), "end_s": round(b, 3), "score": float(v)}
-                        for a, b, v in zip(spans[::2], spans[1::2], window_scores, strict=True)
+                        {"start_s": round(a, 3), "end_s": round(b, 3), "score": float(w)}
+                        for a, b, w in zip(starts, ends, v.window_scores, strict=True)
                     ]
+                    worst_start, worst_end = (
+                        round(starts[v.worst[0]], 3),
+                        round(ends[v.worst[1]], 3),
+                    )
             else:
                 e = NonFiniteValues("the model's score for this input is not a finite number")
                 code, message = e.code, e.message
@@ -124,6 +132,9 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
         cols["score"].append(score)
         cols["level"].append(level)
         cols["windows"].append(windows)
+        cols["worst_start_s"].append(worst_start)
+        cols["worst_end_s"].append(worst_end)
+        cols["condition"].append(condition)
         cols["model"].append(runtime.name)
         cols["model_version"].append(m.version)
         cols["error_code"].append(code)
@@ -156,6 +167,9 @@ def error_rows(errors: dict[str, str], model: str, version: str) -> pa.Table:
             "score": [None] * n,
             "level": [None] * n,
             "windows": [None] * n,
+            "worst_start_s": [None] * n,
+            "worst_end_s": [None] * n,
+            "condition": [None] * n,
             "model": [model] * n,
             "model_version": [version] * n,
             "error_code": [UNREADABLE] * n,

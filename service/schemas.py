@@ -34,15 +34,37 @@ class ThresholdValues(BaseModel):
 
 
 class WindowScore(BaseModel):
-    """The score of one window of the model's length; `score` of the clip aggregates them."""
+    """The score of one window of the model's length, in the units of the clip's `score`
+    (normalised for the clip's operating condition)."""
 
     start_s: float = Field(examples=[8.0])
     end_s: float = Field(examples=[10.0])
     score: float = Field(examples=[1.12])
 
 
+class WorstStretch(BaseModel):
+    """The stretch of consecutive windows that decided the level (the worst one)."""
+
+    start_s: float = Field(examples=[4.0])
+    end_s: float = Field(examples=[6.0])
+    score: float = Field(description="mean of its windows' scores", examples=[2.31])
+
+
+class ConditionUsed(BaseModel):
+    """The operating condition the clip was judged under."""
+
+    name: str = Field(examples=["section_00_source"])
+    chosen: Literal["request", "nearest", "only"] = Field(
+        description="request: named in the request; nearest: the known condition whose "
+        "healthy sound the clip is nearest to; only: the model knows one",
+        examples=["nearest"],
+    )
+
+
 class ScoreResult(BaseModel):
-    """One clip's anomaly score: larger is further from normal."""
+    """One clip's anomaly score: larger is further from normal. The level compares the
+    score with the thresholds: a healthy clip from a recording the model never saw reaches
+    `needs_maintenance` at the model's stated false-alarm rate (GET /v1/models/{name})."""
 
     model_config = ConfigDict(protected_namespaces=())
 
@@ -58,6 +80,10 @@ class ScoreResult(BaseModel):
         description="every window of the model's length in the clip with its score, in "
         "time order (audio only; none for a spectrogram picture)",
     )
+    worst: WorstStretch | None = Field(
+        None, description="the worst stretch of windows, which decides the level (audio only)"
+    )
+    condition: ConditionUsed | None = None
 
 
 class FileError(BaseModel):
@@ -121,6 +147,11 @@ class ModelDetail(ModelInfo):
     features: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     thresholds: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = Field(
+        None,
+        description="anomaly models: the false-alarm and severe rates the thresholds stand "
+        "for, how they were estimated (recordings, groups, warnings), the known conditions",
+    )
     generator: dict[str, Any] | None = None
     scoring: dict[str, Any] | None = None
     training: dict[str, Any] | None = None

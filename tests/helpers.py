@@ -29,7 +29,8 @@ class FakeAnomalyRuntime(AnomalyRuntime):
     """A loaded anomaly runtime without onnxruntime (after MLServer's SumModel/ErrorModel).
 
     `score_fn` maps a `(batch, height, width)` batch to `(batch,)` scores; the
-    default is the mean pixel value. It runs in the service's worker threads.
+    default is the mean pixel value. It runs in the service's worker threads. For a bundle
+    with operating conditions every condition gets the same scores.
     """
 
     def __init__(
@@ -43,7 +44,10 @@ class FakeAnomalyRuntime(AnomalyRuntime):
         self.score_fn = score_fn or (lambda images: images.mean(axis=(1, 2)).astype(np.float64))
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        return self.score_fn(images)
+        out = self.score_fn(images)
+        if out.ndim == 1 and self.conditions:
+            out = np.repeat(out[:, None], len(self.conditions), axis=1)
+        return out
 
 
 @asynccontextmanager

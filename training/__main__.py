@@ -27,6 +27,26 @@ def _pooling(text: str) -> str:
     return text
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError("use a fraction, e.g. 0.01") from e
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError("a rate must lie between 0 and 0.5 (e.g. 0.01)")
+    return value
+
+
+def _regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {e}") from e
+    return text
+
+
 def _window(text: str) -> float | None:
     if text == "none":
         return None
@@ -178,6 +198,41 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="clips the Mahalanobis detector is fit on: all training clips (thresholds "
         "still from the held-out ones) or only those the autoencoder was trained on",
+    )
+    f.add_argument(
+        "--false-alarm-rate",
+        type=_rate,
+        default=0.01,
+        help="share of healthy clips from recordings never seen that may reach "
+        "needs_maintenance. Default: %(default)s",
+    )
+    f.add_argument(
+        "--severe-rate",
+        type=_rate,
+        default=0.001,
+        help="share of healthy clips from recordings never seen that may reach severe "
+        "(severe also lies at least twice as far above typical as needs_maintenance). "
+        "Default: %(default)s",
+    )
+    f.add_argument(
+        "--group-by",
+        type=_regex,
+        default=None,
+        help="regex whose first group (or whole match) in a file name names the recording "
+        "session, unit or speaker a clip came from; the rates are estimated on groups held "
+        "out of the detector's fit. Default: every file is its own group",
+    )
+    f.add_argument(
+        "--stretch-seconds",
+        type=float,
+        default=2.0,
+        help="a clip's level is that of its worst stretch this long. Default: %(default)s",
+    )
+    f.add_argument(
+        "--kmeans-thresholds",
+        action="store_true",
+        help="move the thresholds to KMeans boundaries of the LABELLED test scores (the "
+        "seed's method; a user with no labelled faults cannot do this). Off by default",
     )
     f.add_argument("--no-evaluate", action="store_true")
 
@@ -417,6 +472,11 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_components": args.max_components or None,
         "codec_copies": args.codec_copies,
         "fit_hop_seconds": args.fit_hop,
+        "false_alarm_rate": args.false_alarm_rate,
+        "severe_rate": args.severe_rate,
+        "group_by": args.group_by,
+        "stretch_seconds": args.stretch_seconds,
+        "kmeans_thresholds": args.kmeans_thresholds,
     }
 
 

@@ -29,6 +29,7 @@ from service.errors import (
 
 FORM_OVERHEAD = 64 * 1024  # headers and boundaries, per request
 MAX_PART_HEADER_BYTES = 8 * 1024  # one part's headers together
+MAX_TEXT_FIELD_BYTES = 256  # a text field's value (e.g. `condition`)
 
 
 @asynccontextmanager
@@ -129,8 +130,9 @@ UPLOAD_DESCRIPTION = (
 )
 
 
-def openapi_body(field_name: str, many: bool) -> dict:
-    """`openapi_extra` describing the multipart body, so /docs shows a file picker.
+def openapi_body(field_name: str, many: bool, text: dict[str, str] | None = None) -> dict:
+    """`openapi_extra` describing the multipart body, so /docs shows a file picker (and a
+    box for each optional text field of `text`: name → description).
 
     A JSON schema cannot say "bytes that decode as audio": any binary is schema-valid,
     and the 415/422 answers to content are described in the operation's responses.
@@ -144,7 +146,17 @@ def openapi_body(field_name: str, many: bool) -> dict:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {field_name: prop},
+                        "properties": {
+                            field_name: prop,
+                            **{
+                                k: {
+                                    "type": "string",
+                                    "maxLength": MAX_TEXT_FIELD_BYTES,
+                                    "description": d,
+                                }
+                                for k, d in (text or {}).items()
+                            },
+                        },
                         "required": [field_name],
                     },
                     "encoding": {field_name: {"contentType": UPLOAD_MEDIA_TYPES}},
@@ -164,6 +176,7 @@ async def read_files(
     max_body_bytes: int | None = None,
     max_parts: int | None = None,
     reserve: Callable[[int], None] | None = None,
+    text_fields: dict[str, str] | None = None,
 ) -> list[Upload]:
     """Parse a multipart/form-data body → the files of `field_name`, in order.
 
@@ -172,6 +185,8 @@ async def read_files(
     need), BatchTooLarge (more than max_files files or max_parts parts of any field)
     and InvalidRequest (malformed body, no such field). `reserve(n)` is called for
     every chunk before it is kept; it may raise (a process-wide memory budget).
+    `text_fields`: the names of short text fields to keep (e.g. `condition`); their values
+    (UTF-8, at most MAX_TEXT_FIELD_BYTES) are written into it.
     """
     mime, options = parse_options_header(content_type or "")
     if mime != b"multipart/form-data":
@@ -231,6 +246,10 @@ async def read_files(
         current.name = disp.get(b"name", b"").decode("utf-8", "replace")
         fname = disp.get(b"filename")
         current.filename = fname.decode("utf-8", "replace") if fname is not None else None
+        if text_fields is not None and current.name in text_fields:
+            if current.filename is not None:
+                raise InvalidRequest(f"the field {current.name!r} takes text, not a file")
+            return
         if current.name != field_name:
             return
         if current.filename is None:
@@ -243,6 +262,13 @@ async def read_files(
             raise BatchTooLarge(f"a batch holds at most {max_files} files")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
+        if text_fields is not None and current.name in text_fields:
+            current.data.extend(data[start:end])
+            if len(current.data) > MAX_TEXT_FIELD_BYTES:
+                raise InvalidRequest(
+                    f"the field {current.name!r} is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+                )
+            return
         if current.name != field_name:
             return  # other fields are read past, not kept
         current.data.extend(memoryview(data)[start:end])  # no intermediate copy
@@ -252,7 +278,12 @@ async def read_files(
             )
 
     def on_part_end() -> None:
-        if current.name == field_name:
+        if text_fields is not None and current.name in text_fields:
+            try:
+                text_fields[current.name] = bytes(current.data).decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise InvalidRequest(f"the field {current.name!r} is not UTF-8 text") from e
+        elif current.name == field_name:
             files.append(Upload(current.filename, bytes(current.data)))
 
     callbacks = {

@@ -28,7 +28,7 @@ from service.errors import (
 )
 from service.models.generator import wav_bytes, zip_bytes
 from service.models.registry import ReloadOutcome
-from service.models.runtimes import ModelRuntime
+from service.models.runtimes import AnomalyRuntime, ModelRuntime
 from service.models.scoring import Scorer
 from service.schemas import (
     BatchClassifyResponse,
@@ -139,6 +139,7 @@ async def read_model(name: str, registry: RegistryDep) -> ModelDetail:
                 "features": m.features.model_dump(),
                 "input": m.input.model_dump(),
                 "thresholds": m.thresholds.model_dump() if m.thresholds else None,
+                "calibration": m.calibration.model_dump() if m.calibration else None,
                 "generator": m.generator.model_dump() if m.generator else None,
                 "scoring": m.scoring,
                 "training": training,
@@ -151,11 +152,17 @@ async def read_model(name: str, registry: RegistryDep) -> ModelDetail:
 
 @asynccontextmanager
 async def _uploads(
-    request: Request, settings: Settings, scorer: Scorer, field: str, many: bool
+    request: Request,
+    settings: Settings,
+    scorer: Scorer,
+    field: str,
+    many: bool,
+    text_fields: dict[str, str] | None = None,
 ) -> AsyncIterator[list[Upload]]:
     """The request's files, read whole within AUSCULT_BODY_TIMEOUT_S and the memory
     budgets, *before* a scoring slot is taken: a slow upload holds no slot. The bytes
-    count against AUSCULT_MAX_BUFFERED_BYTES until the request ends."""
+    count against AUSCULT_MAX_BUFFERED_BYTES until the request ends. `text_fields`: short
+    text fields to read as well (filled in)."""
     with scorer.buffers.lease() as lease:
         async with body_deadline(settings.body_timeout_s, "upload"):
             uploads = await read_files(
@@ -168,29 +175,52 @@ async def _uploads(
                 max_body_bytes=settings.max_batch_bytes,
                 max_parts=settings.max_form_parts,
                 reserve=lease,
+                text_fields=text_fields,
             )
         yield uploads
     if lease.taken >= TRIM_AFTER_BYTES:
         scorer.release_memory_soon()
 
 
+CONDITION_FIELD = {
+    "condition": "optional: the operating condition the clip was recorded under, one of the "
+    "model's (GET /v1/models/{name}, calibration.conditions); empty: the nearest known one"
+}
+
+
+def _condition(runtime: AnomalyRuntime, value: str) -> str | None:
+    """The request's `condition` field → a condition the model knows, or None (nearest).
+    Raises InvalidRequest (422) naming the known ones."""
+    if not value:
+        return None
+    known = runtime.conditions
+    if value not in known:
+        listed = ", ".join(known) if known else "none (this model predates conditions)"
+        raise InvalidRequest(f"unknown condition {value!r}; the model knows: {listed}")
+    return value
+
+
 @models.post(
     "/models/{name}/score",
     response_model=ScoreResult,
     responses=ERRORS,
-    openapi_extra=openapi_body("file", many=False),
+    openapi_extra=openapi_body("file", many=False, text=CONDITION_FIELD),
 )
 async def score_clip(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> ScoreResult:
     """Score one clip (multipart field `file`: wav/flac/ogg/mp3 audio, or a png/jpeg
-    spectrogram of the model's size). Larger scores are further from normal."""
+    spectrogram of the model's size). Larger scores are further from normal. Optional
+    text field `condition`: the operating condition it was recorded under (one the model
+    lists in GET /v1/models/{name}); without it, the nearest known condition."""
     runtime = registry.anomaly(name)
+    fields = {"condition": ""}
     async with (
-        _uploads(request, settings, scorer, "file", many=False) as uploads,
+        _uploads(request, settings, scorer, "file", many=False, text_fields=fields) as uploads,
         scorer.slot(),  # taken once the body is in: a slow upload holds no slot
     ):
-        (result,) = await scorer.score(runtime, uploads, raise_errors=True)
+        condition = _condition(runtime, fields["condition"])
+        (result,) = await scorer.score(runtime, uploads, raise_errors=True, condition=condition)
     assert isinstance(result, ScoreResult)
     return result
 
@@ -199,18 +229,21 @@ async def score_clip(
     "/models/{name}/score/batch",
     response_model=BatchScoreResponse,
     responses=ERRORS,
-    openapi_extra=openapi_body("files", many=True),
+    openapi_extra=openapi_body("files", many=True, text=CONDITION_FIELD),
 )
 async def score_batch(
     name: str, request: Request, registry: RegistryDep, scorer: ScorerDep, settings: SettingsDep
 ) -> BatchScoreResponse:
     """Score many clips (repeated multipart field `files`): one result per file, in order.
-    A bad file gets its own error entry and does not fail the others."""
+    A bad file gets its own error entry and does not fail the others. Optional text field
+    `condition`, as for one clip, applies to every file."""
     runtime = registry.anomaly(name)
-    async with _uploads(request, settings, scorer, "files", many=True) as uploads:
+    fields = {"condition": ""}
+    async with _uploads(request, settings, scorer, "files", True, fields) as uploads:
+        condition = _condition(runtime, fields["condition"])
         request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
         async with scorer.slot():
-            results = await scorer.score(runtime, uploads)
+            results = await scorer.score(runtime, uploads, condition=condition)
     assert runtime.manifest is not None
     return BatchScoreResponse(model=name, model_version=runtime.manifest.version, results=results)
 

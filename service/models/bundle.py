@@ -21,11 +21,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import BundleError
 from service.features import FeatureParams
+from service.models.verdict import LevelCalibration, level_of
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 ANOMALY_ARRAYS = ("pca_components", "pca_mean", "mean_vec", "inv_cov")
+CONDITION_OFFSETS = "condition_offsets"  # (n_conditions, d): with a manifest `calibration`
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "anomaly": ("encoder.onnx", *(f"{a}.npy" for a in ANOMALY_ARRAYS)),
     "classifier": ("classifier.onnx",),
@@ -89,6 +91,10 @@ class Manifest(BaseModel):
     input: TensorSpec
     output: TensorSpec
     thresholds: Thresholds | None = None
+    calibration: LevelCalibration | None = Field(
+        None,
+        description="anomaly bundles: conditions and the clip statistic (service.models.verdict)",
+    )
     labels: list[str] | None = None
     generator: GeneratorSpec | None = None
     scoring: dict[str, Any] = Field(default_factory=dict)
@@ -243,8 +249,11 @@ def mahalanobis(
     mean_vec: np.ndarray,
     inv_cov: np.ndarray,
     residual_precision: float = 0.0,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(batch, d) latents → (batch,) distances sqrt((z-μ)ᵀ Σ⁻¹ (z-μ) + w·‖r‖²).
+    """(batch, d) latents → (batch,) distances sqrt((z-μ)ᵀ Σ⁻¹ (z-μ) + w·‖r‖²), or with
+    `offsets` (C, d) → (batch, C): the distance to each condition's mean, pca_mean +
+    offsets[c], under the same covariance.
 
     z is the PCA projection of the centred latent c = latent - pca_mean, and r = c - zᵀ·V
     the part of c outside the PCA span. w (`residual_precision`, manifest `scoring`; 0 for
@@ -256,14 +265,47 @@ def mahalanobis(
     c = latents.astype(np.float32, copy=False) - pca_mean
     p = c @ pca_components.T
     z = p - mean_vec
-    d2 = ((z @ inv_cov) * z).sum(axis=1, dtype=np.float64)
+    za = z @ inv_cov
+    d2 = (za * z).sum(axis=1, dtype=np.float64)
+    if offsets is not None:
+        return _offset_distances(c, p, za, d2, pca_components, inv_cov, residual_precision, offsets)
     if residual_precision:
-        # ‖r‖² = ‖c‖² - ‖p‖² (the components are orthonormal rows): no reconstruction p·V,
-        # which cost as much as the projection itself
-        rr = np.einsum("bi,bi->b", c, c, dtype=np.float64)
-        rr -= np.einsum("bi,bi->b", p, p, dtype=np.float64)
-        d2 = d2 + residual_precision * np.maximum(rr, 0.0)
+        d2 = d2 + residual_precision * np.maximum(_residual2(c, p), 0.0)
     return np.sqrt(np.maximum(d2, 0.0))
+
+
+def _offset_distances(
+    c: np.ndarray,
+    p: np.ndarray,
+    za: np.ndarray,
+    d2: np.ndarray,
+    pca_components: np.ndarray,
+    inv_cov: np.ndarray,
+    residual_precision: float,
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """Distances (n, C) to each condition's mean pca_mean + offsets[c] (offsets (C, d)),
+    from one projection of the latents: with o = offsets·Vᵀ, (z-o)ᵀA(z-o) = zᵀAz - 2·oᵀAz
+    + oᵀAo (A symmetric), and ‖r - r_o‖² = ‖c - Δ‖² - ‖p - o‖²."""
+    delta = offsets.astype(np.float64)
+    o = delta @ pca_components.T.astype(np.float64)  # (C, k)
+    oa = o @ inv_cov
+    out = d2[:, None] - 2.0 * (za.astype(np.float64) @ o.T) + (oa * o).sum(axis=1)
+    if residual_precision:
+        cc = np.einsum("bi,bi->b", c, c, dtype=np.float64)[:, None]
+        cc = cc - 2.0 * (c.astype(np.float64) @ delta.T) + (delta * delta).sum(axis=1)
+        pp = np.einsum("bi,bi->b", p, p, dtype=np.float64)[:, None]
+        pp = pp - 2.0 * (p.astype(np.float64) @ o.T) + (o * o).sum(axis=1)
+        out = out + residual_precision * np.maximum(cc - pp, 0.0)
+    return np.sqrt(np.maximum(out, 0.0))
+
+
+def _residual2(c: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """‖r‖² = ‖c‖² - ‖p‖² (the components are orthonormal rows): no reconstruction p·V,
+    which cost as much as the projection itself."""
+    rr = np.einsum("bi,bi->b", c, c, dtype=np.float64)
+    rr -= np.einsum("bi,bi->b", p, p, dtype=np.float64)
+    return rr
 
 
 def residual_precision(manifest: Manifest) -> float:
@@ -329,15 +371,23 @@ def part_distances(
     arrays: dict[str, np.ndarray],
     parts: list[ScoringPart],
     blocks: list[dict[str, np.ndarray]] | None = None,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, d) latents → (n, n_parts) Mahalanobis distance of every part (each part a block
-    of the PCA arrays: its components are zero outside its own latent columns). `blocks`:
+    of the PCA arrays: its components are zero outside its own latent columns), or with
+    `offsets` (C, d) → (n, n_parts, C), the distances to each condition's mean. `blocks`:
     part_blocks(arrays, parts), computed once by a caller that scores many batches."""
     blocks = blocks if blocks is not None else part_blocks(arrays, parts)
-    out = np.empty((latents.shape[0], len(parts)), np.float64)
+    shape = (latents.shape[0], len(parts)) + (() if offsets is None else (len(offsets),))
+    out = np.empty(shape, np.float64)
     for j, (p, block) in enumerate(zip(parts, blocks, strict=True)):
         d0, d1 = p.dims
-        out[:, j] = mahalanobis(latents[:, d0:d1], **block, residual_precision=p.residual_precision)
+        out[:, j] = mahalanobis(
+            latents[:, d0:d1],
+            **block,
+            residual_precision=p.residual_precision,
+            offsets=None if offsets is None else offsets[:, d0:d1],
+        )
     return out
 
 
@@ -346,10 +396,13 @@ def window_scores(
     arrays: dict[str, np.ndarray],
     parts: list[ScoringPart],
     blocks: list[dict[str, np.ndarray]] | None = None,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(n, d) latents → (n,) window scores: Σ weight·distance over the parts."""
+    """(n, d) latents → (n,) window scores: Σ weight·distance over the parts; with
+    `offsets` (C, d) → (n, C), each condition's."""
     weights = np.array([p.weight for p in parts])
-    return part_distances(latents, arrays, parts, blocks) @ weights
+    d = part_distances(latents, arrays, parts, blocks, offsets)
+    return d @ weights if offsets is None else np.einsum("npc,p->nc", d, weights)
 
 
 def aggregation(manifest: Manifest) -> tuple[Aggregation, int]:
@@ -374,8 +427,4 @@ def aggregate(scores: np.ndarray, method: Aggregation, k: int = 3) -> float:
 def level_for(score: float, thresholds: Thresholds) -> str:
     """normal < needs_maintenance ≤ score < severe ≤ severe; NaN is severe, never normal
     (a last line of defence: the service refuses non-finite scores before this)."""
-    if score >= thresholds.severe or score != score:
-        return "severe"
-    if score >= thresholds.needs_maintenance:
-        return "needs_maintenance"
-    return "normal"
+    return level_of(score, thresholds.needs_maintenance, thresholds.severe)

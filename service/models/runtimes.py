@@ -18,11 +18,13 @@ import numpy as np
 from service.errors import BundleError
 from service.models.bundle import (
     ANOMALY_ARRAYS,
+    CONDITION_OFFSETS,
     Aggregation,
     Manifest,
     aggregate,
     aggregation,
     check_anomaly_shapes,
+    level_for,
     load_arrays,
     part_blocks,
     read_manifest,
@@ -30,6 +32,7 @@ from service.models.bundle import (
     verify_files,
     window_scores,
 )
+from service.models.verdict import Verdict, verdict
 
 log = logging.getLogger("auscult.runtime")
 RUN_CHUNK = 256
@@ -150,11 +153,12 @@ class ModelRuntime:
 
 
 class AnomalyRuntime(ModelRuntime):
-    """encoder.onnx → latent → per part: PCA → Mahalanobis → weighted sum (window score);
-    window scores → clip score by the manifest's aggregation."""
+    """encoder.onnx → latent → per part: PCA → Mahalanobis → weighted sum (window score,
+    one per known operating condition); window scores → the clip's Verdict."""
 
     onnx_file = "encoder.onnx"
     aggregation: tuple[Aggregation, int] = ("mean", 3)
+    offsets: np.ndarray | None = None
 
     def _load_extra(self, manifest: Manifest) -> None:
         if manifest.thresholds is None:
@@ -165,17 +169,50 @@ class AnomalyRuntime(ModelRuntime):
         self.parts = scoring_parts(manifest, k, d)
         self.blocks = part_blocks(self.arrays, self.parts)
         self.aggregation = aggregation(manifest)
+        self.offsets = None
+        if manifest.calibration is not None:
+            if f"{CONDITION_OFFSETS}.npy" not in manifest.files:
+                raise BundleError(f"a calibrated bundle needs {CONDITION_OFFSETS}.npy")
+            offsets = load_arrays(self.bundle_dir, (CONDITION_OFFSETS,))[CONDITION_OFFSETS]
+            if offsets.ndim != 2 or offsets.shape[1] != d or not np.isfinite(offsets).all():
+                raise BundleError(
+                    f"{CONDITION_OFFSETS}.npy must be finite (n_conditions, {d}), "
+                    f"got {offsets.shape}"
+                )
+            manifest.calibration.check(len(offsets))
+            self.offsets = offsets
+
+    @property
+    def conditions(self) -> list[str]:
+        """The operating conditions a request may name (none for uncalibrated bundles)."""
+        cal = self.manifest.calibration if self.manifest else None
+        return cal.condition_names() if cal else []
 
     def latents(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        """(batch, h, w) windows → (batch,) window scores (float64)."""
-        return window_scores(self.latents(images), self.arrays, self.parts, self.blocks)
+        """(batch, h, w) windows → raw window scores (float64): (batch, n_conditions) for a
+        calibrated bundle (each condition's), (batch,) for older bundles."""
+        return window_scores(
+            self.latents(images), self.arrays, self.parts, self.blocks, self.offsets
+        )
 
-    def clip_score(self, scores: np.ndarray) -> float:
-        """(n_windows,) window scores of one clip → the clip's score."""
-        return aggregate(scores, *self.aggregation)
+    def verdict(self, raw: np.ndarray, condition: str | None = None) -> Verdict:
+        """One clip's raw window scores (what `score` returned for its windows) → its score,
+        level, condition and worst stretch. `condition` must be one of `conditions`."""
+        m = self.manifest
+        assert m is not None and m.thresholds is not None
+        th = (m.thresholds.needs_maintenance, m.thresholds.severe)
+        if m.calibration is not None:
+            return verdict(raw, m.calibration, th, condition)
+        s = aggregate(raw, *self.aggregation)  # bundles before calibration
+        worst = int(np.argmax(raw))
+        return Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))
+
+    def clip_score(self, raw: np.ndarray) -> float:
+        """One clip's raw window scores → its score (`verdict(raw).score`)."""
+        return self.verdict(raw).score
 
 
 class ClassifierRuntime(ModelRuntime):

@@ -26,17 +26,19 @@ from service.api.uploads import BufferBudget, Upload
 from service.errors import AuscultError, Failure, NonFiniteValues, Overloaded, public_message
 from service.features import Prepared
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
-from service.models.bundle import level_for
 from service.models.runtimes import AnomalyRuntime, ClassifierRuntime, ModelRuntime
+from service.models.verdict import Verdict
 from service.observability import Metrics
 from service.schemas import (
     ClassifyResult,
+    ConditionUsed,
     ErrorDetail,
     FileError,
     InputInfo,
     ScoreResult,
     ThresholdValues,
     WindowScore,
+    WorstStretch,
 )
 from service.serving.process import release_memory
 from service.settings import Settings
@@ -336,10 +338,15 @@ class Scorer:
         return run
 
     async def score(
-        self, runtime: AnomalyRuntime, uploads: list[Upload], raise_errors: bool = False
+        self,
+        runtime: AnomalyRuntime,
+        uploads: list[Upload],
+        raise_errors: bool = False,
+        condition: str | None = None,
     ) -> list[ScoreResult | FileError]:
         """Anomaly scores for every upload, in order; bad files become FileError entries
-        (or, with raise_errors, the first bad file's error is raised)."""
+        (or, with raise_errors, the first bad file's error is raised). `condition`: one of
+        runtime.conditions (checked by the caller), or None for the nearest."""
         m = runtime.manifest
         assert m is not None and m.thresholds is not None
         items = await self._prepare_all(runtime, uploads, raise_errors, runtime.score)
@@ -352,32 +359,23 @@ class Scorer:
         results: list[ScoreResult | FileError] = []
         for it in items:
             if it.prepared is not None:
-                window_scores = windows_of[id(it)]
-                s = runtime.clip_score(window_scores)
-                if not (math.isfinite(s) and np.isfinite(window_scores).all()):
+                raw = windows_of[id(it)]
+                v = runtime.verdict(raw, condition)
+                if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:
                 assert it.error is not None
                 results.append(_file_error(it))
                 continue
-            level = level_for(s, m.thresholds)
-            self.metrics.clips.labels(runtime.name, level).inc()
-            spans = it.prepared.spans
+            self.metrics.clips.labels(runtime.name, v.level).inc()
             results.append(
-                ScoreResult(
-                    model=runtime.name,
-                    model_version=m.version,
-                    score=s,
-                    level=level,
-                    thresholds=thresholds,
-                    input=_input_info(it.prepared),
-                    filename=it.upload.filename,
-                    windows=None
-                    if spans is None
-                    else [
-                        WindowScore(start_s=round(a, 3), end_s=round(b, 3), score=float(w))
-                        for (a, b), w in zip(spans, window_scores, strict=True)
-                    ],
+                score_result(
+                    runtime,
+                    v,
+                    thresholds,
+                    _input_info(it.prepared),
+                    it.upload.filename,
+                    it.prepared.spans,
                 )
             )
         return results
@@ -414,6 +412,45 @@ class Scorer:
                 )
             )
         return results
+
+
+def score_result(
+    runtime: AnomalyRuntime,
+    v: Verdict,
+    thresholds: ThresholdValues,
+    info: InputInfo,
+    filename: str | None,
+    spans: list[tuple[float, float]] | None,
+) -> ScoreResult:
+    """A clip's Verdict → the API's ScoreResult (`spans`: each window's (start_s, end_s))."""
+    assert runtime.manifest is not None
+    worst = None
+    if spans is not None:
+        first, last = v.worst
+        worst = WorstStretch(
+            start_s=round(spans[first][0], 3),
+            end_s=round(spans[last][1], 3),
+            score=float(v.window_scores[first : last + 1].mean()),
+        )
+    return ScoreResult(
+        model=runtime.name,
+        model_version=runtime.manifest.version,
+        score=v.score,
+        level=v.level,
+        thresholds=thresholds,
+        input=info,
+        filename=filename,
+        windows=None
+        if spans is None
+        else [
+            WindowScore(start_s=round(a, 3), end_s=round(b, 3), score=float(w))
+            for (a, b), w in zip(spans, v.window_scores, strict=True)
+        ],
+        worst=worst,
+        condition=ConditionUsed(name=v.condition, chosen=v.condition_source)
+        if runtime.conditions
+        else None,
+    )
 
 
 def _file_error(item: _Item) -> FileError:

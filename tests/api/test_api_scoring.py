@@ -140,9 +140,9 @@ async def test_single_batch_and_in_process_scores_agree(
     runtime = AnomalyRuntime(tiny_bundle, read_manifest(tiny_bundle))
     runtime.load()
     assert runtime.ready, runtime.reason
-    (in_process,) = runtime.score(prepare(data, runtime.manifest.features).image[None])  # type: ignore[union-attr]
+    raw = runtime.score(prepare(data, runtime.manifest.features).image[None])  # type: ignore[union-attr]
     assert batch == pytest.approx([single, single], rel=1e-5)
-    assert single == pytest.approx(float(in_process), rel=1e-5)
+    assert single == pytest.approx(runtime.verdict(raw).score, rel=1e-5)
 
 
 async def test_heldout_clip_scores_as_at_fit_time(

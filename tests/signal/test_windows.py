@@ -80,7 +80,13 @@ async def test_healthy_clips_of_any_length_score_normal(
     assert windows[0]["start_s"] == 0.0 and windows[-1]["end_s"] == seconds
     # one every 31 frames (0.992 s), and one flush with the end
     assert len(windows) == {2.0: 2, 10.0: 11, 60.0: 61}[seconds]
-    assert body["score"] == pytest.approx(np.mean([w["score"] for w in windows]))
+    # the level is decided by the worst stretch of two windows, which the result names
+    worst = body["worst"]
+    inside = [w["score"] for w in windows if worst["start_s"] <= w["start_s"] < worst["end_s"]]
+    assert len(inside) == 2
+    assert worst["score"] == pytest.approx(np.mean(inside))
+    pairs = [np.mean([a["score"], b["score"]]) for a, b in zip(windows, windows[1:])]
+    assert worst["score"] == pytest.approx(max(pairs))
 
 
 async def test_a_clip_shorter_than_one_window_is_one_window(api: httpx.AsyncClient) -> None:

@@ -1,12 +1,41 @@
-"""Choose the two thresholds (needs_maintenance, severe) from measured score distributions."""
+"""Choose the two thresholds (needs_maintenance, severe) and the clip statistic.
+
+The default (`fit_level_calibration`): the level is a stated false-alarm rate on recordings
+the detector never saw. Training clips are split into folds by recording group (a file, or
+what `--group-by` takes from its name); the detector is fitted without each fold and scores
+it. Those out-of-group window scores give every operating condition its median and spread,
+and a gamma tail for the clips' worst stretches (service.models.verdict), from which the
+thresholds follow. KMeans boundaries of labelled test scores (the seed's method) are only
+used on request (`fit --kmeans-thresholds`) and are reported as such.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.models.bundle import Thresholds
+from service.models.bundle import Thresholds, window_scores
+from service.models.verdict import (
+    ConditionCalibration,
+    LevelCalibration,
+    TailFit,
+    moving_means,
+    normalised,
+    shrunk_scale,
+    spread,
+    verdict,
+)
+from training.datasets import Clip
+
+FALSE_ALARM_RATE = 0.01
+SEVERE_RATE = 0.001
+STRETCH_SECONDS = 2.0
+MAX_FOLDS = 10
+SEVERE_FACTOR = 2.0  # severe is at least this many times as far from normal as needs_maintenance
 
 MAINTENANCE_Q = 0.95  # a healthy clip crosses needs_maintenance 5% of the time
 SEVERE_Q = 0.999
@@ -74,3 +103,243 @@ def refine_with_kmeans(
         method=f"{base.method}+kmeans_test_scores",
         details={**details, "kmeans_used": True},
     )
+
+
+def condition_of(clip: Clip, named: bool) -> str:
+    """A clip's operating condition: its DCASE section and domain when the dataset's names
+    carry them (`named`), else the one condition "default"."""
+    return clip.group if named else "default"
+
+
+def names_carry_conditions(clips: list[Clip]) -> bool:
+    tokens = re.compile(r"(?:^|_)(?:section|id|source|target)(?:_|$)")
+    return any(tokens.search(c.path.stem.lower()) for c in clips)
+
+
+def group_of(clip: Clip, pattern: re.Pattern[str] | None) -> str:
+    """The recording group a clip belongs to: the first group (or the whole match) of
+    `pattern` in its file name, else the file itself."""
+    if pattern is not None:
+        m = pattern.search(clip.path.name)
+        if m:
+            return m.group(1) if m.groups() else m.group(0)
+    return clip.path.name
+
+
+def assign_folds(groups: list[str], conditions: list[str], seed: int) -> np.ndarray:
+    """(n_clips,) fold index per clip: whole groups go to one fold; each condition's groups
+    are dealt round-robin in a seeded order, so a condition with few recordings keeps some
+    of them in every fit. At most MAX_FOLDS folds."""
+    names = sorted(set(groups))
+    k = min(MAX_FOLDS, len(names))
+    rng = np.random.default_rng(seed)
+    cond_of = {g: c for g, c in zip(groups, conditions, strict=True)}
+    fold_of: dict[str, int] = {}
+    nxt = 0
+    for cond in sorted(set(conditions)):
+        gs = [g for g in names if cond_of[g] == cond]
+        for g in rng.permutation(gs):
+            fold_of[str(g)] = nxt % k
+            nxt += 1
+    return np.array([fold_of[g] for g in groups])
+
+
+Detector = tuple[dict[str, np.ndarray], list[Any]]
+
+
+def condition_offsets(
+    latents: np.ndarray, conditions: np.ndarray, n_conditions: int, arrays: dict[str, np.ndarray]
+) -> np.ndarray:
+    """(n, d) healthy latents and their condition index → (n_conditions, d): each
+    condition's mean latent minus the detector's (zero for a condition with no rows)."""
+    out = np.zeros((n_conditions, latents.shape[1]), np.float32)
+    for c in range(n_conditions):
+        if (conditions == c).any():
+            out[c] = latents[conditions == c].mean(axis=0) - arrays["pca_mean"]
+    return out
+
+
+def crossfit_scores(
+    fit_latents: np.ndarray,
+    fit_clip: np.ndarray,
+    cal_latents: np.ndarray,
+    cal_clip: np.ndarray,
+    clip_condition: np.ndarray,
+    clip_fold: np.ndarray,
+    n_conditions: int,
+    fit_detector: Callable[[np.ndarray], Detector],
+) -> np.ndarray:
+    """Out-of-group raw window scores: for every fold, the detector (and each condition's
+    mean) fitted on the other folds' windows (`fit_latents`, clip index `fit_clip`) scores
+    this fold's windows (`cal_latents`, clip index `cal_clip`, as the service windows them)
+    → (n_cal, n_conditions)."""
+    out = np.empty((len(cal_latents), n_conditions), np.float64)
+    for k in np.unique(clip_fold):
+        held = clip_fold[fit_clip] == k
+        arrays, parts = fit_detector(~held)
+        offsets = condition_offsets(
+            fit_latents[~held], clip_condition[fit_clip[~held]], n_conditions, arrays
+        )
+        rows = clip_fold[cal_clip] == k
+        out[rows] = window_scores(cal_latents[rows], arrays, parts, offsets=offsets)
+    return out
+
+
+def _tail(values: np.ndarray, windows: int) -> TailFit:
+    from scipy import stats
+
+    values = np.maximum(np.asarray(values, np.float64), 1e-6)
+    shape, _, scale = stats.gamma.fit(values, floc=0.0)
+    return TailFit(windows=windows, shape=float(shape), scale=float(scale))
+
+
+@dataclass
+class LevelFit:
+    calibration: LevelCalibration
+    thresholds: Thresholds
+    heldout_clip_scores: np.ndarray  # (n_clips,) out-of-group clip scores of the originals
+
+
+def fit_level_calibration(
+    raw: np.ndarray,
+    cal_clip: np.ndarray,
+    n_clips: int,
+    clip_condition: np.ndarray,
+    condition_names: list[str],
+    clip_groups: list[str],
+    n_folds: int,
+    stretch_seconds: float,
+    hop_seconds: float,
+    false_alarm_rate: float = FALSE_ALARM_RATE,
+    severe_rate: float = SEVERE_RATE,
+) -> LevelFit:
+    """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
+    clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
+    conditions' spreads, the stretch tails, the thresholds and the out-of-group check."""
+    from scipy import stats
+
+    source = cal_clip % n_clips
+    own = raw[np.arange(len(raw)), clip_condition[source]]
+    counts = np.bincount(clip_condition, minlength=len(condition_names))
+    groups_of = [
+        len({g for g, c in zip(clip_groups, clip_condition, strict=True) if c == i})
+        for i in range(len(condition_names))
+    ]
+    spreads = [spread(own[clip_condition[source] == i]) for i in range(len(condition_names))]
+    ref_index = int(np.argmax(counts))
+    reference = condition_names[ref_index]
+    conds = [
+        ConditionCalibration(
+            name=name,
+            clips=int(counts[i]),
+            groups=groups_of[i],
+            loc=spreads[i][0],
+            scale=shrunk_scale(spreads[i][1], int(counts[i]), spreads[ref_index][1]),
+        )
+        for i, name in enumerate(condition_names)
+    ]
+    windows_per_clip = np.bincount(cal_clip)
+    L = max(
+        1,
+        min(
+            round(stretch_seconds / hop_seconds),
+            int(np.median(windows_per_clip[windows_per_clip > 0])),
+        ),
+    )
+    cal = LevelCalibration(
+        stretch_windows=L,
+        reference=reference,
+        conditions=conds,
+        tails=[TailFit(windows=w, shape=1.0, scale=1.0) for w in range(1, L + 1)],
+        false_alarm_rate=false_alarm_rate,
+        severe_rate=severe_rate,
+    )
+    # normalised out-of-group window scores, then every stretch of each length
+    v = np.empty(len(raw))
+    for i in range(len(condition_names)):
+        rows = clip_condition[source] == i
+        v[rows] = normalised(own[rows], cal, i)
+    owners = np.unique(cal_clip)
+    per_clip = [v[cal_clip == o] for o in owners]
+    tails = []
+    for w in range(1, L + 1):
+        stretches = np.concatenate([moving_means(x, w) for x in per_clip if len(x) >= w])
+        tails.append(_tail(stretches, w))
+    cal = cal.model_copy(update={"tails": tails})
+    full = tails[-1]
+    t_gamma = float(stats.gamma.isf(false_alarm_rate, full.shape, scale=full.scale))
+
+    # every out-of-group clip scored as the service scores it, its condition chosen as the
+    # service chooses it when a request names none
+    def clip_score(o: int) -> float:
+        return verdict(raw[cal_clip == o], cal, (np.inf, np.inf)).score
+
+    scores = {int(o): clip_score(int(o)) for o in owners}
+    originals = np.array([scores.get(i, np.nan) for i in range(n_clips)])
+    copies = np.array([s for o, s in scores.items() if o >= n_clips])
+    n = int(np.isfinite(originals).sum())
+    t_m, method = t_gamma, "crossfit_gamma_tail"
+    conformal = None
+    need = int(np.ceil(1 / false_alarm_rate)) - 1
+    if n >= need:  # enough recordings for the split-conformal quantile itself
+        rank = int(np.ceil((n + 1) * (1 - false_alarm_rate)))
+        conformal = float(np.sort(originals[np.isfinite(originals)])[rank - 1])
+        if conformal > t_m:
+            t_m, method = conformal, "crossfit_conformal"
+    median = float(stats.gamma.median(full.shape, scale=full.scale))
+    t_s_gamma = float(stats.gamma.isf(severe_rate, full.shape, scale=full.scale))
+    t_s = max(t_s_gamma, SEVERE_FACTOR * t_m)
+
+    warnings = []
+    if n < need:
+        warnings.append(
+            f"{n} recordings cannot show a {false_alarm_rate:g} false-alarm rate directly "
+            f"(that needs {need}): the thresholds extrapolate a gamma tail fitted to the "
+            "stretches of recordings held out of the detector's fit"
+        )
+    if len(set(clip_groups)) < 5:
+        warnings.append(f"only {len(set(clip_groups))} recording groups: the rate is uncertain")
+    for c in conds:
+        if c.clips < 10:
+            warnings.append(
+                f"condition {c.name!r} has {c.clips} clips (fewer than 10): its own "
+                "normalisation is uncertain"
+            )
+
+    def rate(x: np.ndarray, t: float) -> float | None:
+        x = x[np.isfinite(x)]
+        return round(float((x >= t).mean()), 4) if x.size else None
+
+    estimate = {
+        "method": "cross-fit over recording groups, gamma tail of worst stretches"
+        + (", split-conformal quantile" if conformal is not None else ""),
+        "recordings": n_clips,
+        "groups": len(set(clip_groups)),
+        "folds": n_folds,
+        "stretch_seconds": round(L * hop_seconds, 3),
+        "heldout_false_alarms": {
+            "recordings": rate(originals, t_m),
+            "codec_copies": rate(copies, t_m),
+            "severe_recordings": rate(originals, t_s),
+        },
+        "heldout_clip_score_percentiles": {
+            f"p{q}": float(np.nanpercentile(originals, q)) for q in (50, 90, 99, 100)
+        },
+        "warnings": warnings,
+    }
+    cal = cal.model_copy(update={"estimate": estimate})
+    thresholds = Thresholds(
+        needs_maintenance=t_m,
+        severe=t_s,
+        method=method,
+        details={
+            "false_alarm_rate": false_alarm_rate,
+            "severe_rate": severe_rate,
+            "gamma_needs_maintenance": t_gamma,
+            "gamma_severe": t_s_gamma,
+            "conformal_needs_maintenance": conformal,
+            "severe_factor": SEVERE_FACTOR,
+            "healthy_median": median,
+        },
+    )
+    return LevelFit(cal, thresholds, originals)

@@ -67,13 +67,15 @@ def clip_scores(
 
 
 def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) -> ScoredClips:
-    """Every clip scored as the service scores it: its windows, then the aggregation."""
+    """Every clip scored as the service scores it when a request names no condition: its
+    windows, then its verdict."""
     assert runtime.manifest is not None
     images, owners = load_windows(clips, runtime.manifest.features, "features (test)")
     windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )
-    return ScoredClips(clips, clip_scores(windows, owners, len(clips), runtime.aggregation))
+    scores = np.array([runtime.verdict(windows[owners == i]).score for i in range(len(clips))])
+    return ScoredClips(clips, scores)
 
 
 def metrics_table(scored: ScoredClips) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from service.features import FeatureParams
 from service.models.bundle import (
+    CONDITION_OFFSETS,
     Aggregation,
     TensorSpec,
     part_distances,
@@ -23,11 +25,12 @@ from service.models.bundle import (
     window_scores,
     write_bundle,
 )
+from service.models.verdict import verdict
 from training import export
 from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
-from training.anomaly.evaluate import clip_scores, evaluate, load_windows
+from training.anomaly.evaluate import evaluate, load_windows
 from training.datasets import DatasetError, discover, labelled_test_clips, training_clips
 
 log = logging.getLogger("auscult.training")
@@ -109,6 +112,11 @@ def fit(
     max_components: int | None = 128,
     codec_copies: bool = True,
     fit_hop_seconds: float | None = None,
+    false_alarm_rate: float = calibration.FALSE_ALARM_RATE,
+    severe_rate: float = calibration.SEVERE_RATE,
+    group_by: str | None = None,
+    stretch_seconds: float = calibration.STRETCH_SECONDS,
+    kmeans_thresholds: bool = False,
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
@@ -125,6 +133,12 @@ def fit(
     fit_hop_seconds: seconds between the windows fitted on (None: half a window), which may
     be closer than the bundle's scoring hop (params.window_hop_seconds): overlapping windows
     give the detector more vectors, a scoring hop of one window halves the service's work.
+    Levels (training.anomaly.calibration): `false_alarm_rate` and `severe_rate` of healthy
+    clips from unseen recordings, estimated by cross-fitting the detector over recording
+    groups (files, or the first group of the `group_by` regex in file names); a clip's
+    statistic is its worst `stretch_seconds`. `kmeans_thresholds` moves the thresholds to
+    KMeans boundaries of the labelled test scores instead (the seed's method; opt-in).
+    `aggregation` is recorded for bundles read without a calibration.
     """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
@@ -155,12 +169,15 @@ def fit(
         raise RuntimeError(f"ONNX and Keras encoders disagree (max abs diff {diff:.2e})")
 
     # Latents from the exported graph: exactly what the service will compute.
-    latents = np.concatenate(
-        [
-            export.onnx_run(encoder_onnx, images[i : i + 64][..., None])
-            for i in range(0, len(images), 64)
-        ]
-    )
+    def encode(windows: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                export.onnx_run(encoder_onnx, windows[i : i + 64][..., None])
+                for i in range(0, len(windows), 64)
+            ]
+        )
+
+    latents = encode(images)
     widths = scoring_encoder_parts(model.autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
     if fusion == "concat" or len(widths) == 1:
         widths = [(cfg.pooling, int(latents.shape[1]))]
@@ -173,32 +190,78 @@ def fit(
     arrays, parts, part_fits = fit_on(tr_w)
     parts = mahalanobis.standardise(parts, part_distances(latents[val_w], arrays, parts))
 
-    def scores_of(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(window scores, clip scores) of the training clips whose windows are `rows`."""
-        windows = window_scores(latents[rows], arrays, parts)
-        ids, own = np.unique(owners[rows], return_inverse=True)
-        return windows, clip_scores(windows, own, len(ids), (aggregation, aggregation_k))
+    # Levels: cross-fit the detector over recording groups (training.anomaly.calibration)
+    named = calibration.names_carry_conditions(train)
+    clip_cond_names = [calibration.condition_of(c, named) for c in train]
+    cond_names = sorted(set(clip_cond_names))
+    clip_condition = np.array([cond_names.index(c) for c in clip_cond_names])
+    clip_groups = [
+        calibration.group_of(c, re.compile(group_by) if group_by else None) for c in train
+    ]
+    clip_fold = calibration.assign_folds(clip_groups, clip_cond_names, cfg.seed)
+    if fit_params == params:
+        cal_latents, cal_owner = latents, owners
+    else:  # the windows the service scores: the bundle's own hop
+        cal_images, cal_owner = load_windows(train, params, "features (levels)", codec_copies)
+        cal_latents = encode(cal_images)
+    weights = parts
 
-    held_windows, _ = scores_of(val_w)
-    _, held_clips = scores_of(val_w & original)
-    # With the mean, a clip's score varies at most as much as one window's: thresholds from
-    # windows hold for clips of any length. Other aggregations grow with the number of
-    # windows; their thresholds come from clips of the training clips' length.
-    thresholds = calibration.from_normal_scores(
-        held_windows if aggregation == "mean" else held_clips
+    def fold_detector(rows: np.ndarray) -> calibration.Detector:
+        fold_arrays, fold_parts, _ = fit_on(rows)
+        return fold_arrays, [
+            p.model_copy(update={"weight": w.weight})
+            for p, w in zip(fold_parts, weights, strict=True)
+        ]
+
+    raw_heldout = calibration.crossfit_scores(
+        latents,
+        source,
+        cal_latents,
+        cal_owner % len(train),
+        clip_condition,
+        clip_fold,
+        len(cond_names),
+        fold_detector,
     )
+    hop = params.window_hop_seconds or params.window_seconds or 1.0
+    level = calibration.fit_level_calibration(
+        raw_heldout,
+        cal_owner,
+        len(train),
+        clip_condition,
+        cond_names,
+        clip_groups,
+        int(clip_fold.max()) + 1,
+        stretch_seconds,
+        hop,
+        false_alarm_rate,
+        severe_rate,
+    )
+    thresholds = level.thresholds
+
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
         detector_rows = np.ones(len(latents), bool)
-        weights = parts
         arrays, parts, part_fits = fit_on(detector_rows)
         parts = [
             p.model_copy(update={"weight": w.weight, "loc": w.loc, "scale": w.scale})
             for p, w in zip(parts, weights, strict=True)
         ]
-        # from here on: what the bundle (the service) scores them, for the manifest
-        _, held_clips = scores_of(val_w & original)
-    _, train_scores = scores_of(detector_rows & original)
+    arrays[CONDITION_OFFSETS] = calibration.condition_offsets(
+        latents[detector_rows], clip_condition[source[detector_rows]], len(cond_names), arrays
+    )
+
+    def bundle_scores(clip_ids: np.ndarray) -> np.ndarray:
+        """What the bundle (the service) scores these training clips (originals)."""
+        raw = window_scores(cal_latents, arrays, parts, offsets=arrays[CONDITION_OFFSETS])
+        th = (thresholds.needs_maintenance, thresholds.severe)
+        return np.array(
+            [verdict(raw[cal_owner == i], level.calibration, th).score for i in clip_ids]
+        )
+
+    held_clips = bundle_scores(val_idx)
+    train_ids = np.unique(source[detector_rows & original])
+    train_scores = bundle_scores(train_ids)
     window_counts = np.bincount(owners[original], minlength=len(train))
 
     keras_bytes = keras_model_bytes(model.autoencoder)
@@ -214,13 +277,14 @@ def fit(
             "input": TensorSpec(name="spectrogram", shape=[None, h, w, 1]),
             "output": TensorSpec(name="latent", shape=[None, int(latents.shape[1])]),
             "thresholds": thresholds,
+            "calibration": level.calibration,
             "scoring": {
                 "method": "mahalanobis",
                 "fusion": fusion,
                 "parts": [p.model_dump(mode="json") for p in parts],
                 "aggregation": aggregation,
                 "aggregation_k": aggregation_k,
-                "calibrated_on": "heldout_windows" if aggregation == "mean" else "heldout_clips",
+                "calibrated_on": "crossfit_recording_groups",
                 "pca_selection": pca_selection,
                 "shrinkage": shrinkage,
                 "max_components": max_components,
@@ -229,6 +293,7 @@ def fit(
             },
             "training": {
                 "data": Path(data_dir).name,
+                "group_by": group_by,
                 "clips": len(train),
                 "clips_fit": len(tr_idx),
                 "clips_heldout": len(val_idx),
@@ -266,7 +331,7 @@ def fit(
 
     evaluation = None
     test = labelled_test_clips(clips)
-    if run_evaluation and test:
+    if run_evaluation and test and kmeans_thresholds:
         _metrics, scored = evaluate(Path(data_dir), out_dir, write=False)
         labelled = np.array([c.label is not None for c in scored.clips])
         refined = calibration.refine_with_kmeans(
@@ -276,6 +341,7 @@ def fit(
             cfg.seed,
         )
         update_bundle(out_dir, {}, thresholds=refined)
+    if run_evaluation and test:
         evaluation, _ = evaluate(Path(data_dir), out_dir, write=True)
     seconds = time.perf_counter() - start
     manifest = read_manifest(out_dir)

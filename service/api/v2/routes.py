@@ -46,7 +46,6 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.inputs import check_finite_images
-from service.models.bundle import level_for
 from service.models.registry import ModelRegistry
 from service.models.runtimes import (
     AnomalyRuntime,
@@ -166,6 +165,10 @@ def _metadata(rt: ModelRuntime) -> ModelMetadata:
             "needs_maintenance": m.thresholds.needs_maintenance,
             "severe": m.thresholds.severe,
         }
+        if m.calibration is not None:
+            params["false_alarm_rate"] = m.calibration.false_alarm_rate
+            params["severe_rate"] = m.calibration.severe_rate
+            params["conditions"] = rt.conditions
     else:
         outputs = [
             TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
@@ -310,8 +313,20 @@ def _check_count(n: int, settings: Settings) -> None:
         raise BatchTooLarge(f"{n} elements; at most {settings.max_batch_files} per request")
 
 
+def _condition(rt: ModelRuntime, parameters: dict[str, Any]) -> str | None:
+    """The request's `condition` parameter → a condition the anomaly model knows, or None
+    (the nearest). Raises InvalidInference naming the known ones."""
+    value = parameters.get("condition")
+    if value is None or value == "" or not isinstance(rt, AnomalyRuntime):
+        return None
+    if not isinstance(value, str) or value not in rt.conditions:
+        listed = ", ".join(rt.conditions) or "none"
+        raise InvalidInference(f"unknown condition {value!r}; the model knows: {listed}")
+    return value
+
+
 async def _infer_audio(
-    rt: ModelRuntime, tensor: Tensor, settings: Settings, scorer: Scorer
+    rt: ModelRuntime, tensor: Tensor, settings: Settings, scorer: Scorer, condition: str | None
 ) -> list[Output]:
     n = len(tensor.elements)
     _check_count(n, settings)
@@ -324,7 +339,7 @@ async def _infer_audio(
     tensor.elements = []
     async with scorer.slot():
         if isinstance(rt, AnomalyRuntime):
-            results: list[Any] = await scorer.score(rt, uploads)
+            results: list[Any] = await scorer.score(rt, uploads, condition=condition)
         else:
             assert isinstance(rt, ClassifierRuntime)
             results = await scorer.classify(rt, uploads)
@@ -359,7 +374,7 @@ def _classifier_outputs(probs: np.ndarray, labels: list[str]) -> list[Output]:
 
 
 async def _infer_windows(
-    rt: ModelRuntime, tensor: Tensor, settings: Settings, scorer: Scorer
+    rt: ModelRuntime, tensor: Tensor, settings: Settings, scorer: Scorer, condition: str | None
 ) -> list[Output]:
     m = rt.manifest
     assert m is not None and tensor.array is not None
@@ -376,11 +391,11 @@ async def _infer_windows(
     async with scorer.slot():
         if isinstance(rt, AnomalyRuntime):
             windows = await scorer.in_thread(lambda: rt.score(images))
-            scores = np.asarray([rt.clip_score(windows[i : i + 1]) for i in range(len(windows))])
-            if not np.isfinite(scores).all():
+            verdicts = [rt.verdict(windows[i : i + 1], condition) for i in range(len(windows))]
+            scores = np.asarray([v.score for v in verdicts])
+            if not (np.isfinite(scores).all() and np.isfinite(windows).all()):
                 raise NonFiniteValues("the model's score for this input is not a finite number")
-            assert m.thresholds is not None
-            levels = [level_for(float(s), m.thresholds) for s in scores]
+            levels = [v.level for v in verdicts]
             for level in levels:
                 scorer.metrics.clips.labels(rt.name, level).inc()
             return _anomaly_outputs(scores, levels)
@@ -424,16 +439,17 @@ async def _infer(
                 f"not {len(tensors)}"
             )
         (tensor,) = tensors
+        condition = _condition(rt, req.parameters)
         if tensor.name == AUDIO:
             if tensor.datatype != "BYTES":
                 raise InvalidInference(f"input {AUDIO!r} is BYTES, not {tensor.datatype}")
-            outputs = await _infer_audio(rt, tensor, settings, scorer)
+            outputs = await _infer_audio(rt, tensor, settings, scorer, condition)
         elif tensor.name == rt.manifest.input.name:
             if tensor.datatype != "FP32":
                 raise InvalidInference(f"input {tensor.name!r} is FP32, not {tensor.datatype}")
             if len(tensor.shape) not in (3, 4):
                 raise InvalidInference(f"input {tensor.name!r} has shape {tensor.shape}")
-            outputs = await _infer_windows(rt, tensor, settings, scorer)
+            outputs = await _infer_windows(rt, tensor, settings, scorer, condition)
         else:
             raise InvalidInference(
                 f"unknown input {tensor.name!r}; this model takes {AUDIO!r} (BYTES) or "
