@@ -4,6 +4,7 @@ bundles fitted on 2-s and on 10-s recordings (issue: a healthy 10-s clip was `se
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,7 +86,7 @@ async def test_healthy_clips_of_any_length_score_normal(
     inside = [w["score"] for w in windows if worst["start_s"] <= w["start_s"] < worst["end_s"]]
     assert len(inside) == 2
     assert worst["score"] == pytest.approx(np.mean(inside))
-    pairs = [np.mean([a["score"], b["score"]]) for a, b in zip(windows, windows[1:])]
+    pairs = [np.mean([a["score"], b["score"]]) for a, b in itertools.pairwise(windows)]
     assert worst["score"] == pytest.approx(max(pairs))
 
 
