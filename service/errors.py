@@ -100,6 +100,12 @@ class NotReady(AuscultError):
     status_code, code = 503, "not_ready"
 
 
+class EnrolFailed(AuscultError):
+    """The enrolled version could not be written or loaded; the served one is unchanged."""
+
+    status_code, code = 409, "enrol_failed"
+
+
 class BundleError(Exception):
     """A model bundle failed verification; the message says why."""
 

@@ -175,6 +175,26 @@ class ReloadResult(BaseModel):
     reason: str | None = Field(None, description="why the new version failed", examples=[None])
 
 
+class EnrolledCondition(BaseModel):
+    name: str = Field(examples=["rpm_1800"])
+    clips: int = Field(examples=[12])
+    loc: float = Field(description="median healthy window score (raw units)", examples=[1.02])
+    scale: float = Field(description="spread of healthy window scores", examples=[0.08])
+
+
+class EnrolResult(BaseModel):
+    """A condition enrolled: the new version serves."""
+
+    model: str = Field(examples=["gearbox"])
+    condition: EnrolledCondition
+    version: str = Field(examples=["20261207-9a8b7c6d"])
+    previous_version: str | None = Field(None, examples=["20261201-3b44aedb"])
+    conditions: list[str] = Field(
+        description="every condition the model knows now",
+        examples=[["section_00_source", "section_00_target", "rpm_1800"]],
+    )
+
+
 class ReloadResponse(BaseModel):
     """Every model the scan changed (or tried to); unchanged ones are not listed."""
 

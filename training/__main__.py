@@ -1,4 +1,4 @@
-"""Command line: python -m training {fit,fit-classifier,fit-generator,generate,evaluate,
+"""Command line: python -m training {fit,fit-classifier,fit-generator,generate,enrol,evaluate,
 spectrograms,synth} …"""
 
 from __future__ import annotations
@@ -384,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, type=Path, help="folder for the wavs")
 
+    n = sub.add_parser(
+        "enrol",
+        help="add an operating condition to an anomaly bundle from ≥ 10 healthy clips",
+        description="Measures the condition's healthy sound (its mean and spread) with the "
+        "bundle's encoder and detector, refitting nothing, and rewrites the bundle as a new "
+        "version; a running service picks it up on reload. Requests may then name the "
+        "condition, and clips nearest to it are judged by it.",
+    )
+    n.add_argument("--model", required=True, type=Path, help="anomaly bundle folder")
+    n.add_argument(
+        "--data", required=True, type=Path, help="folder of healthy clips (wav/flac/ogg/mp3)"
+    )
+    n.add_argument("--condition", required=True, help="the condition's name, e.g. rpm_1800")
+
     e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
@@ -399,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--seconds", type=float, default=2.0)
     y.add_argument("--train", type=int, default=40, help="source-domain training clips")
+    y.add_argument(
+        "--train-target",
+        type=int,
+        default=4,
+        help="target-domain training clips (DCASE 2021: a few; 2022 and later: 10). "
+        "Default: %(default)s",
+    )
     y.add_argument(
         "--test", type=int, default=8, help="normal (and anomalous) clips per test domain"
     )
@@ -485,7 +506,13 @@ def _run(args: argparse.Namespace) -> int:
         from training.synth import generate
 
         counts = generate(
-            args.out, args.machine, args.seed, args.seconds, n_train=args.train, n_test=args.test
+            args.out,
+            args.machine,
+            args.seed,
+            args.seconds,
+            n_train=args.train,
+            n_train_target=args.train_target,
+            n_test=args.test,
         )
         print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
         return 0
@@ -500,6 +527,20 @@ def _run(args: argparse.Namespace) -> int:
         for f in failures:
             print(f"skipped {f}", file=sys.stderr)
         return 0 if written else 2
+    if args.command == "enrol":
+        from service.errors import InvalidRequest
+        from training.anomaly.enrol import enrol_folder
+
+        try:
+            manifest, cond, seconds = enrol_folder(args.model, args.data, args.condition)
+        except (DatasetError, InvalidRequest, OSError) as e:
+            print(f"error: {getattr(e, 'message', e)}; {args.model} is unchanged", file=sys.stderr)
+            return 1
+        print(
+            f"enrolled condition {cond.name!r} from {cond.clips} clips into {args.model} "
+            f"(version {manifest.version}) in {seconds:.1f} s"
+        )
+        return 0
     if args.command == "evaluate":
         from training.anomaly.evaluate import evaluate, format_table
 

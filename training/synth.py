@@ -83,12 +83,15 @@ def recording(
     sample_rate: int = 16000,
     fault: str | None = None,
     fault_span: tuple[float, float] | None = None,
+    condition: Condition | None = None,
 ) -> np.ndarray:
     """One healthy recording of `machine` (n,) float32 scaled as the dataset's files, or one
-    with `fault` (an ANOMALY_KINDS entry, strong) over fault_span seconds (default: all)."""
+    with `fault` (an ANOMALY_KINDS entry, strong) over fault_span seconds (default: all).
+    `condition`: another speed and load than the domain's (an operating point the dataset
+    never had)."""
     rng = np.random.default_rng(seed)
     n = round(seconds * sample_rate)
-    cond = MACHINES[machine][domain]
+    cond = condition or MACHINES[machine][domain]
     x = _normal(rng, cond, sample_rate, n)
     if fault is not None:
         a, b = fault_span or (0.0, seconds)

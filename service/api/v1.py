@@ -21,11 +21,15 @@ from service.api.deps import (
 )
 from service.api.uploads import Upload, body_deadline, openapi_body, read_body, read_files
 from service.errors import (
+    EnrolFailed,
     InvalidRequest,
     ModelNotFound,
     NotReady,
     public_message,
 )
+from service.models.conditions import check_name as check_condition_name
+from service.models.conditions import measure as measure_condition
+from service.models.conditions import write_enrolled
 from service.models.generator import wav_bytes, zip_bytes
 from service.models.registry import ReloadOutcome
 from service.models.runtimes import AnomalyRuntime, ModelRuntime
@@ -34,6 +38,8 @@ from service.schemas import (
     BatchClassifyResponse,
     BatchScoreResponse,
     ClassifyResult,
+    EnrolledCondition,
+    EnrolResult,
     ErrorBody,
     GenerateRequest,
     Health,
@@ -418,6 +424,70 @@ async def reload_model(name: str, request: Request) -> ReloadResult:
     why), `removed` when its folder is gone."""
     (outcome,) = await request.app.state.reloader.reload(name, True)
     return _result(outcome)
+
+
+@admin.post(
+    "/models/{name}/conditions/{condition}",
+    response_model=EnrolResult,
+    responses={
+        **ADMIN_ERRORS,
+        404: {"model": ErrorBody, "description": "unknown model (model_not_found)"},
+        409: {
+            "model": ErrorBody,
+            "description": "not an anomaly model (wrong_model_kind), or the new version could "
+            "not be written or loaded (enrol_failed); the served version is unchanged",
+        },
+        413: ERRORS[413],
+        415: ERRORS[415],
+        422: {
+            "model": ErrorBody,
+            "description": "fewer than 10 clips, a bad condition name, a model without "
+            "conditions (invalid_request), or an unreadable clip (its code, naming the file)",
+        },
+    },
+    openapi_extra=openapi_body("files", many=True),
+)
+async def enrol_condition(
+    name: str,
+    condition: str,
+    request: Request,
+    registry: RegistryDep,
+    scorer: ScorerDep,
+    settings: SettingsDep,
+) -> EnrolResult:
+    """Enrol an operating condition (a new speed, load, site or microphone) from at least 10
+    healthy clips (repeated multipart field `files`), refitting nothing: the condition's
+    healthy sound is measured with the model's own encoder and detector, and a new version
+    of the bundle is written and served by every worker. Enrolling a name again replaces
+    it. Any failure leaves the served version as it was."""
+    runtime = registry.anomaly(name)
+    check_condition_name(condition)
+    async with (
+        _uploads(request, settings, scorer, "files", many=True) as uploads,
+        scorer.slot(),
+    ):
+        latents = await scorer.latents(runtime, uploads)
+        measured, offset = await scorer.in_thread(
+            lambda: measure_condition(runtime, condition, latents)
+        )
+    previous = runtime.manifest.version if runtime.manifest else None
+    try:
+        manifest, outcome = await request.app.state.reloader.write_and_reload(
+            name, lambda: write_enrolled(runtime, measured, offset)
+        )
+    except OSError as e:
+        raise EnrolFailed(f"could not write the new version: {e}") from e
+    if outcome.action != "loaded":
+        raise EnrolFailed(f"the new version did not load: {outcome.reason}")
+    return EnrolResult(
+        model=name,
+        condition=EnrolledCondition(
+            name=measured.name, clips=measured.clips, loc=measured.loc, scale=measured.scale
+        ),
+        version=manifest.version,
+        previous_version=previous,
+        conditions=manifest.calibration.condition_names() if manifest.calibration else [],
+    )
 
 
 def error_response(

@@ -21,7 +21,7 @@ from service.models.bundle import (
     write_bundle,
 )
 from service.models.runtimes import AnomalyRuntime
-from service.models.verdict import ConditionCalibration, shrunk_scale, spread
+from service.models.verdict import ConditionCalibration, fit_tails, spread
 
 MIN_ENROL_CLIPS = 10
 CONDITION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -64,13 +64,13 @@ def measure(
             window_scores(z, runtime.arrays, runtime.parts, runtime.blocks, offsets=offset)[:, 0]
         )
     loc, scale = spread(np.concatenate(raw))
-    ref = next(c for c in cal.conditions if c.name == cal.reference)
     condition = ConditionCalibration(
         name=name,
         clips=len(clip_latents),
         groups=len(clip_latents),
         loc=loc,
-        scale=shrunk_scale(scale, len(clip_latents), ref.scale),
+        scale=scale,
+        tails=fit_tails(raw, cal.stretch_windows),
         source="enrolled",
     )
     offset = (sums.sum(axis=0) / counts.sum() - pca_mean).astype(np.float32)

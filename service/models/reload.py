@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
@@ -27,6 +28,7 @@ from service.observability import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("auscult.reload")
+T = TypeVar("T")
 
 
 class Reloader:
@@ -49,6 +51,14 @@ class Reloader:
         finally:
             if self.relay is not None:
                 self.relay()
+
+    async def write_and_reload(self, name: str, write: Callable[[], T]) -> tuple[T, ReloadOutcome]:
+        """Run `write` (which replaces the bundle folder `name` atomically) in a thread while
+        no scan runs (a scan must not see the folder mid-swap), then reload that model."""
+        async with self.lock:
+            result = await anyio.to_thread.run_sync(write)
+        (outcome,) = await self.reload(name, True)
+        return result, outcome
 
     async def _reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
         reg = self.registry()

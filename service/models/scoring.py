@@ -23,7 +23,14 @@ from typing import TypeVar
 import numpy as np
 
 from service.api.uploads import BufferBudget, Upload
-from service.errors import AuscultError, Failure, NonFiniteValues, Overloaded, public_message
+from service.errors import (
+    AuscultError,
+    Failure,
+    InvalidRequest,
+    NonFiniteValues,
+    Overloaded,
+    public_message,
+)
 from service.features import Prepared
 from service.inputs import InputLimits, SampleBudget, prepare_bounded
 from service.models.runtimes import AnomalyRuntime, ClassifierRuntime, ModelRuntime
@@ -379,6 +386,31 @@ class Scorer:
                 )
             )
         return results
+
+    async def latents(self, runtime: AnomalyRuntime, uploads: list[Upload]) -> list[np.ndarray]:
+        """Each upload's window latents (n_windows, d), in order, for enrolling a condition;
+        the first bad file's error is raised, naming the file."""
+        m = runtime.manifest
+        assert m is not None
+        s = self.settings
+        limits = InputLimits(s.max_audio_seconds, s.min_sample_rate, s.max_sample_rate)
+        budget = SampleBudget(s.max_request_samples)
+
+        def work() -> list[np.ndarray]:
+            out = []
+            for u in uploads:
+                try:
+                    prepared = prepare_bounded(u.data, m.features, limits, budget)
+                except AuscultError as e:
+                    raise Failure(e.status_code, e.code, f"{u.filename}: {e.message}") from None
+                finally:
+                    u.data = b""
+                if prepared.spans is None:
+                    raise InvalidRequest(f"{u.filename}: enrol healthy audio, not a picture")
+                out.append(runtime.latents(prepared.images))
+            return out
+
+        return await self.in_thread(work)
 
     async def classify(
         self, runtime: ClassifierRuntime, uploads: list[Upload], raise_errors: bool = False

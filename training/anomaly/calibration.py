@@ -3,8 +3,8 @@
 The default (`fit_level_calibration`): the level is a stated false-alarm rate on recordings
 the detector never saw. Training clips are split into folds by recording group (a file, or
 what `--group-by` takes from its name); the detector is fitted without each fold and scores
-it. Those out-of-group window scores give every operating condition its median and spread,
-and a gamma tail for the clips' worst stretches (service.models.verdict), from which the
+it. Those out-of-group window scores give every operating condition its median, spread and
+gamma tails for the clips' worst stretches (service.models.verdict), from which the
 thresholds follow. KMeans boundaries of labelled test scores (the seed's method) are only
 used on request (`fit --kmeans-thresholds`) and are reported as such.
 """
@@ -22,10 +22,7 @@ from service.models.bundle import Thresholds, window_scores
 from service.models.verdict import (
     ConditionCalibration,
     LevelCalibration,
-    TailFit,
-    moving_means,
-    normalised,
-    shrunk_scale,
+    fit_tails,
     spread,
     verdict,
 )
@@ -185,14 +182,6 @@ def crossfit_scores(
     return out
 
 
-def _tail(values: np.ndarray, windows: int) -> TailFit:
-    from scipy import stats
-
-    values = np.maximum(np.asarray(values, np.float64), 1e-6)
-    shape, _, scale = stats.gamma.fit(values, floc=0.0)
-    return TailFit(windows=windows, shape=float(shape), scale=float(scale))
-
-
 @dataclass
 class LevelFit:
     calibration: LevelCalibration
@@ -215,7 +204,8 @@ def fit_level_calibration(
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
-    conditions' spreads, the stretch tails, the thresholds and the out-of-group check."""
+    every condition's spread and stretch tails, the thresholds (from the reference
+    condition's full-stretch tail) and the out-of-group check."""
     from scipy import stats
 
     source = cal_clip % n_clips
@@ -225,19 +215,6 @@ def fit_level_calibration(
         len({g for g, c in zip(clip_groups, clip_condition, strict=True) if c == i})
         for i in range(len(condition_names))
     ]
-    spreads = [spread(own[clip_condition[source] == i]) for i in range(len(condition_names))]
-    ref_index = int(np.argmax(counts))
-    reference = condition_names[ref_index]
-    conds = [
-        ConditionCalibration(
-            name=name,
-            clips=int(counts[i]),
-            groups=groups_of[i],
-            loc=spreads[i][0],
-            scale=shrunk_scale(spreads[i][1], int(counts[i]), spreads[ref_index][1]),
-        )
-        for i, name in enumerate(condition_names)
-    ]
     windows_per_clip = np.bincount(cal_clip)
     L = max(
         1,
@@ -246,27 +223,29 @@ def fit_level_calibration(
             int(np.median(windows_per_clip[windows_per_clip > 0])),
         ),
     )
+    owners = np.unique(cal_clip)
+    conds = []
+    for i, name in enumerate(condition_names):
+        loc, scale = spread(own[clip_condition[source] == i])
+        per_clip = [own[cal_clip == o] for o in owners if clip_condition[o % n_clips] == i]
+        conds.append(
+            ConditionCalibration(
+                name=name,
+                clips=int(counts[i]),
+                groups=groups_of[i],
+                loc=loc,
+                scale=scale,
+                tails=fit_tails(per_clip, L),
+            )
+        )
     cal = LevelCalibration(
         stretch_windows=L,
-        reference=reference,
+        reference=condition_names[int(np.argmax(counts))],
         conditions=conds,
-        tails=[TailFit(windows=w, shape=1.0, scale=1.0) for w in range(1, L + 1)],
         false_alarm_rate=false_alarm_rate,
         severe_rate=severe_rate,
     )
-    # normalised out-of-group window scores, then every stretch of each length
-    v = np.empty(len(raw))
-    for i in range(len(condition_names)):
-        rows = clip_condition[source] == i
-        v[rows] = normalised(own[rows], cal, i)
-    owners = np.unique(cal_clip)
-    per_clip = [v[cal_clip == o] for o in owners]
-    tails = []
-    for w in range(1, L + 1):
-        stretches = np.concatenate([moving_means(x, w) for x in per_clip if len(x) >= w])
-        tails.append(_tail(stretches, w))
-    cal = cal.model_copy(update={"tails": tails})
-    full = tails[-1]
+    full = cal.ref.tails[-1]
     t_gamma = float(stats.gamma.isf(false_alarm_rate, full.shape, scale=full.scale))
 
     # every out-of-group clip scored as the service scores it, its condition chosen as the

@@ -189,6 +189,15 @@
             `severe from ${fmt(d.thresholds.severe)}.`,
         );
       }
+      const cal = d.calibration;
+      if (cal) {
+        parts.push(
+          `A healthy recording it never heard reaches "needs maintenance" about ` +
+            `${pct(cal.false_alarm_rate)} of the time and "severe" about ${pct(cal.severe_rate)} ` +
+            `(estimated on ${cal.estimate.recordings} recordings). ` +
+            `Levels follow a clip's worst ${fmt(cal.estimate.stretch_seconds, 1)} s.`,
+        );
+      }
       if (d.features && d.features.window_seconds) {
         parts.push(`Scored in windows of ${d.features.window_seconds} s.`);
       }
@@ -300,9 +309,34 @@
       h("header", {}, title, h("span", { class: `badge ${r.level}` }, LEVEL_TEXT[r.level])),
       h("p", { class: "score-line" }, "Score ", h("strong", { class: "score" }, fmt(r.score)), " — ", relation(r.score, t)),
       scale(r.score, t),
-      r.windows && r.windows.length ? timeChart(r.windows, t, r.input.duration_s) : null,
+      decidedBy(r),
+      r.windows && r.windows.length ? timeChart(r.windows, t, r.input.duration_s, r.worst) : null,
       spectrogramFigure(r),
       facts(r),
+    );
+  }
+
+  function pct(rate) {
+    return `${+(100 * rate).toPrecision(2)} %`;
+  }
+
+  function decidedBy(r) {
+    if (!r.worst && !r.condition) return null;
+    const parts = [];
+    if (r.worst) {
+      parts.push(
+        `Decided by its worst stretch, ${fmt(r.worst.start_s, 1)}–${fmt(r.worst.end_s, 1)} s ` +
+          `(window scores averaging ${fmt(r.worst.score)}).`,
+      );
+    }
+    if (r.condition) {
+      const how = { request: "as asked", nearest: "the nearest it knows", only: "the only one it knows" };
+      parts.push(`Judged as condition ${r.condition.name} (${how[r.condition.chosen]}).`);
+    }
+    return h(
+      "p",
+      { class: "decided", "data-worst-start": r.worst ? r.worst.start_s : "", "data-worst-end": r.worst ? r.worst.end_s : "" },
+      parts.join(" "),
     );
   }
 
@@ -352,7 +386,7 @@
     return [1, 2, 5, 10].map((m) => m * mag).find((step) => step >= raw) || mag * 10;
   }
 
-  function timeChart(windows, t, duration) {
+  function timeChart(windows, t, duration, worst) {
     const W = 640, H = 190, L = 44, R = 12, T = 10, B = 30;
     const end = duration || windows[windows.length - 1].end_s || 1;
     const peak = windows.reduce((a, w) => (w.score > a.score ? w : a), windows[0]);
@@ -368,6 +402,15 @@
     svg.append(s("rect", { x: L, y: y(top), width: W - L - R, height: y(t.severe) - y(top), fill: "#f9dedc" }));
     svg.append(s("rect", { x: L, y: y(t.severe), width: W - L - R, height: y(t.needs_maintenance) - y(t.severe), fill: "#fdf1c7" }));
     svg.append(s("rect", { x: L, y: y(t.needs_maintenance), width: W - L - R, height: y(0) - y(t.needs_maintenance), fill: "#dcefe2" }));
+    if (worst) {
+      // the stretch that decided the level, outlined across the chart's height
+      const band = s("rect", {
+        x: x(worst.start_s), y: T, width: Math.max(2, x(worst.end_s) - x(worst.start_s)), height: y(0) - T,
+        fill: "none", stroke: "#102a43", "stroke-width": 2, "stroke-dasharray": "2 3", class: "worst-stretch",
+      });
+      band.append(s("title", {}, `worst stretch ${fmt(worst.start_s, 1)}–${fmt(worst.end_s, 1)} s`));
+      svg.append(band);
+    }
     for (const [v, colour, text] of [
       [t.needs_maintenance, COLOURS.needs_maintenance, "needs maintenance"],
       [t.severe, COLOURS.severe, "severe"],
@@ -496,6 +539,9 @@
         level: r.level,
         score: r.score,
         peak_window_score: peak,
+        worst_start_s: r.worst ? r.worst.start_s : "",
+        worst_end_s: r.worst ? r.worst.end_s : "",
+        condition: r.condition ? r.condition.name : "",
         needs_maintenance: r.thresholds.needs_maintenance,
         severe: r.thresholds.severe,
         duration_s: duration,
@@ -506,7 +552,7 @@
   function columns(kind) {
     return kind === "classifier"
       ? ["file", "label", "confidence", "duration_s", "model", "model_version", "error_code", "error_message"]
-      : ["file", "level", "score", "peak_window_score", "needs_maintenance", "severe", "duration_s", "model", "model_version", "error_code", "error_message"];
+      : ["file", "level", "score", "peak_window_score", "worst_start_s", "worst_end_s", "condition", "needs_maintenance", "severe", "duration_s", "model", "model_version", "error_code", "error_message"];
   }
 
   function renderTable() {

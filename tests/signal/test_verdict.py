@@ -1,0 +1,111 @@
+"""The level's arithmetic (service.models.verdict) on known distributions: the worst stretch,
+the length calibration that makes a 60-s clip false-alarm as often as a 10-s one, and the
+mapping of every condition onto the reference's scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from service.models.verdict import (
+    ConditionCalibration,
+    LevelCalibration,
+    calibrated_score,
+    fit_tails,
+    moving_means,
+    verdict,
+    worst_stretch,
+)
+
+
+def _calibration(conditions: dict[str, tuple[float, float]], stretch: int = 2) -> LevelCalibration:
+    """Conditions whose healthy raw window scores are iid normal (mean, sd): tails fitted
+    on 4000 healthy windows each, as the fit measures them on held-out recordings."""
+    rng = np.random.default_rng(0)
+    conds = []
+    for name, (mu, sd) in conditions.items():
+        clips = [np.abs(rng.normal(mu, sd, 20)) for _ in range(200)]
+        conds.append(
+            ConditionCalibration(
+                name=name, clips=200, loc=mu, scale=1.28 * sd, tails=fit_tails(clips, stretch)
+            )
+        )
+    return LevelCalibration(
+        stretch_windows=stretch,
+        reference=next(iter(conditions)),
+        conditions=conds,
+        false_alarm_rate=0.01,
+        severe_rate=0.001,
+    )
+
+
+def _threshold(cal: LevelCalibration) -> float:
+    full = cal.ref.tails[-1]
+    return float(stats.gamma.isf(cal.false_alarm_rate, full.shape, scale=full.scale))
+
+
+def test_the_worst_stretch_is_the_highest_mean_of_consecutive_windows() -> None:
+    v = np.array([1.0, 1.0, 3.0, 1.0, 2.5, 2.5, 1.0])
+    assert moving_means(v, 2) == pytest.approx([1.0, 2.0, 2.0, 1.75, 2.5, 1.75])
+    assert worst_stretch(v, 2) == (pytest.approx(2.5), 4, 5)
+    assert worst_stretch(v[:1], 2) == (pytest.approx(1.0), 0, 0)  # shorter than a stretch
+
+
+def test_a_clip_of_one_stretch_under_the_reference_keeps_its_raw_score() -> None:
+    cal = _calibration({"a": (1.0, 0.1)})
+    assert calibrated_score(1.23, 2, cal.conditions[0], cal) == 1.23
+
+
+def test_more_windows_lower_the_score_of_the_same_worst_stretch() -> None:
+    cal = _calibration({"a": (1.0, 0.1)})
+    c = cal.conditions[0]
+    scores = [calibrated_score(1.3, n, c, cal) for n in (2, 10, 60, 600)]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+
+
+@pytest.mark.parametrize("windows", [10, 60])
+def test_healthy_clips_false_alarm_at_the_stated_rate_whatever_their_length(windows: int) -> None:
+    """iid healthy windows: the share of clips at or over the threshold is the stated 1 %
+    within Monte-Carlo noise for 10 and 60 windows alike (the raw worst stretch would
+    false-alarm far more often in a long clip)."""
+    cal = _calibration({"a": (1.0, 0.1)})
+    t = _threshold(cal)
+    rng = np.random.default_rng(windows)
+    raw = np.abs(rng.normal(1.0, 0.1, (4000, windows, 1)))
+    alarms = np.mean([verdict(x, cal, (t, 2 * t)).level != "normal" for x in raw])
+    assert 0.003 <= alarms <= 0.025, alarms
+    uncorrected = np.mean([moving_means(x[:, 0], 2).max() >= t for x in raw])
+    if windows == 60:
+        assert uncorrected > 3 * alarms
+
+
+def test_every_condition_false_alarms_equally_on_the_reference_scale() -> None:
+    """A condition whose healthy windows sit higher and spread wider (a speed the detector
+    knows less well) is mapped onto the reference's scale by its own tails."""
+    cal = _calibration({"source": (1.0, 0.1), "target": (2.0, 0.5)})
+    t = _threshold(cal)
+    rng = np.random.default_rng(1)
+    rates = {}
+    for name, (mu, sd) in {"source": (1.0, 0.1), "target": (2.0, 0.5)}.items():
+        clips = np.abs(rng.normal(mu, sd, (3000, 10)))
+        raw = np.stack([clips, clips], axis=2)  # the same windows under either condition
+        rates[name] = np.mean([verdict(x, cal, (t, 2 * t), name).level != "normal" for x in raw])
+    assert all(0.003 <= r <= 0.03 for r in rates.values()), rates
+
+
+def test_a_named_condition_is_used_and_otherwise_the_nearest() -> None:
+    cal = _calibration({"source": (1.0, 0.1), "target": (2.0, 0.5)})
+    raw = np.column_stack([np.full(5, 3.0), np.full(5, 1.2)])  # near target's mean
+    assert verdict(raw, cal, (9, 9)).condition == "target"
+    assert verdict(raw, cal, (9, 9)).condition_source == "nearest"
+    named = verdict(raw, cal, (9, 9), "source")
+    assert (named.condition, named.condition_source) == ("source", "request")
+
+
+def test_a_fault_far_beyond_the_tails_still_scores_high_and_finite() -> None:
+    cal = _calibration({"source": (1.0, 0.1), "target": (2.0, 0.5)})
+    raw = np.full((30, 2), 500.0)
+    for name in ("source", "target"):
+        v = verdict(raw, cal, (1.5, 3.0), name)
+        assert np.isfinite(v.score) and v.score > 3.0 and v.level == "severe"
