@@ -54,9 +54,8 @@ def levels(runtime: AnomalyRuntime, clips: list[bytes], condition: str | None = 
     assert runtime.manifest is not None
     out = []
     for data in clips:
-        v = runtime.verdict(
-            runtime.score(prepare(data, runtime.manifest.features).images), condition
-        )
+        p = prepare(data, runtime.manifest.features)
+        v = runtime.verdict(runtime.score(p.images), condition, p.format)
         out.append((v.score, v.level))
     return out
 

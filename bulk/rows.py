@@ -31,6 +31,7 @@ PREPARED_SCHEMA = pa.schema(
         ("n_windows", pa.int32()),
         ("images", pa.large_binary()),
         ("spans", pa.list_(pa.float64())),
+        ("format", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
     ]
@@ -69,12 +70,13 @@ def prepare_table(
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for file, data in zip(files, datas, strict=True):
         code = message = None
-        duration = images = spans = None
+        duration = images = spans = fmt = None
         try:
             p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
             duration = round(p.duration_s, 4) if p.duration_s is not None else None
             images = np.ascontiguousarray(p.images, np.float32)
             spans = None if p.spans is None else [t for span in p.spans for t in span]
+            fmt = p.format
         except Exception as e:
             code, message = _error(e)
         cols["file"].append(file)
@@ -82,6 +84,7 @@ def prepare_table(
         cols["n_windows"].append(0 if images is None else len(images))
         cols["images"].append(None if images is None else images.tobytes())
         cols["spans"].append(spans)
+        cols["format"].append(fmt)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
@@ -108,7 +111,7 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
         code, message = r["error_code"], r["error_message"]
         if code is None:
             raw = score_of[id(r)]
-            v = runtime.verdict(raw)
+            v = runtime.verdict(raw, fmt=r["format"])
             if math.isfinite(v.score) and np.isfinite(raw).all():
                 score, level = v.score, v.level
                 condition = v.condition if runtime.conditions else None

@@ -32,7 +32,7 @@ from service.models.bundle import (
     verify_files,
     window_scores,
 )
-from service.models.verdict import Verdict, verdict
+from service.models.verdict import LOSSY_FORMATS, Verdict, verdict
 
 log = logging.getLogger("auscult.runtime")
 RUN_CHUNK = 256
@@ -198,14 +198,17 @@ class AnomalyRuntime(ModelRuntime):
             self.latents(images), self.arrays, self.parts, self.blocks, self.offsets
         )
 
-    def verdict(self, raw: np.ndarray, condition: str | None = None) -> Verdict:
+    def verdict(
+        self, raw: np.ndarray, condition: str | None = None, fmt: str | None = None
+    ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
-        level, condition and worst stretch. `condition` must be one of `conditions`."""
+        level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
+        the upload's format (wav, flac, ogg, mp3, png…), or None for model inputs."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
         if m.calibration is not None:
-            return verdict(raw, m.calibration, th, condition)
+            return verdict(raw, m.calibration, th, condition, fmt in LOSSY_FORMATS)
         s = aggregate(raw, *self.aggregation)  # bundles before calibration
         worst = int(np.argmax(raw))
         return Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))

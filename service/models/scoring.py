@@ -367,7 +367,7 @@ class Scorer:
         for it in items:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
-                v = runtime.verdict(raw, condition)
+                v = runtime.verdict(raw, condition, it.prepared.format)
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:

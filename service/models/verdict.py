@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from service.errors import BundleError
 
 ConditionSource = Literal["request", "nearest", "only"]
+LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `lossy_tails`
 
 
 class TailFit(BaseModel):
@@ -52,6 +53,11 @@ class ConditionCalibration(BaseModel):
     loc: float
     scale: float = Field(gt=0)
     tails: list[TailFit] = Field(description="one per stretch length 1..stretch_windows")
+    lossy_tails: list[TailFit] | None = Field(
+        None,
+        description="the same for ogg/mp3 uploads, measured on lossy round trips of the "
+        "clips (a codec's masking moves a healthy score); none: `tails` for every format",
+    )
     source: Literal["fit", "enrolled"] = "fit"
 
 
@@ -64,6 +70,9 @@ class LevelCalibration(BaseModel):
     conditions: list[ConditionCalibration] = Field(min_length=1)
     false_alarm_rate: float = Field(gt=0, lt=1)
     severe_rate: float = Field(gt=0, lt=1)
+    severe_factor: float = Field(
+        2.0, ge=1, description="severe lies at least this many times as far as needs_maintenance"
+    )
     estimate: dict[str, Any] = Field(
         default_factory=dict, description="how the rates were estimated, from how much data"
     )
@@ -83,8 +92,12 @@ class LevelCalibration(BaseModel):
         if self.reference not in names:
             raise BundleError(f"calibration.reference {self.reference!r} is not a condition")
         lengths = list(range(1, self.stretch_windows + 1))
-        if any([t.windows for t in c.tails] != lengths for c in self.conditions):
-            raise BundleError("every condition's tails must cover stretches of 1..stretch_windows")
+        for c in self.conditions:
+            for tails in (c.tails, c.lossy_tails or c.tails):
+                if [t.windows for t in tails] != lengths:
+                    raise BundleError(
+                        "every condition's tails must cover stretches of 1..stretch_windows"
+                    )
         if n_offsets is not None and n_offsets != len(names):
             raise BundleError(
                 f"condition_offsets.npy has {n_offsets} rows for {len(names)} conditions"
@@ -145,57 +158,56 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
     return float(means[i]), i, i + length - 1
 
 
-def _to_reference(
-    logp: float, s: float, c: ConditionCalibration, to: TailFit, ref: ConditionCalibration
-) -> float:
-    """A tail log-probability → the score with that tail probability under `to`; beyond
-    doubles, the affine map of the conditions' medians and spreads."""
-    if math.isfinite(logp) and logp > -700:
-        if logp >= 0:
-            return 0.0
-        return float(_gamma().isf(math.exp(logp), to.shape, scale=to.scale))
-    return ref.loc + (s - c.loc) * ref.scale / c.scale
+def limits(
+    c: ConditionCalibration, cal: LevelCalibration, n_windows: int, lossy: bool = False
+) -> tuple[float, float]:
+    """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
+    stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
+    probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
+    stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
+    `lossy`: an ogg/mp3 upload, judged by the condition's lossy tails when it has them."""
+    gamma = _gamma()
+    tails = c.lossy_tails if lossy and c.lossy_tails else c.tails
+    tail = tails[min(n_windows, cal.stretch_windows) - 1]
+    m = max(1.0, n_windows / cal.stretch_windows)
+    per_stretch = [-math.expm1(math.log1p(-r) / m) for r in (cal.false_alarm_rate, cal.severe_rate)]
+    t_m, t_s = (float(gamma.isf(a, tail.shape, scale=tail.scale)) for a in per_stretch)
+    return t_m, max(t_s, cal.severe_factor * t_m)
+
+
+def on_reference_scale(
+    s: np.ndarray | float, own: tuple[float, float], ref: tuple[float, float]
+) -> np.ndarray:
+    """Raw scores → the reference's scale, piecewise linear through (0, 0) and the two
+    limits' pairs (`own` → `ref`), and on with the last piece's slope."""
+    (a, b), (A, B) = own, ref
+    s = np.asarray(s, np.float64)
+    below = s * (A / a)
+    between = A + (s - a) * ((B - A) / (b - a))
+    return np.where(s <= a, below, between)
 
 
 def calibrated_score(
-    s: float, n_windows: int, c: ConditionCalibration, cal: LevelCalibration
+    s: float, n_windows: int, c: ConditionCalibration, cal: LevelCalibration, lossy: bool = False
 ) -> float:
-    """The worst stretch's raw mean s of a clip of n windows under condition c → the
-    reference condition's full-stretch score that is exactly as unlikely for a healthy
-    clip (see the module docstring)."""
-    gamma = _gamma()
-    L = cal.stretch_windows
-    own = c.tails[min(n_windows, L) - 1]
-    ref = cal.ref
-    full = ref.tails[L - 1]
-    m = max(1.0, n_windows / L)
-    if c is ref and own is full and m == 1.0:
-        return s
-    logp = float(gamma.logsf(s, own.shape, scale=own.scale))
-    if math.isfinite(logp) and -700 < logp < 0:
-        p = math.exp(logp)
-        if p >= 1.0:
-            logp = 0.0
-        elif p > 1e-12:
-            logp = min(0.0, math.log(-math.expm1(m * math.log1p(-p))))
-        else:
-            logp = math.log(m) + logp
-    return _to_reference(logp, s, c, full, ref)
+    """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
+    c's own limits for a clip of that length land on the bundle's thresholds (the
+    reference condition's limits for a clip of one stretch)."""
+    ref = reference_limits(cal)
+    return float(on_reference_scale(s, limits(c, cal, n_windows, lossy), ref))
+
+
+def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
+    """The bundle's thresholds: the reference condition's limits for one full stretch."""
+    return limits(cal.ref, cal, cal.stretch_windows)
 
 
 def window_scores_in_reference(
-    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration
+    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration, lossy: bool = False
 ) -> np.ndarray:
-    """(n,) raw window scores under c → the reference condition's units (one-window tails)."""
-    ref = cal.ref
-    if c is ref:
-        return raw.astype(np.float64)
-    gamma = _gamma()
-    own, to = c.tails[0], ref.tails[0]
-    logp = gamma.logsf(raw, own.shape, scale=own.scale)
-    return np.array(
-        [_to_reference(float(lp), float(x), c, to, ref) for lp, x in zip(logp, raw, strict=True)]
-    )
+    """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
+    of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
+    return on_reference_scale(raw, limits(c, cal, 1, lossy), reference_limits(cal))
 
 
 def choose_condition(
@@ -225,14 +237,16 @@ def verdict(
     cal: LevelCalibration,
     thresholds: tuple[float, float],
     condition: str | None = None,
+    lossy: bool = False,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
-    must be one of the calibration's (callers check; ValueError otherwise)."""
+    must be one of the calibration's (callers check; ValueError otherwise); `lossy`: the
+    clip came as ogg or mp3."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal)
-    v = window_scores_in_reference(raw[:, index], c, cal)
+    score = calibrated_score(s, len(raw), c, cal, lossy)
+    v = window_scores_in_reference(raw[:, index], c, cal, lossy)
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),

@@ -34,7 +34,7 @@ MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "50"))
 # AUSCULT_MAX_GENERATE_COUNT, which the schema cannot say either: 422 invalid_request.
 UPLOADS = """
 [[operations]]
-include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram|generate)"
+include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram|generate|conditions)"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "415", "422"]
 
 [[operations]]

@@ -14,6 +14,7 @@ from service.models.verdict import (
     calibrated_score,
     fit_tails,
     moving_means,
+    reference_limits,
     verdict,
     worst_stretch,
 )
@@ -42,7 +43,9 @@ def _calibration(conditions: dict[str, tuple[float, float]], stretch: int = 2) -
 
 def _threshold(cal: LevelCalibration) -> float:
     full = cal.ref.tails[-1]
-    return float(stats.gamma.isf(cal.false_alarm_rate, full.shape, scale=full.scale))
+    t = float(stats.gamma.isf(cal.false_alarm_rate, full.shape, scale=full.scale))
+    assert reference_limits(cal)[0] == pytest.approx(t)
+    return t
 
 
 def test_the_worst_stretch_is_the_highest_mean_of_consecutive_windows() -> None:

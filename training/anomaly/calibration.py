@@ -23,6 +23,7 @@ from service.models.verdict import (
     ConditionCalibration,
     LevelCalibration,
     fit_tails,
+    reference_limits,
     spread,
     verdict,
 )
@@ -32,7 +33,6 @@ FALSE_ALARM_RATE = 0.01
 SEVERE_RATE = 0.001
 STRETCH_SECONDS = 2.0
 MAX_FOLDS = 10
-SEVERE_FACTOR = 2.0  # severe is at least this many times as far from normal as needs_maintenance
 
 MAINTENANCE_Q = 0.95  # a healthy clip crosses needs_maintenance 5% of the time
 SEVERE_Q = 0.999
@@ -206,7 +206,6 @@ def fit_level_calibration(
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
     every condition's spread and stretch tails, the thresholds (from the reference
     condition's full-stretch tail) and the out-of-group check."""
-    from scipy import stats
 
     source = cal_clip % n_clips
     own = raw[np.arange(len(raw)), clip_condition[source]]
@@ -227,7 +226,9 @@ def fit_level_calibration(
     conds = []
     for i, name in enumerate(condition_names):
         loc, scale = spread(own[clip_condition[source] == i])
-        per_clip = [own[cal_clip == o] for o in owners if clip_condition[o % n_clips] == i]
+        ours = [o for o in owners if clip_condition[o % n_clips] == i]
+        per_clip = [own[cal_clip == o] for o in ours if o < n_clips]
+        lossy = [own[cal_clip == o] for o in ours if o >= n_clips]
         conds.append(
             ConditionCalibration(
                 name=name,
@@ -236,6 +237,7 @@ def fit_level_calibration(
                 loc=loc,
                 scale=scale,
                 tails=fit_tails(per_clip, L),
+                lossy_tails=fit_tails(lossy, L) if lossy else None,
             )
         )
     cal = LevelCalibration(
@@ -245,29 +247,22 @@ def fit_level_calibration(
         false_alarm_rate=false_alarm_rate,
         severe_rate=severe_rate,
     )
-    full = cal.ref.tails[-1]
-    t_gamma = float(stats.gamma.isf(false_alarm_rate, full.shape, scale=full.scale))
+    t_m, t_s = reference_limits(cal)
 
     # every out-of-group clip scored as the service scores it, its condition chosen as the
     # service chooses it when a request names none
     def clip_score(o: int) -> float:
-        return verdict(raw[cal_clip == o], cal, (np.inf, np.inf)).score
+        return verdict(raw[cal_clip == o], cal, (t_m, t_s), lossy=o >= n_clips).score
 
     scores = {int(o): clip_score(int(o)) for o in owners}
     originals = np.array([scores.get(i, np.nan) for i in range(n_clips)])
     copies = np.array([s for o, s in scores.items() if o >= n_clips])
     n = int(np.isfinite(originals).sum())
-    t_m, method = t_gamma, "crossfit_gamma_tail"
-    conformal = None
     need = int(np.ceil(1 / false_alarm_rate)) - 1
-    if n >= need:  # enough recordings for the split-conformal quantile itself
+    conformal = None
+    if n >= need:  # enough recordings for the split-conformal quantile itself: a check
         rank = int(np.ceil((n + 1) * (1 - false_alarm_rate)))
         conformal = float(np.sort(originals[np.isfinite(originals)])[rank - 1])
-        if conformal > t_m:
-            t_m, method = conformal, "crossfit_conformal"
-    median = float(stats.gamma.median(full.shape, scale=full.scale))
-    t_s_gamma = float(stats.gamma.isf(severe_rate, full.shape, scale=full.scale))
-    t_s = max(t_s_gamma, SEVERE_FACTOR * t_m)
 
     warnings = []
     if n < need:
@@ -290,8 +285,7 @@ def fit_level_calibration(
         return round(float((x >= t).mean()), 4) if x.size else None
 
     estimate = {
-        "method": "cross-fit over recording groups, gamma tail of worst stretches"
-        + (", split-conformal quantile" if conformal is not None else ""),
+        "method": "cross-fit over recording groups, gamma tails of worst stretches per condition",
         "recordings": n_clips,
         "groups": len(set(clip_groups)),
         "folds": n_folds,
@@ -310,15 +304,14 @@ def fit_level_calibration(
     thresholds = Thresholds(
         needs_maintenance=t_m,
         severe=t_s,
-        method=method,
+        method="crossfit_gamma_tail",
         details={
             "false_alarm_rate": false_alarm_rate,
             "severe_rate": severe_rate,
-            "gamma_needs_maintenance": t_gamma,
-            "gamma_severe": t_s_gamma,
-            "conformal_needs_maintenance": conformal,
-            "severe_factor": SEVERE_FACTOR,
-            "healthy_median": median,
+            "severe_factor": cal.severe_factor,
+            "reference_condition": cal.reference,
+            "conformal_needs_maintenance_check": conformal,
+            "heldout_normal_percentiles": estimate["heldout_clip_score_percentiles"],
         },
     )
     return LevelFit(cal, thresholds, originals)

@@ -74,7 +74,12 @@ def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) ->
     windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )
-    scores = np.array([runtime.verdict(windows[owners == i]).score for i in range(len(clips))])
+    scores = np.array(
+        [
+            runtime.verdict(windows[owners == i], fmt=c.path.suffix.lower().lstrip(".")).score
+            for i, c in enumerate(clips)
+        ]
+    )
     return ScoredClips(clips, scores)
 
 

@@ -25,13 +25,19 @@ from service.models.bundle import (
     window_scores,
     write_bundle,
 )
-from service.models.verdict import verdict
+from service.models.verdict import LOSSY_FORMATS, verdict
 from training import export
 from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
 from training.anomaly.evaluate import evaluate, load_windows
-from training.datasets import DatasetError, discover, labelled_test_clips, training_clips
+from training.datasets import (
+    Clip,
+    DatasetError,
+    discover,
+    labelled_test_clips,
+    training_clips,
+)
 
 log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
@@ -45,6 +51,11 @@ class FitResult:
     bundle_dir: Path
     seconds: float
     evaluation: dict[str, Any] | None
+
+
+def lossy(clip: Clip) -> bool:
+    """Whether the service judges this file as an ogg/mp3 upload."""
+    return clip.path.suffix.lower().lstrip(".") in LOSSY_FORMATS
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -256,7 +267,10 @@ def fit(
         raw = window_scores(cal_latents, arrays, parts, offsets=arrays[CONDITION_OFFSETS])
         th = (thresholds.needs_maintenance, thresholds.severe)
         return np.array(
-            [verdict(raw[cal_owner == i], level.calibration, th).score for i in clip_ids]
+            [
+                verdict(raw[cal_owner == i], level.calibration, th, lossy=lossy(train[i])).score
+                for i in clip_ids
+            ]
         )
 
     held_clips = bundle_scores(val_idx)
