@@ -226,13 +226,40 @@ def quiet() -> Iterator[None]:
 
 
 def run_auscult(data: Path, bundle: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Fit, then AUC/pAUC per group and, at the bundle's shipped thresholds, its levels."""
+    from service.models.bundle import read_manifest
     from training.anomaly.evaluate import evaluate
     from training.anomaly.fit import fit
 
     with quiet():
         fit(data, bundle, run_evaluation=False, **settings)
-        metrics, _ = evaluate(data, bundle, write=False)
+        metrics, scored = evaluate(data, bundle, write=False)
+    thresholds = read_manifest(bundle).thresholds
+    assert thresholds is not None
+    for group, row in metrics["groups"].items():
+        idx = [i for i, c in enumerate(scored.clips) if c.group == group and c.label is not None]
+        labels = np.array([scored.clips[i].label for i in idx])
+        row.update(level_rates(scored.scores[idx], labels, thresholds))
     return metrics
+
+
+LEVEL_KEYS = ("false_alarms", "severe_on_healthy", "caught", "caught_at_5pct_fa")
+
+
+def level_rates(scores: np.ndarray, labels: np.ndarray, thresholds: Any) -> dict[str, float]:
+    """At the shipped thresholds: healthy clips not `normal` (false alarms), healthy clips
+    `severe`, faulty clips not `normal` (caught); and what the same scores catch with the
+    threshold at the healthy clips' 95th percentile (5 % false alarms)."""
+    healthy, faulty = scores[labels == "normal"], scores[labels == "anomaly"]
+    out: dict[str, float] = {}
+    if healthy.size:
+        out["false_alarms"] = float(np.mean(healthy >= thresholds.needs_maintenance))
+        out["severe_on_healthy"] = float(np.mean(healthy >= thresholds.severe))
+    if faulty.size:
+        out["caught"] = float(np.mean(faulty >= thresholds.needs_maintenance))
+        if healthy.size:
+            out["caught_at_5pct_fa"] = float(np.mean(faulty > np.quantile(healthy, 0.95)))
+    return out
 
 
 CODEC_COLUMNS = ("wav", "mp3-128", "mp3-64", "ogg")
@@ -242,7 +269,6 @@ def codec_false_alarms(data: Path, bundle: Path) -> dict[str, list[bool]]:
     """For every normal test clip: is its score at or above the bundle's needs_maintenance
     threshold, as recorded (wav) and after a round trip through each codec?"""
     from service.features import prepare
-    from service.models.bundle import level_for
     from service.models.runtimes import AnomalyRuntime, open_runtime
     from training.augment import round_trip
     from training.datasets import discover
@@ -257,8 +283,10 @@ def codec_false_alarms(data: Path, bundle: Path) -> dict[str, list[bool]]:
         raw = clip.path.read_bytes()
         for codec in CODEC_COLUMNS:
             data_ = raw if codec == "wav" else round_trip(raw, codec)
-            score = runtime.clip_score(runtime.score(prepare(data_, m.features).images))
-            out[codec].append(level_for(score, m.thresholds) != "normal")
+            p = prepare(data_, m.features)
+            out[codec].append(
+                runtime.verdict(runtime.score(p.images), fmt=p.format).level != "normal"
+            )
     return out
 
 
@@ -397,6 +425,29 @@ def format_results(rows: list[tuple[str, str, Seeded]]) -> str:
             + f"{r.hmean:>8.3f}{spread}{len(h):>6}{r.seconds:>9.0f}"
         )
         last = ds
+    return "\n".join(lines)
+
+
+def format_levels(rows: list[tuple[str, str, Seeded]]) -> str:
+    """auscult's levels at its shipped thresholds per dataset and domain (means over
+    training seeds and subsets): false alarms, severe on healthy, faults caught, and what
+    the same scores catch at 5 % false alarms."""
+    cols = [(k, d) for k in LEVEL_KEYS for d in DOMAINS]
+    short = {
+        "false_alarms": "FA",
+        "severe_on_healthy": "sev|ok",
+        "caught": "caught",
+        "caught_at_5pct_fa": "@5%FA",
+    }
+    head = f"{'dataset':<16}{'set':<10}" + "".join(
+        f"{short[k] + (' src' if d == 'source' else ' tgt'):>12}" for k, d in cols
+    )
+    lines = [head, "-" * len(head)]
+    for ds, method, r in rows:
+        if method != AUSCULT:
+            continue
+        cells = "".join(f"{r.domain_mean(d, k):>12.3f}" for k, d in cols)
+        lines.append(f"{ds:<16}{split_of(ds):<10}{cells}")
     return "\n".join(lines)
 
 
@@ -607,6 +658,13 @@ def main(argv: list[str] | None = None) -> int:
         "hmean over all; sd/min/max: the hmean's spread over seeds)"
     )
     print(format_results(rows))
+    print()
+    print(
+        "auscult's levels at the thresholds each fitted bundle ships with (FA: healthy clips "
+        "not normal; sev|ok: healthy clips severe; caught: faulty clips not normal; @5%FA: "
+        "what the same scores catch at 5 % false alarms)"
+    )
+    print(format_levels(rows))
     by_ds: dict[str, dict[str, Seeded]] = {}
     for ds_name, method, r in rows:
         by_ds.setdefault(ds_name, {})[method] = r

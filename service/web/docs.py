@@ -330,6 +330,34 @@ def _generate_examples(
     }
 
 
+def _enrol_examples(
+    registry: ModelRegistry, settings: Settings
+) -> dict[str, list[tuple[str, str, str]]]:
+    """status → [(code, summary, message)] for POST /v1/models/{name}/conditions/{condition}."""
+    out = _examples(registry, settings, "anomaly", many=True)
+    out["409"].append(
+        (
+            "enrol_failed",
+            "the new version could not be written or loaded",
+            "could not write the new version: [Errno 28] No space left on device",
+        )
+    )
+    out["422"][0:0] = [
+        (
+            "invalid_request",
+            "fewer than 10 healthy clips",
+            "enrolling a condition needs at least 10 healthy clips, got 4",
+        ),
+        (
+            "invalid_request",
+            "a condition name that is not a plain name",
+            "condition name 'rpm 1800!' must be 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+        ),
+    ]
+    return out
+
+
 UPLOAD_ENDPOINTS = ("/score", "/score/batch", "/classify", "/classify/batch", "/spectrogram")
 
 
@@ -359,6 +387,8 @@ def _operation_errors(
         return {status: errors[status] for status in keep}, True
     if path == "/v1/models/{name}/generate":
         return _generate_examples(registry, settings), True
+    if path == "/v1/models/{name}/conditions/{condition}":
+        return _enrol_examples(registry, settings), True
     if path.startswith("/v1/models/{name}") and path.endswith(UPLOAD_ENDPOINTS):
         many = path.endswith("/batch")
         want = "anomaly" if "/score" in path else "classifier" if "/classify" in path else None

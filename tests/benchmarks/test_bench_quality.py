@@ -59,6 +59,12 @@ def test_quality_bench_quick_runs_and_prints_the_table() -> None:
         tokens = row.split()
         assert all(0.0 <= float(c) <= 1.0 for c in tokens[-10:-5]), row
         assert tokens[-5:-2] == ["-", "-", "-"] and tokens[-2] == "1", row
+    # the levels at the shipped thresholds: a row per dataset, every cell a rate
+    table = out.split("FA src")[1].split("\n\n")[0].splitlines()[2:]
+    assert {ln.split("  ")[0].strip() for ln in table} == expected, table
+    for line in table:
+        cells = [c for c in line.split()[-8:] if c != "nan"]
+        assert cells and all(0.0 <= float(c) <= 1.0 for c in cells), line
 
 
 @pytest.mark.parametrize("machine", ["bearing_pump", "gear_drive"])

@@ -74,6 +74,7 @@ def _copy_with_scoring(bundle: Path, tmp_path: Path, **scoring: object) -> Path:
     shutil.copytree(bundle, out)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["scoring"] = {k: v for k, v in {**manifest["scoring"], **scoring}.items() if v != "-"}
+    manifest.pop("calibration")  # a bundle from before operating conditions
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -87,18 +88,20 @@ def test_service_scores_each_part_with_its_own_detector_and_weight(tiny_bundle: 
     assert isinstance(rt, AnomalyRuntime) and rt.ready
     images = np.random.default_rng(0).uniform(0, 1, (3, 32, 32)).astype(np.float32)
     latents = rt.latents(images)
-    expected = np.zeros(3)
-    for p in parts:  # each part: its own columns, its own block of the arrays
-        (d0, d1), (k0, k1) = p["dims"], p["components"]
-        expected += p["weight"] * mahalanobis(
-            latents[:, d0:d1],
-            rt.arrays["pca_components"][k0:k1, d0:d1],
-            rt.arrays["pca_mean"][d0:d1],
-            rt.arrays["mean_vec"][k0:k1],
-            rt.arrays["inv_cov"][k0:k1, k0:k1],
-            p["residual_precision"],
-        )
-    np.testing.assert_allclose(rt.score(images), expected, rtol=1e-6)
+    assert rt.offsets is not None and len(rt.offsets) == len(rt.conditions) == 2
+    expected = np.zeros((3, 2))
+    for c, offset in enumerate(rt.offsets):  # each condition: the distance to its own mean
+        for p in parts:  # each part: its own columns, its own block of the arrays
+            (d0, d1), (k0, k1) = p["dims"], p["components"]
+            expected[:, c] += p["weight"] * mahalanobis(
+                latents[:, d0:d1],
+                rt.arrays["pca_components"][k0:k1, d0:d1],
+                rt.arrays["pca_mean"][d0:d1] + offset[d0:d1],
+                rt.arrays["mean_vec"][k0:k1],
+                rt.arrays["inv_cov"][k0:k1, k0:k1],
+                p["residual_precision"],
+            )
+    np.testing.assert_allclose(rt.score(images), expected, rtol=1e-5)
     # the blocks outside a part are zero: one part's columns never move another's distance
     (d0, d1), (k0, k1) = parts[1]["dims"], parts[0]["components"]
     assert not rt.arrays["pca_components"][k0:k1, d0:d1].any()

@@ -55,7 +55,8 @@ def test_fit_writes_a_complete_verified_bundle(tiny_bundle: Path) -> None:
     assert m.kind == "anomaly" and m.features.height == 32
     assert m.thresholds is not None
     assert 0 < m.thresholds.needs_maintenance < m.thresholds.severe
-    assert m.thresholds.method.startswith(("gamma", "percentile"))
+    assert m.thresholds.method == "crossfit_gamma_tail"
+    assert m.calibration is not None and m.calibration.false_alarm_rate == 0.01
     assert m.training["onnx_keras_max_abs_diff"] <= 1e-4
     assert m.evaluation is not None and m.evaluation["hmean"] is not None
     assert set(m.evaluation["groups"]) == {"section_00_source", "section_00_target"}
@@ -264,11 +265,13 @@ def test_fit_on_real_machine_recordings_and_score_them(tmp_path: Path) -> None:
     assert m.training["clips"] == 40 and m.evaluation is None  # normal clips only: no metrics
     clips = sorted(data.glob("*.wav"))[:5]
     scores = rt.score(np.stack([load_file(str(c), m.features).image for c in clips]))
-    assert scores.shape == (5,) and np.isfinite(scores).all() and (scores >= 0).all()
+    # a flat folder of one machine (normal_id_00_…): one operating condition
+    assert rt.conditions == ["section_00_source"] and scores.shape == (5, 1)
+    assert np.isfinite(scores).all() and (scores >= 0).all()
     # a clip the model never heard, far from this machine: white noise at full scale
     noise = np.random.default_rng(0).uniform(-1, 1, 16000 * 10).astype(np.float32)
-    odd = rt.score(prepare(wav_bytes(noise), m.features).image[None])[0]
-    assert odd > m.thresholds.severe  # type: ignore[union-attr]
+    odd = rt.verdict(rt.score(prepare(wav_bytes(noise), m.features).images))
+    assert odd.level == "severe" and odd.condition_source == "only"
 
 
 def test_input_stats_pooling_exports_band_stats_and_scores_in_the_service(

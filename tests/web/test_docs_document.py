@@ -28,7 +28,7 @@ CODES = {
     "401": {"unauthorized"},
     "404": {"model_not_found"},
     "408": {"request_timeout"},
-    "409": {"wrong_model_kind"},
+    "409": {"wrong_model_kind", "enrol_failed"},
     "413": {"payload_too_large", "batch_too_large"},
     "415": {"unsupported_media_type"},
     "422": {

@@ -209,7 +209,8 @@ def fit(
     clip_groups = [
         calibration.group_of(c, re.compile(group_by) if group_by else None) for c in train
     ]
-    clip_fold = calibration.assign_folds(clip_groups, clip_cond_names, cfg.seed)
+    # folds depend on the data alone, not on the autoencoder's seed
+    clip_fold = calibration.assign_folds(clip_groups, clip_cond_names, 0)
     if fit_params == params:
         cal_latents, cal_owner = latents, owners
     else:  # the windows the service scores: the bundle's own hop
