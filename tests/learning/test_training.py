@@ -271,7 +271,8 @@ def test_fit_on_real_machine_recordings_and_score_them(tmp_path: Path) -> None:
     # a clip the model never heard, far from this machine: white noise at full scale
     noise = np.random.default_rng(0).uniform(-1, 1, 16000 * 10).astype(np.float32)
     odd = rt.verdict(rt.score(prepare(wav_bytes(noise), m.features).images))
-    assert odd.level == "severe" and odd.condition_source == "only"
+    assert odd.level != "normal" and odd.condition_source == "only"
+    assert odd.score > 1.3 * m.thresholds.needs_maintenance  # type: ignore[union-attr]
 
 
 def test_input_stats_pooling_exports_band_stats_and_scores_in_the_service(
