@@ -190,8 +190,20 @@ async def _uploads(
 
 CONDITION_FIELD = {
     "condition": "optional: the operating condition the clip was recorded under, one of the "
-    "model's (GET /v1/models/{name}, calibration.conditions); empty: the nearest known one"
+    "model's (GET /v1/models/{name}, calibration.conditions); empty: the nearest known one",
+    "codec": "optional: `lossy` when the sound went through a lossy codec before this file "
+    "(a voice-note app, a browser recording), `lossless` when not; empty: ogg and mp3 "
+    "uploads are lossy, wav and flac lossless",
 }
+
+
+def _lossy(value: str) -> bool | None:
+    """The request's `codec` field → whether to judge the clip as lossy (None: by format)."""
+    if not value:
+        return None
+    if value not in ("lossy", "lossless"):
+        raise InvalidRequest(f"codec {value[:40]!r} must be lossy or lossless")
+    return value == "lossy"
 
 
 def _condition(runtime: AnomalyRuntime, value: str) -> str | None:
@@ -218,15 +230,16 @@ async def score_clip(
     """Score one clip (multipart field `file`: wav/flac/ogg/mp3 audio, or a png/jpeg
     spectrogram of the model's size). Larger scores are further from normal. Optional
     text field `condition`: the operating condition it was recorded under (one the model
-    lists in GET /v1/models/{name}); without it, the nearest known condition."""
+    lists in GET /v1/models/{name}); without it, the nearest known condition. Optional
+    `codec` (`lossy` / `lossless`): whether the sound went through a lossy codec first."""
     runtime = registry.anomaly(name)
-    fields = {"condition": ""}
+    fields = {"condition": "", "codec": ""}
     async with (
         _uploads(request, settings, scorer, "file", many=False, text_fields=fields) as uploads,
         scorer.slot(),  # taken once the body is in: a slow upload holds no slot
     ):
-        condition = _condition(runtime, fields["condition"])
-        (result,) = await scorer.score(runtime, uploads, raise_errors=True, condition=condition)
+        condition, lossy = _condition(runtime, fields["condition"]), _lossy(fields["codec"])
+        (result,) = await scorer.score(runtime, uploads, True, condition, lossy)
     assert isinstance(result, ScoreResult)
     return result
 
@@ -244,12 +257,12 @@ async def score_batch(
     A bad file gets its own error entry and does not fail the others. Optional text field
     `condition`, as for one clip, applies to every file."""
     runtime = registry.anomaly(name)
-    fields = {"condition": ""}
+    fields = {"condition": "", "codec": ""}
     async with _uploads(request, settings, scorer, "files", True, fields) as uploads:
-        condition = _condition(runtime, fields["condition"])
+        condition, lossy = _condition(runtime, fields["condition"]), _lossy(fields["codec"])
         request.app.state.metrics.batch_size.labels("request").observe(len(uploads))
         async with scorer.slot():
-            results = await scorer.score(runtime, uploads, condition=condition)
+            results = await scorer.score(runtime, uploads, condition=condition, lossy=lossy)
     assert runtime.manifest is not None
     return BatchScoreResponse(model=name, model_version=runtime.manifest.version, results=results)
 

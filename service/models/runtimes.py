@@ -199,16 +199,22 @@ class AnomalyRuntime(ModelRuntime):
         )
 
     def verdict(
-        self, raw: np.ndarray, condition: str | None = None, fmt: str | None = None
+        self,
+        raw: np.ndarray,
+        condition: str | None = None,
+        fmt: str | None = None,
+        lossy: bool | None = None,
     ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
-        the upload's format (wav, flac, ogg, mp3, png…), or None for model inputs."""
+        the upload's format (wav, flac, ogg, mp3, png…), or None for model inputs; `lossy`:
+        whether the sound went through a lossy codec (None: ogg and mp3 did)."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
         if m.calibration is not None:
-            return verdict(raw, m.calibration, th, condition, fmt in LOSSY_FORMATS)
+            lossy = fmt in LOSSY_FORMATS if lossy is None else lossy
+            return verdict(raw, m.calibration, th, condition, lossy)
         s = aggregate(raw, *self.aggregation)  # bundles before calibration
         worst = int(np.argmax(raw))
         return Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))

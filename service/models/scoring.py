@@ -350,10 +350,13 @@ class Scorer:
         uploads: list[Upload],
         raise_errors: bool = False,
         condition: str | None = None,
+        lossy: bool | None = None,
     ) -> list[ScoreResult | FileError]:
         """Anomaly scores for every upload, in order; bad files become FileError entries
         (or, with raise_errors, the first bad file's error is raised). `condition`: one of
-        runtime.conditions (checked by the caller), or None for the nearest."""
+        runtime.conditions (checked by the caller), or None for the nearest; `lossy`: the
+        sound went through a lossy codec before it was encoded as uploaded (None: decide by
+        the upload's format)."""
         m = runtime.manifest
         assert m is not None and m.thresholds is not None
         items = await self._prepare_all(runtime, uploads, raise_errors, runtime.score)
@@ -367,7 +370,7 @@ class Scorer:
         for it in items:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
-                v = runtime.verdict(raw, condition, it.prepared.format)
+                v = runtime.verdict(raw, condition, it.prepared.format, lossy)
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:

@@ -176,3 +176,21 @@ def test_the_enrol_command_adds_a_condition_and_refuses_too_few_clips(
     assert m.calibration is not None and m.calibration.condition_names()[-1] == "rpm_1800"
     offsets = np.load(bundle / "condition_offsets.npy")
     assert offsets.shape[0] == 3 and np.isfinite(offsets).all()
+
+
+async def test_a_wav_that_went_through_a_lossy_codec_can_say_so(
+    client: httpx.AsyncClient, tiny_bundle: Path
+) -> None:
+    cal = read_manifest(tiny_bundle).calibration
+    assert cal is not None and all(c.lossy_tails for c in cal.conditions)  # codec copies
+    data = wav_bytes(recording(seconds=3.0, seed=21))
+    as_wav = await _score(client, data)
+    as_lossy = await _score(client, data, codec="lossy")
+    assert await _score(client, data, codec="lossless") == as_wav
+    # the same windows, judged by the tails of lossy round trips
+    assert as_lossy["worst"]["start_s"] == as_wav["worst"]["start_s"]
+    assert as_lossy["score"] != as_wav["score"]
+    r = await client.post(
+        "/v1/models/tiny/score", files={"file": ("c.wav", data)}, data={"codec": "opus"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"

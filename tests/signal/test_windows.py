@@ -99,11 +99,15 @@ async def test_a_clip_shorter_than_one_window_is_one_window(api: httpx.AsyncClie
 @pytest.mark.parametrize("model", ["two", "ten"])
 async def test_a_short_fault_shows_in_its_window(api: httpx.AsyncClient, model: str) -> None:
     clip = recording(seconds=30.0, seed=102, fault="impacts", fault_span=(20.0, 22.0))
-    windows = (await _score(api, model, wav_bytes(clip)))["windows"]
+    body = await _score(api, model, wav_bytes(clip))
+    windows = body["windows"]
     top = max(windows, key=lambda w: w["score"])
     assert top["start_s"] < 22.0 and top["end_s"] > 20.0, top  # overlaps the fault
     healthy = [w["score"] for w in windows if w["end_s"] < 19.0]
     assert top["score"] > 1.5 * max(healthy)
+    # 2 s of 30 lift the level, and the worst stretch that decided it is the fault
+    assert body["level"] != "normal", body["score"]
+    assert body["worst"]["start_s"] < 22.0 and body["worst"]["end_s"] > 20.0, body["worst"]
 
 
 def _encode(x: np.ndarray, sr: int, fmt: str, subtype: str, level: float | None) -> bytes:

@@ -89,11 +89,14 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def fake_microphone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What chromium's fake microphone plays: a healthy gearbox recording (48 kHz wav)."""
+    """What chromium's fake microphone plays: a healthy gearbox recording, resampled to a
+    48-kHz wav (synthesised at 48 kHz its noise would spread over 24 kHz: another sound)."""
+    from service.features import resample
     from training.synth import recording
 
     path = tmp_path_factory.mktemp("mic") / "gearbox.wav"
-    path.write_bytes(wav_bytes(recording(seconds=4, seed=2, sample_rate=48000), sr=48000))
+    x = resample(recording(seconds=4, seed=2), 16000, 48000)
+    path.write_bytes(wav_bytes(x, sr=48000))
     return path
 
 

@@ -193,7 +193,7 @@
       if (cal) {
         parts.push(
           `A healthy recording it never heard reaches "needs maintenance" about ` +
-            `${pct(cal.false_alarm_rate)} of the time and "severe" about ${pct(cal.severe_rate)} ` +
+            `${rateText(cal.false_alarm_rate)} of the time and "severe" about ${rateText(cal.severe_rate)} ` +
             `(estimated on ${cal.estimate.recordings} recordings). ` +
             `Levels follow a clip's worst ${fmt(cal.estimate.stretch_seconds, 1)} s.`,
         );
@@ -230,7 +230,9 @@
 
   // ---------------------------------------------------------------- scoring
 
-  async function submit(files) {
+  // `recorded`: the clip came from the microphone through the browser's (lossy) opus
+  // encoder, so an anomaly model judges it by its lossy-codec calibration
+  async function submit(files, recorded = false) {
     if (!files.length || !state.model || state.busy) return;
     const name = state.model.name;
     const kind = state.model.kind;
@@ -242,6 +244,7 @@
     let results;
     try {
       const form = new FormData();
+      if (recorded && kind === "anomaly") form.append("codec", "lossy");
       if (files.length === 1) {
         form.append("file", files[0], files[0].name);
         results = [await (await api(base, { method: "POST", body: form })).json()];
@@ -316,7 +319,7 @@
     );
   }
 
-  function pct(rate) {
+  function rateText(rate) {
     return `${+(100 * rate).toPrecision(2)} %`;
   }
 
@@ -653,7 +656,7 @@
       try {
         const wav = await toWav(new Blob(chunks, { type: recorder.mimeType }));
         const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
-        await submit([new File([wav], `recording-${stamp}.wav`, { type: "audio/wav" })]);
+        await submit([new File([wav], `recording-${stamp}.wav`, { type: "audio/wav" })], true);
       } catch (e) {
         showError(new Error(`The recording could not be read (${e.message}).`));
         setBusy(false);
