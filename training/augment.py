@@ -58,6 +58,11 @@ def round_trip(data: bytes, codec: str) -> bytes:
     return buf.getvalue()
 
 
+def codec_copy_format(index: int) -> str:
+    """The file format (ogg, mp3) of clip `index`'s codec copy."""
+    return CODECS[CYCLE[index % len(CYCLE)]][0].lower()
+
+
 def codec_copy(path: Path, index: int, params: FeatureParams) -> Prepared:
     """Model input of a codec round trip of the clip at path; the codec cycles with index."""
     return prepare(round_trip(Path(path).read_bytes(), CYCLE[index % len(CYCLE)]), params)

@@ -32,7 +32,7 @@ from service.models.bundle import (
     verify_files,
     window_scores,
 )
-from service.models.verdict import LOSSY_FORMATS, Verdict, verdict
+from service.models.verdict import LOSSY_DEFAULT, LOSSY_FORMATS, Verdict, verdict
 
 log = logging.getLogger("auscult.runtime")
 RUN_CHUNK = 256
@@ -208,13 +208,18 @@ class AnomalyRuntime(ModelRuntime):
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
         the upload's format (wav, flac, ogg, mp3, png…), or None for model inputs; `lossy`:
-        whether the sound went through a lossy codec (None: ogg and mp3 did)."""
+        whether the sound went through a lossy codec (None: ogg and mp3 did; a lossless
+        file that did is judged as ogg)."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
         if m.calibration is not None:
-            lossy = fmt in LOSSY_FORMATS if lossy is None else lossy
-            return verdict(raw, m.calibration, th, condition, lossy)
+            codec = fmt if fmt in LOSSY_FORMATS else None
+            if lossy is False:
+                codec = None
+            elif lossy and codec is None:
+                codec = LOSSY_DEFAULT
+            return verdict(raw, m.calibration, th, condition, codec)
         s = aggregate(raw, *self.aggregation)  # bundles before calibration
         worst = int(np.argmax(raw))
         return Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))

@@ -32,7 +32,8 @@ from pydantic import BaseModel, Field
 from service.errors import BundleError
 
 ConditionSource = Literal["request", "nearest", "only"]
-LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `lossy_tails`
+LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `codec_tails` of their format
+LOSSY_DEFAULT = "ogg"  # a lossless file that went through a lossy codec first (e.g. opus)
 
 
 class TailFit(BaseModel):
@@ -53,10 +54,11 @@ class ConditionCalibration(BaseModel):
     loc: float
     scale: float = Field(gt=0)
     tails: list[TailFit] = Field(description="one per stretch length 1..stretch_windows")
-    lossy_tails: list[TailFit] | None = Field(
-        None,
-        description="the same for ogg/mp3 uploads, measured on lossy round trips of the "
-        "clips (a codec's masking moves a healthy score); none: `tails` for every format",
+    codec_tails: dict[str, list[TailFit]] = Field(
+        default_factory=dict,
+        description="the same per lossy format (ogg, mp3), measured on round trips of the "
+        "clips through it (a codec's masking moves a healthy score); a format without its "
+        "own: `tails`",
     )
     source: Literal["fit", "enrolled"] = "fit"
 
@@ -93,7 +95,7 @@ class LevelCalibration(BaseModel):
             raise BundleError(f"calibration.reference {self.reference!r} is not a condition")
         lengths = list(range(1, self.stretch_windows + 1))
         for c in self.conditions:
-            for tails in (c.tails, c.lossy_tails or c.tails):
+            for tails in (c.tails, *c.codec_tails.values()):
                 if [t.windows for t in tails] != lengths:
                     raise BundleError(
                         "every condition's tails must cover stretches of 1..stretch_windows"
@@ -135,18 +137,33 @@ def moving_means(v: np.ndarray, length: int) -> np.ndarray:
 def fit_tails(per_clip: list[np.ndarray], stretch_windows: int) -> list[TailFit]:
     """Healthy raw window scores of each clip (held out of what they are scored against)
     → a gamma fit to the means of every stretch of 1..stretch_windows windows. A length no
-    clip reaches takes the longest fitted one's tail."""
-    gamma = _gamma()
+    clip reaches takes the longest fitted one's tail; too few or identical values are fitted
+    by their moments (a spread of at least 10 % of the mean)."""
     tails: list[TailFit] = []
     for w in range(1, stretch_windows + 1):
         runs = [moving_means(x, w) for x in per_clip if len(x) >= w]
         if not runs:
+            if not tails:
+                raise ValueError("no healthy scores to fit a tail to")
             tails.append(tails[-1].model_copy(update={"windows": w}))
             continue
-        values = np.maximum(np.concatenate(runs), 1e-6)
-        shape, _, scale = gamma.fit(values, floc=0.0)
-        tails.append(TailFit(windows=w, shape=float(shape), scale=float(scale)))
+        shape, scale = _gamma_fit(np.maximum(np.concatenate(runs), 1e-6))
+        tails.append(TailFit(windows=w, shape=shape, scale=scale))
     return tails
+
+
+def _gamma_fit(values: np.ndarray) -> tuple[float, float]:
+    """(shape, scale) of a gamma with location 0: maximum likelihood, or the moments."""
+    if len(values) >= 5 and np.ptp(values) > 0:
+        try:
+            shape, _, scale = _gamma().fit(values, floc=0.0)
+            if np.isfinite([shape, scale]).all() and shape > 0 and scale > 0:
+                return float(shape), float(scale)
+        except (ValueError, RuntimeError, FloatingPointError):
+            pass
+    mean = float(values.mean())
+    var = max(float(values.var()), (0.1 * mean) ** 2)
+    return mean * mean / var, var / mean
 
 
 def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]:
@@ -159,15 +176,16 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
 
 
 def limits(
-    c: ConditionCalibration, cal: LevelCalibration, n_windows: int, lossy: bool = False
+    c: ConditionCalibration, cal: LevelCalibration, n_windows: int, codec: str | None = None
 ) -> tuple[float, float]:
     """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
     stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
     probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
-    `lossy`: an ogg/mp3 upload, judged by the condition's lossy tails when it has them."""
+    `codec`: the lossy format the sound went through (its tails when the condition has
+    them), None for lossless audio."""
     gamma = _gamma()
-    tails = c.lossy_tails if lossy and c.lossy_tails else c.tails
+    tails = c.codec_tails.get(codec, c.tails) if codec else c.tails
     tail = tails[min(n_windows, cal.stretch_windows) - 1]
     m = max(1.0, n_windows / cal.stretch_windows)
     per_stretch = [-math.expm1(math.log1p(-r) / m) for r in (cal.false_alarm_rate, cal.severe_rate)]
@@ -188,13 +206,17 @@ def on_reference_scale(
 
 
 def calibrated_score(
-    s: float, n_windows: int, c: ConditionCalibration, cal: LevelCalibration, lossy: bool = False
+    s: float,
+    n_windows: int,
+    c: ConditionCalibration,
+    cal: LevelCalibration,
+    codec: str | None = None,
 ) -> float:
     """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
     c's own limits for a clip of that length land on the bundle's thresholds (the
     reference condition's limits for a clip of one stretch)."""
     ref = reference_limits(cal)
-    return float(on_reference_scale(s, limits(c, cal, n_windows, lossy), ref))
+    return float(on_reference_scale(s, limits(c, cal, n_windows, codec), ref))
 
 
 def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
@@ -203,11 +225,11 @@ def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
 
 
 def window_scores_in_reference(
-    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration, lossy: bool = False
+    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration, codec: str | None = None
 ) -> np.ndarray:
     """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
     of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
-    return on_reference_scale(raw, limits(c, cal, 1, lossy), reference_limits(cal))
+    return on_reference_scale(raw, limits(c, cal, 1, codec), reference_limits(cal))
 
 
 def choose_condition(
@@ -237,16 +259,16 @@ def verdict(
     cal: LevelCalibration,
     thresholds: tuple[float, float],
     condition: str | None = None,
-    lossy: bool = False,
+    codec: str | None = None,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
-    must be one of the calibration's (callers check; ValueError otherwise); `lossy`: the
-    clip came as ogg or mp3."""
+    must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
+    lossy format the sound went through (ogg, mp3), None for lossless audio."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal, lossy)
-    v = window_scores_in_reference(raw[:, index], c, cal, lossy)
+    score = calibrated_score(s, len(raw), c, cal, codec)
+    v = window_scores_in_reference(raw[:, index], c, cal, codec)
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),

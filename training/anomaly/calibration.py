@@ -201,11 +201,13 @@ def fit_level_calibration(
     hop_seconds: float,
     false_alarm_rate: float = FALSE_ALARM_RATE,
     severe_rate: float = SEVERE_RATE,
+    codec_of: Callable[[int], str | None] = lambda o: None,
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
-    every condition's spread and stretch tails, the thresholds (from the reference
-    condition's full-stretch tail) and the out-of-group check."""
+    every condition's spread and stretch tails (`codec_tails` from the copies, by the lossy
+    format `codec_of(index)` gives), the thresholds (from the reference condition's
+    full-stretch tail) and the out-of-group check."""
 
     source = cal_clip % n_clips
     own = raw[np.arange(len(raw)), clip_condition[source]]
@@ -228,7 +230,12 @@ def fit_level_calibration(
         loc, scale = spread(own[clip_condition[source] == i])
         ours = [o for o in owners if clip_condition[o % n_clips] == i]
         per_clip = [own[cal_clip == o] for o in ours if o < n_clips]
-        lossy = [own[cal_clip == o] for o in ours if o >= n_clips]
+        copies = [o for o in ours if o >= n_clips]
+        formats = sorted({f for o in copies if (f := codec_of(o)) is not None})
+        codec_tails = {
+            fmt: fit_tails([own[cal_clip == o] for o in copies if codec_of(o) == fmt], L)
+            for fmt in formats
+        }
         conds.append(
             ConditionCalibration(
                 name=name,
@@ -237,7 +244,7 @@ def fit_level_calibration(
                 loc=loc,
                 scale=scale,
                 tails=fit_tails(per_clip, L),
-                lossy_tails=fit_tails(lossy, L) if lossy else None,
+                codec_tails=codec_tails,
             )
         )
     cal = LevelCalibration(
@@ -252,7 +259,7 @@ def fit_level_calibration(
     # every out-of-group clip scored as the service scores it, its condition chosen as the
     # service chooses it when a request names none
     def clip_score(o: int) -> float:
-        return verdict(raw[cal_clip == o], cal, (t_m, t_s), lossy=o >= n_clips).score
+        return verdict(raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o)).score
 
     scores = {int(o): clip_score(int(o)) for o in owners}
     originals = np.array([scores.get(i, np.nan) for i in range(n_clips)])

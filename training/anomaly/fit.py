@@ -31,8 +31,8 @@ from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
 from training.anomaly.evaluate import evaluate, load_windows
+from training.augment import codec_copy_format
 from training.datasets import (
-    Clip,
     DatasetError,
     discover,
     labelled_test_clips,
@@ -51,11 +51,6 @@ class FitResult:
     bundle_dir: Path
     seconds: float
     evaluation: dict[str, Any] | None
-
-
-def lossy(clip: Clip) -> bool:
-    """Whether the service judges this file as an ogg/mp3 upload."""
-    return clip.path.suffix.lower().lstrip(".") in LOSSY_FORMATS
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -236,6 +231,15 @@ def fit(
         fold_detector,
     )
     hop = params.window_hop_seconds or params.window_seconds or 1.0
+
+    def codec_of(owner: int) -> str | None:
+        """The lossy format a calibration clip went through (a codec copy's, or the
+        original file's own), None for lossless."""
+        if owner >= len(train):
+            return codec_copy_format(owner - len(train))
+        fmt = train[owner].path.suffix.lower().lstrip(".")
+        return fmt if fmt in LOSSY_FORMATS else None
+
     level = calibration.fit_level_calibration(
         raw_heldout,
         cal_owner,
@@ -248,6 +252,7 @@ def fit(
         hop,
         false_alarm_rate,
         severe_rate,
+        codec_of,
     )
     thresholds = level.thresholds
 
@@ -269,7 +274,7 @@ def fit(
         th = (thresholds.needs_maintenance, thresholds.severe)
         return np.array(
             [
-                verdict(raw[cal_owner == i], level.calibration, th, lossy=lossy(train[i])).score
+                verdict(raw[cal_owner == i], level.calibration, th, codec=codec_of(i)).score
                 for i in clip_ids
             ]
         )
