@@ -6,7 +6,8 @@ never saw (issue 22's targets):
 
 1. `unseen`: `training synth --seconds 10` test sets at data seeds the bundle was not fitted
    on (source and target domains): false alarms (healthy clips not `normal`), severe on
-   healthy, faults caught (not `normal`), and what the same scores catch at 5 % false alarms.
+   healthy, faults caught (not `normal`), and what the same scores catch at 5 % false alarms;
+   `codecs`: the same clips sent as mp3 (128 and 64 kbit/s) and ogg vorbis.
 2. `short faults`: a 2-s fault of every kind inside healthy 10-s and 60-s recordings, and
    the false alarms of healthy 10-s and 60-s recordings.
 3. `enrol`: a new operating point (another speed and load): its healthy and faulty clips
@@ -81,9 +82,18 @@ def rates(healthy: list, faulty: list) -> dict[str, Any]:
     return row
 
 
-def unseen(runtime: AnomalyRuntime, seeds: list[int], n_test: int, tmp: Path) -> dict[str, Any]:
+CODECS = ("mp3-128", "mp3-64", "ogg")
+
+
+def unseen(
+    runtime: AnomalyRuntime, seeds: list[int], n_test: int, tmp: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(figures per seed and domain as wav, figures per codec and domain)."""
+    from training.augment import round_trip
+
     out: dict[str, Any] = {}
     pooled: dict[str, list] = {"healthy": [], "faulty": []}
+    by_codec: dict[tuple[str, str], dict[str, list]] = {}
     for seed in seeds:
         data = tmp / f"synth-{seed}"
         generate(data, seed=seed, seconds=10.0, n_train=0, n_train_target=0, n_test=n_test)
@@ -94,9 +104,15 @@ def unseen(runtime: AnomalyRuntime, seeds: list[int], n_test: int, tmp: Path) ->
             out[f"seed {seed} {domain}"] = rates(healthy, faulty)
             pooled["healthy"] += healthy
             pooled["faulty"] += faulty
+            for codec in CODECS:
+                row = by_codec.setdefault((codec, domain), {"healthy": [], "faulty": []})
+                for p in files:
+                    key = "faulty" if "_anomaly_" in p.name else "healthy"
+                    row[key] += levels(runtime, [round_trip(p.read_bytes(), codec)])
         shutil.rmtree(data)
     out["all"] = rates(pooled["healthy"], pooled["faulty"])
-    return out
+    codecs = {f"{c} {d}": rates(r["healthy"], r["faulty"]) for (c, d), r in by_codec.items()}
+    return out, codecs
 
 
 def short_faults(runtime: AnomalyRuntime, n_healthy: int, n_fault_seeds: int) -> dict[str, Any]:
@@ -189,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "thresholds": [round(th.needs_maintenance, 3), round(th.severe, 3)],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        figures["unseen"] = unseen(runtime, seeds, n_test, Path(tmp))
+        figures["unseen"], figures["codecs"] = unseen(runtime, seeds, n_test, Path(tmp))
         print(json.dumps(figures, indent=1), flush=True)
         figures["short faults"] = short_faults(runtime, n_healthy, n_fault)
         print(json.dumps(figures["short faults"], indent=1), flush=True)

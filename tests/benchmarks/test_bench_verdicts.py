@@ -22,11 +22,15 @@ def test_verdicts_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         *(f"seed {s} {d}" for s in (7, 11, 13) for d in ("source", "target")),
         "all",
     }
+    assert set(figures["codecs"]) == {
+        f"{c} {d}" for c in ("mp3-128", "mp3-64", "ogg") for d in ("source", "target")
+    }
     assert set(figures["short faults"]) == {"10 s", "60 s"}
     enrol = figures["enrol"]
     assert 0 < enrol["enrol seconds (10 clips of 10 s)"] < 60
     rows = [
         *figures["unseen"].values(),
+        *figures["codecs"].values(),
         *figures["short faults"].values(),
         *(v for v in enrol.values() if isinstance(v, dict)),
     ]
