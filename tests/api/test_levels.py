@@ -195,3 +195,50 @@ async def test_a_wav_that_went_through_a_lossy_codec_can_say_so(
         "/v1/models/tiny/score", files={"file": ("c.wav", data)}, data={"codec": "opus"}
     )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_one_clip_gets_one_level_everywhere(
+    client: httpx.AsyncClient, tiny_bundle: Path
+) -> None:
+    """Single, batch, v2 and bulk (the page calls the first two) give the same score, level
+    and worst stretch for the same clip, as wav and as ogg."""
+    import base64
+
+    from bulk.limits import Limits
+    from bulk.rows import prepare_table, score_table
+    from service.models.runtimes import open_runtime
+    from training.augment import round_trip
+
+    fault = recording(seconds=6.0, seed=31, fault="rubbing", fault_span=(3.0, 5.0))
+    wav = wav_bytes(fault)
+    for data in (wav, round_trip(wav, "ogg")):
+        single = await _score(client, data)
+        r = await client.post("/v1/models/tiny/score/batch", files=[("files", ("c", data))])
+        (batch,) = r.json()["results"]
+        body = {
+            "inputs": [
+                {
+                    "name": "audio",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(data).decode()],
+                }
+            ]
+        }
+        v2 = {
+            o["name"]: o["data"][0]
+            for o in (await client.post("/v2/models/tiny/infer", json=body)).json()["outputs"]
+        }
+        runtime = open_runtime(tiny_bundle)
+        assert runtime.manifest is not None
+        table = prepare_table(["c"], [data], runtime.manifest.features, Limits.service_defaults())
+        (row,) = score_table(runtime, table).to_pylist()  # type: ignore[arg-type]
+        for other in (batch, {"score": v2["score"], "level": v2["level"]}, row):
+            assert other["score"] == pytest.approx(single["score"], rel=1e-6)
+            assert other["level"] == single["level"]
+        assert (batch["worst"], batch["condition"]) == (single["worst"], single["condition"])
+        assert (row["worst_start_s"], row["worst_end_s"]) == (
+            single["worst"]["start_s"],
+            single["worst"]["end_s"],
+        )
+        assert row["condition"] == single["condition"]["name"]
