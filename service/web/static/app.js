@@ -360,15 +360,17 @@
     };
     const marker = h("div", { class: "marker" });
     marker.style.left = at(score);
-    const tick = (x, text) => {
-      const el = h("span", { class: "tick" }, text);
+    // two thresholds close together on a long scale: the second label goes a line lower
+    const crowded = (100 * (t.severe - t.needs_maintenance)) / top < 22;
+    const tick = (x, text, below = false) => {
+      const el = h("span", { class: below ? "tick below" : "tick" }, text);
       el.style.left = at(x);
       return el;
     };
     return h(
       "div",
       {
-        class: "scale",
+        class: crowded ? "scale crowded" : "scale",
         role: "img",
         "aria-label":
           `Score ${fmt(score)} on a scale from 0: needs maintenance from ` +
@@ -379,7 +381,7 @@
       zone("severe", t.severe, top),
       marker,
       tick(t.needs_maintenance, `needs maintenance ${fmt(t.needs_maintenance)}`),
-      tick(t.severe, `severe ${fmt(t.severe)}`),
+      tick(t.severe, `severe ${fmt(t.severe)}`, crowded),
     );
   }
 
