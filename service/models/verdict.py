@@ -9,15 +9,19 @@ never saw reaches `needs_maintenance` with probability `false_alarm_rate` and `s
   has its own mean latent (`condition_offsets.npy`: the window's raw score under c is its
   distance to that mean) and its own tails: gamma fits to the mean scores of healthy
   stretches of 1..`stretch_windows` windows, measured on recordings held out of the
-  detector's fit (or, for an enrolled condition, of the condition's mean).
+  detector's fit (or, for an enrolled condition, of the condition's mean), and the same
+  per lossy codec (`codec_tails`) from round trips of those recordings.
 - A clip's statistic is its worst stretch: the largest mean of `stretch_windows`
   consecutive raw window scores (all windows when the clip is shorter).
-- Its tail probability p under the condition's healthy stretches of that length becomes the
-  clip's 1-(1-p)^m, m = the clip's windows / stretch_windows (at least 1): longer clips
-  have more stretches to be unlucky in. The score is the reference condition's full-stretch
-  score of the same tail probability. So for the reference condition a clip of one stretch
-  scores its raw worst stretch, every condition's healthy clips reach a threshold equally
-  often, and the thresholds hold for a 1-s clip and a 60-s one alike.
+- `limits`: the raw values a healthy clip of n windows under c reaches with probability
+  `false_alarm_rate` and `severe_rate`. Each of its m = n / stretch_windows stretches (at
+  least 1) gets 1 - (1 - rate)^(1/m), because longer clips have more stretches to be unlucky
+  in. Severe is at least `severe_factor` times needs_maintenance.
+- The score maps the worst stretch piecewise linearly so that c's limits for the clip's
+  length land on the bundle's thresholds (the reference condition's limits for one
+  stretch). For the reference condition, a clip of one stretch scores its raw worst
+  stretch; every condition's healthy clips reach a threshold at the stated rate, and the
+  thresholds hold for a 1-s clip and a 60-s one alike.
 """
 
 from __future__ import annotations
