@@ -185,6 +185,8 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"no {MANIFEST}") from e
     except (OSError, ValueError) as e:
         raise BundleError(f"unreadable {MANIFEST}: {e}") from e
+    if not isinstance(raw, dict):
+        raise BundleError(f"{MANIFEST} holds a JSON {type(raw).__name__}, not an object")
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(
             f"schema_version {raw.get('schema_version')!r} is not supported "

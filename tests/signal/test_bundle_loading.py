@@ -54,6 +54,15 @@ def manifest_not_json(bundle: Path) -> None:
     (bundle / MANIFEST).write_text("{not json")
 
 
+def manifest_of(text: str) -> Callable[[Path], None]:
+    """Valid JSON that is not an object (issue 24: it stopped the service from starting)."""
+
+    def write(bundle: Path) -> None:
+        (bundle / MANIFEST).write_text(text)
+
+    return write
+
+
 @pytest.mark.parametrize(
     ("breakage", "reason"),
     [
@@ -63,6 +72,10 @@ def manifest_not_json(bundle: Path) -> None:
         pytest.param(inconsistent_shapes, "mean_vec has shape", id="inconsistent-shapes"),
         pytest.param(no_manifest, "no manifest.json", id="no-manifest"),
         pytest.param(manifest_not_json, "unreadable manifest.json", id="manifest-not-json"),
+        *(
+            pytest.param(manifest_of(text), "not an object", id=f"manifest-{kind}")
+            for text, kind in (("null", "null"), ("[]", "list"), ("3", "number"), ('"x"', "string"))
+        ),
     ],
 )
 async def test_broken_bundle_is_listed_as_failed_and_the_other_keeps_serving(
@@ -127,3 +140,17 @@ async def test_hidden_folders_are_not_bundles(settings_factory, artifacts_dir: P
     async with serve(create_app(settings_factory())) as client:
         names = [m["name"] for m in (await client.get("/v1/models")).json()["models"]]
         assert names == ["tiny"]
+
+
+async def test_a_manifest_that_is_not_an_object_found_by_a_reload_does_not_stop_the_scan(
+    settings_factory, artifacts_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    async with serve(create_app(settings_factory())) as client:
+        (artifacts_dir / "a-broken").mkdir()
+        (artifacts_dir / "a-broken" / MANIFEST).write_text("null")
+        shutil.copytree(artifacts_dir / "tiny", artifacts_dir / "z-good")  # scanned after it
+        r = await client.post("/v1/models/reload")
+        assert r.status_code == 200, r.text
+        actions = {o["model"]: o["action"] for o in r.json()["results"]}
+        assert actions == {"a-broken": "failed", "z-good": "loaded"}
+        await assert_still_scores(client, "z-good")
