@@ -29,8 +29,8 @@ class InputInfo(BaseModel):
 
 
 class ThresholdValues(BaseModel):
-    needs_maintenance: float = Field(examples=[2.75])
-    severe: float = Field(examples=[5.49])
+    needs_maintenance: float = Field(examples=[1.05])
+    severe: float = Field(examples=[2.11])
 
 
 class WindowScore(BaseModel):
