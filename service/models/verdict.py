@@ -26,6 +26,7 @@ never saw reaches `needs_maintenance` with probability `false_alarm_rate` and `s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -188,13 +189,24 @@ def limits(
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
     `codec`: the lossy format the sound went through (its tails when the condition has
     them), None for lossless audio."""
-    gamma = _gamma()
     tails = c.codec_tails.get(codec, c.tails) if codec else c.tails
     tail = tails[min(n_windows, cal.stretch_windows) - 1]
     m = max(1.0, n_windows / cal.stretch_windows)
-    per_stretch = [-math.expm1(math.log1p(-r) / m) for r in (cal.false_alarm_rate, cal.severe_rate)]
-    t_m, t_s = (float(gamma.isf(a, tail.shape, scale=tail.scale)) for a in per_stretch)
-    return t_m, max(t_s, cal.severe_factor * t_m)
+    return _tail_limits(
+        tail.shape, tail.scale, m, cal.false_alarm_rate, cal.severe_rate, cal.severe_factor
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tail_limits(
+    shape: float, scale: float, m: float, false_alarm_rate: float, severe_rate: float, factor: float
+) -> tuple[float, float]:
+    """`limits` of one gamma tail for m stretches; cached, because every clip scored needs
+    a few and a gamma quantile costs more than the rest of its verdict."""
+    gamma = _gamma()
+    per_stretch = [-math.expm1(math.log1p(-r) / m) for r in (false_alarm_rate, severe_rate)]
+    t_m, t_s = (float(gamma.isf(a, shape, scale=scale)) for a in per_stretch)
+    return t_m, max(t_s, factor * t_m)
 
 
 def on_reference_scale(
