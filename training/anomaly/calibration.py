@@ -34,41 +34,6 @@ SEVERE_RATE = 0.001
 STRETCH_SECONDS = 2.0
 MAX_FOLDS = 10
 
-MAINTENANCE_Q = 0.95  # a healthy clip crosses needs_maintenance 5% of the time
-SEVERE_Q = 0.999
-
-
-def from_normal_scores(scores: np.ndarray) -> Thresholds:
-    """Fit a gamma distribution to held-out normal scores (as the DCASE baseline does)
-    and take its 95th and 99.9th percentiles."""
-    from scipy import stats
-
-    scores = np.asarray(scores, dtype=np.float64)
-    pct = {f"p{q}": float(np.percentile(scores, q)) for q in (50, 90, 95, 99, 100)}
-    try:
-        shape, loc, scale = stats.gamma.fit(scores, floc=0.0)
-        t_m = float(stats.gamma.ppf(MAINTENANCE_Q, shape, loc=loc, scale=scale))
-        t_s = float(stats.gamma.ppf(SEVERE_Q, shape, loc=loc, scale=scale))
-        method = "gamma_fit_heldout_normal"
-        params: dict[str, Any] = {"gamma_shape": shape, "gamma_scale": scale}
-    except Exception:  # too few or degenerate scores: fall back to empirical percentiles
-        t_m, t_s = pct["p95"], max(pct["p100"], pct["p95"]) * 1.5
-        method, params = "percentile_heldout_normal", {}
-    if not np.isfinite([t_m, t_s]).all() or t_s <= t_m:
-        t_m, t_s = pct["p95"], max(pct["p100"], pct["p95"]) * 1.5
-        method, params = "percentile_heldout_normal", {}
-    return Thresholds(
-        needs_maintenance=t_m,
-        severe=t_s,
-        method=method,
-        details={
-            "quantiles": {"needs_maintenance": MAINTENANCE_Q, "severe": SEVERE_Q},
-            "heldout_normal_percentiles": pct,
-            "n_heldout": int(scores.size),
-            **params,
-        },
-    )
-
 
 def kmeans_boundaries(scores: np.ndarray, seed: int = 0) -> tuple[list[float], list[float]]:
     """KMeans with 3 clusters on 1-D test scores (the seed's method) →
@@ -186,7 +151,6 @@ def crossfit_scores(
 class LevelFit:
     calibration: LevelCalibration
     thresholds: Thresholds
-    heldout_clip_scores: np.ndarray  # (n_clips,) out-of-group clip scores of the originals
 
 
 def fit_level_calibration(
@@ -321,4 +285,4 @@ def fit_level_calibration(
             "heldout_normal_percentiles": estimate["heldout_clip_score_percentiles"],
         },
     )
-    return LevelFit(cal, thresholds, originals)
+    return LevelFit(cal, thresholds)

@@ -268,13 +268,15 @@ def fit(
         latents[detector_rows], clip_condition[source[detector_rows]], len(cond_names), arrays
     )
 
+    # what the bundle (the service) scores the training clips, for the manifest
+    bundle_raw = window_scores(cal_latents, arrays, parts, offsets=arrays[CONDITION_OFFSETS])
+
     def bundle_scores(clip_ids: np.ndarray) -> np.ndarray:
-        """What the bundle (the service) scores these training clips (originals)."""
-        raw = window_scores(cal_latents, arrays, parts, offsets=arrays[CONDITION_OFFSETS])
+        """The bundle's scores of these training clips (originals)."""
         th = (thresholds.needs_maintenance, thresholds.severe)
         return np.array(
             [
-                verdict(raw[cal_owner == i], level.calibration, th, codec=codec_of(i)).score
+                verdict(bundle_raw[cal_owner == i], level.calibration, th, codec=codec_of(i)).score
                 for i in clip_ids
             ]
         )
