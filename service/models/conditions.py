@@ -56,9 +56,10 @@ def measure(
     pca_mean = runtime.arrays["pca_mean"].astype(np.float64)
     sums = np.stack([z.sum(axis=0, dtype=np.float64) for z in clip_latents])
     counts = np.array([len(z) for z in clip_latents])
+    total, n_total = sums.sum(axis=0), counts.sum()
     raw = []
     for i, z in enumerate(clip_latents):
-        others = (sums.sum(axis=0) - sums[i]) / (counts.sum() - counts[i])
+        others = (total - sums[i]) / (n_total - counts[i])
         offset = (others - pca_mean)[None].astype(np.float32)
         raw.append(
             window_scores(z, runtime.arrays, runtime.parts, runtime.blocks, offsets=offset)[:, 0]
@@ -73,7 +74,7 @@ def measure(
         tails=fit_tails(raw, cal.stretch_windows),
         source="enrolled",
     )
-    offset = (sums.sum(axis=0) / counts.sum() - pca_mean).astype(np.float32)
+    offset = (total / n_total - pca_mean).astype(np.float32)
     return condition, offset
 
 
