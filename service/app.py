@@ -38,7 +38,7 @@ from service.observability import (  # noqa: E402
     RequestContextMiddleware,
     configure_logging,
 )
-from service.serving.server import DrainBeforeError  # noqa: E402
+from service.serving.server import DrainBeforeError, HeadAsGet  # noqa: E402
 from service.settings import Settings, load_settings  # noqa: E402
 from service.web import install as install_web  # noqa: E402
 from service.web import package_version  # noqa: E402
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # the document says no key is needed (the admin routes keep theirs when one is set)
         describe_open_access(app, frozenset({"AdminKey"} if settings.admin_keys else ()))
     app.add_middleware(DirectRoutes, fastapi_app=app)  # innermost: after drain, log, metrics
+    app.add_middleware(HeadAsGet)
     app.add_middleware(DrainBeforeError, max_bytes=settings.drain_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 

@@ -18,6 +18,7 @@ Shapes:
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +34,7 @@ from service.errors import (
     AudioTooShort,
     InvalidAudio,
     InvalidImage,
+    NonFiniteValues,
     UnsupportedMediaType,
 )
 
@@ -41,6 +43,7 @@ MediaKind = Literal["audio", "image"]
 AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3")
 DECODE_BLOCK_SAMPLES = 1 << 18  # samples (all channels together) decoded per read: 1 MiB
 IMAGE_FORMATS = ("png", "jpeg")
+_FILE_OBJECT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class FeatureParams(BaseModel):
@@ -231,12 +234,12 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
             n_frames = 0
             while (chunk := f.read(block, dtype="float32", always_2d=True)).shape[0]:
                 if not np.isfinite(chunk).all():
-                    raise InvalidAudio("audio contains NaN or infinite samples")
+                    raise NonFiniteValues("audio contains NaN or infinite samples")
                 parts.append(chunk.mean(axis=1, dtype=np.float32) if channels > 1 else chunk[:, 0])
                 n_frames += chunk.shape[0]
                 if max_seconds is not None and n_frames > max_seconds * sr:
                     raise AudioTooLong(f"audio is longer than the limit of {max_seconds:g} s")
-    except (AudioTooLong, InvalidAudio):
+    except (AudioTooLong, InvalidAudio, NonFiniteValues):
         raise
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, ValueError…
         reason = getattr(e, "error_string", None) or str(e)  # libsndfile's own words
@@ -509,8 +512,9 @@ def decode_image(data: bytes, params: FeatureParams) -> np.ndarray:
             pixels = np.asarray(img.convert("L"), dtype=np.float32)
     except InvalidImage:
         raise
-    except Exception as e:
-        raise InvalidImage(f"could not decode image: {e}") from e
+    except Exception as e:  # PIL names its file object: "<_io.BytesIO object at 0x…>"
+        why = _FILE_OBJECT.sub("the upload", str(e))
+        raise InvalidImage(f"could not decode image: {why}") from e
     return np.ascontiguousarray(pixels[::-1] / 255.0, dtype=np.float32)
 
 

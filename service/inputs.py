@@ -28,6 +28,7 @@ from service.errors import (
     SampleRateOutOfRange,
 )
 from service.features import (
+    DecodedAudio,
     FeatureParams,
     Prepared,
     audio_to_windows,
@@ -114,6 +115,17 @@ def prepare_bounded(
         check_finite_images(images)
         return Prepared(images, kind, fmt, None, None, None)
 
+    audio = decode_bounded(data, params, limits, budget)
+    images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
+    check_finite_images(images)
+    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+
+
+def decode_bounded(
+    data: bytes, params: FeatureParams, limits: InputLimits, budget: SampleBudget
+) -> DecodedAudio:
+    """Encoded audio → its samples, within the limits (rate, length, the request's sample
+    budget, finite and sane values, the model's minimum length)."""
     header = _probe(data)
     if header is not None:
         sample_rate, frames = header
@@ -137,6 +149,4 @@ def prepare_bounded(
         raise AudioTooShort(
             f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
         )
-    images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
-    check_finite_images(images)
-    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+    return audio

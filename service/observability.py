@@ -215,7 +215,11 @@ class RequestContextMiddleware:
             self.log.exception("unhandled", extra={"path": scope["path"]})
             if started:
                 raise
-            body = {"error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
+            body: dict[str, object] = {
+                "error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}
+            }
+            if scope["path"] == "/v2" or scope["path"].startswith("/v2/"):
+                body = {"error": INTERNAL_ERROR_MESSAGE}  # the protocol's error body
             await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start

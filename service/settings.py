@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     gets 503 overloaded. With the per-file working set this bounds the service's memory
     (README, "Limits and timeouts")."""
 
+    max_json_values: int = Field(1 << 20, gt=0)
+    """Most array values in one v2 JSON request (counted before it is parsed: each JSON
+    number costs ~32 bytes of Python objects); more gets 413. Binary tensor data is
+    bounded by AUSCULT_MAX_BATCH_BYTES alone."""
+
     max_audio_seconds: float = Field(300.0, gt=0)
     """Longest accepted clip, judged from the header before samples are decoded."""
 
@@ -94,8 +99,14 @@ class Settings(BaseSettings):
     """Largest encoder batch the micro-batcher forms."""
 
     max_connections: int = Field(256, ge=1)
-    """Open HTTP connections (`python -m service`); a connection beyond is closed at once
-    and requests beyond get uvicorn's 503."""
+    """Open HTTP connections (`python -m service`, per worker); a connection beyond takes
+    the place of the oldest idle one, or is closed at once when none is idle."""
+
+    max_connections_per_client: int = Field(128, ge=1)
+    """Open HTTP connections from one client address (per worker). A connection beyond
+    this, or beyond `max_connections`, closes the oldest idle connection (of that client)
+    to make room, or is closed at once when none is idle. Behind a reverse proxy every
+    connection comes from the proxy: raise it to `max_connections`."""
 
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     """Request line and headers together; more gets 431 and the connection is closed."""

@@ -29,6 +29,7 @@ from service.errors import (
 
 FORM_OVERHEAD = 64 * 1024  # headers and boundaries, per request
 MAX_PART_HEADER_BYTES = 8 * 1024  # one part's headers together
+MAX_PREAMBLE_BYTES = 8 * 1024  # text before the first boundary
 MAX_TEXT_FIELD_BYTES = 256  # a text field's value (e.g. `condition`)
 
 
@@ -296,19 +297,51 @@ async def read_files(
         "on_part_end": on_part_end,
     }
     received = 0
+    preamble: bytearray | None = bytearray()  # until the first boundary
     try:
         # the constructor refuses a boundary over 256 bytes (FormParserError)
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        # a single header line may use the whole part-header budget (a long filename)
+        parser = MultipartParser(
+            boundary,
+            callbacks,  # type: ignore[arg-type]
+            max_header_size=MAX_PART_HEADER_BYTES,
+        )
         async for chunk in stream:
             received += len(chunk)
             if received > body_limit:
                 raise PayloadTooLarge(f"request body is larger than {limit_says}")
             if reserve is not None:
                 reserve(len(chunk))
+            if preamble is not None:  # RFC 2046: text before the first boundary is ignored
+                preamble += chunk
+                start = _first_delimiter(preamble, boundary)
+                if start is None:
+                    if len(preamble) > MAX_PREAMBLE_BYTES:
+                        raise InvalidRequest(
+                            f"no multipart boundary in the first {MAX_PREAMBLE_BYTES} bytes"
+                        )
+                    continue
+                chunk, preamble = bytes(preamble[start:]), None
             parser.write(chunk)
+        if preamble:
+            parser.write(bytes(preamble))  # no boundary at all: the parser says what is wrong
         parser.finalize()
     except (MultipartParseError, FormParserError) as e:
+        if "header size" in str(e):
+            raise InvalidRequest(
+                f"a multipart part's headers exceed {MAX_PART_HEADER_BYTES} bytes"
+            ) from e
         raise InvalidRequest(f"malformed multipart body: {e}") from e
     if not files:
         raise InvalidRequest(f"the multipart field {field_name!r} is required")
     return files
+
+
+def _first_delimiter(data: bytearray, boundary: bytes) -> int | None:
+    """Where the first `--boundary` line starts in `data` (at its start or after a line
+    break), or None when it has not arrived yet."""
+    delimiter = b"--" + boundary
+    if data.startswith(delimiter):
+        return 0
+    at = data.find(b"\n" + delimiter)
+    return None if at < 0 else at + 1

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import (
     RegistryDep,
@@ -82,6 +83,13 @@ admin = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_ad
 async def read_health() -> Health:
     """Liveness: 200 while the process runs."""
     return Health(status="ok")
+
+
+@health.get("/v1/models/reload", include_in_schema=False)
+async def reload_is_post() -> None:
+    """GET would otherwise reach GET /v1/models/{name} and answer 404 for a model
+    named "reload"; the route exists, for POST."""
+    raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
 
 
 @health.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorBody}})

@@ -6,10 +6,13 @@ parser, used here) has no header size limit and no timeout while headers or a bo
 arrive: one connection could send a 64 MB header, and 200 slow ones stay open for
 ever. `protocol_class(settings)` subclasses it with:
 
-- a cap on open connections (a connection beyond `max_connections` is closed at once);
+- a cap on open connections, overall and per client address: a connection beyond
+  `max_connections` (or its client's `max_connections_per_client`) takes the place of
+  the oldest idle one (of that client), and is closed at once when none is idle;
 - a header size limit (request line + headers): 431 and close;
 - a header deadline from the first byte of a request (or from the connection's
   opening) to the end of its headers: 408 and close;
+- malformed HTTP answered with the API's JSON error body (400 `bad_request`);
 - a hard deadline for the whole request body (the app answers 408 first, at
   `body_timeout_s`, where it reads an upload; this closes what nobody reads).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +37,7 @@ log = logging.getLogger("auscult.server")
 
 BODY_DEADLINE_MARGIN_S = 5.0  # past the app's body timeout, so the app answers first
 DRAIN_SECONDS = 1.0
+_CLOSE = (b"connection", b"close")
 
 
 def _error_bytes(status: int, code: str, message: str) -> bytes:
@@ -55,6 +60,8 @@ def protocol_class(settings: Settings) -> type[Any]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     max_connections = settings.max_connections
+    max_per_client = settings.max_connections_per_client
+    per_client: Counter[str] = Counter()  # open connections by client address (this worker)
     max_header_bytes = settings.max_header_bytes
     header_timeout = settings.header_timeout_s
     body_deadline = settings.body_timeout_s + BODY_DEADLINE_MARGIN_S
@@ -68,17 +75,52 @@ def protocol_class(settings: Settings) -> type[Any]:
             self.rejection: tuple[int, str, str] | None = None
             self.header_timer: asyncio.TimerHandle | None = None
             self.body_timer: asyncio.TimerHandle | None = None
+            self.opened = 0.0
+            self.peer = ""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                log.warning("connection_refused", extra={"open": len(self.connections) - 1})
-                transport.close()
-                return
+            self.opened = self.loop.time()
+            self.peer = self.client[0] if self.client else ""
+            per_client[self.peer] += 1
+            crowded = per_client[self.peer] > max_per_client
+            if len(self.connections) > max_connections or crowded:
+                # shed an idle connection (the oldest, of this client when it has too many)
+                # rather than refuse a client that is about to send a request
+                victim = self._victim(self.peer if crowded else None)
+                if victim is None:
+                    log.warning("connection_refused", extra={"open": len(self.connections) - 1})
+                    transport.close()
+                    return
+                log.info("connection_shed", extra={"client": victim.peer})
+                victim.transport.close()
             self._arm_header_timer()  # a new connection must send a request in time
+
+        def _victim(self, peer: str | None) -> LimitedHttpToolsProtocol | None:
+            """The connection to close for a new one: the oldest that sent nothing of a
+            request yet (new, or idle between keep-alive requests), else the oldest still
+            sending headers; never one whose request is being read or answered."""
+            best: tuple[int, float] | None = None
+            victim = None
+            for c in self.connections:
+                if not isinstance(c, LimitedHttpToolsProtocol) or c is self:
+                    continue
+                if peer is not None and c.peer != peer:
+                    continue
+                if c.transport.is_closing() or not c.reading_headers:
+                    continue
+                if c.cycle is not None and not c.cycle.response_complete:
+                    continue
+                rank = (0 if c.raw_header_bytes == 0 else 1, c.opened)
+                if best is None or rank < best:
+                    best, victim = rank, c
+            return victim
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
+            per_client[self.peer] -= 1
+            if per_client[self.peer] <= 0:
+                del per_client[self.peer]
             super().connection_lost(exc)
 
         def _cancel_timers(self) -> None:
@@ -138,8 +180,8 @@ def protocol_class(settings: Settings) -> type[Any]:
             # when the exception was ours, answer what it was
             if self.rejection is not None:
                 self._reject(*self.rejection)
-            else:
-                super().send_400_response(msg)
+            else:  # the API's JSON error body, not uvicorn's plain text
+                self._reject(400, "bad_request", f"not a valid HTTP/1.1 request: {msg}")
 
         def _count_header(self, n: int) -> None:
             self.header_bytes += n
@@ -238,17 +280,37 @@ class DrainBeforeError:
                     done = True
 
         async def send_after_drain(message: Message) -> None:
-            if (
-                message["type"] == "http.response.start"
-                and message["status"] >= 400
-                and not done
-                and (remaining is None or remaining <= self.max_bytes)
-            ):
-                try:
-                    async with asyncio.timeout(DRAIN_SECONDS):
-                        await drain()
-                except TimeoutError:
-                    pass
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                if not done and (remaining is None or remaining <= self.max_bytes):
+                    try:
+                        async with asyncio.timeout(DRAIN_SECONDS):
+                            await drain()
+                    except TimeoutError:
+                        pass
+                if not done:  # the rest of the body would be read and dropped: close
+                    message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
             await send(message)
 
         await self.app(scope, tracked_receive, send_after_drain)
+
+
+class HeadAsGet:
+    """HEAD is GET without the body (RFC 9110), for every GET route: FastAPI's routes
+    answer only the methods they name, so `HEAD /healthz` would be 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)

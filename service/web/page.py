@@ -20,13 +20,13 @@ from service.api.uploads import Upload, openapi_body
 from service.api.v1 import ERRORS, _uploads
 from service.features import (
     FeatureParams,
-    decode_audio,
     image_to_png,
     log_mel,
     resample,
+    sniff,
     to_image,
 )
-from service.inputs import InputLimits, SampleBudget, prepare_bounded
+from service.inputs import InputLimits, SampleBudget, decode_bounded, prepare_bounded
 from service.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -70,11 +70,12 @@ def spectrogram_png(upload: Upload, params: FeatureParams, settings: Settings) -
     """
     s = settings
     limits = InputLimits(s.max_audio_seconds, s.min_sample_rate, s.max_sample_rate)
+    budget = SampleBudget(s.max_request_samples)
     try:
-        prepared = prepare_bounded(upload.data, params, limits, SampleBudget(s.max_request_samples))
-        if prepared.kind == "image" or params.window_seconds is None:
-            return image_to_png(prepared.image)
-        audio = decode_audio(upload.data, max_seconds=s.max_audio_seconds)
+        if upload.data and sniff(upload.data)[0] == "audio" and params.window_seconds:
+            audio = decode_bounded(upload.data, params, limits, budget)  # decoded once
+        else:
+            return image_to_png(prepare_bounded(upload.data, params, limits, budget).image)
     finally:
         upload.data = b""
     mel = log_mel(resample(audio.samples, audio.sample_rate, params.sample_rate), params)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import AuscultError
+from service.errors import AuscultError, NonFiniteValues, PayloadTooLarge
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -69,8 +69,19 @@ class Tensor:
     elements: list[bytes] = field(default_factory=list)
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, list[Tensor]]:
-    """A whole request body → the request and its decoded inputs, in order."""
+MAX_DIMS = 8
+MAX_DIM = 2**31 - 1
+
+
+def parse_request(
+    body: bytes, header_length: str | None, max_values: int = 1 << 20
+) -> tuple[InferenceRequest, list[Tensor]]:
+    """A whole request body → the request and its decoded inputs, in order.
+
+    The JSON part holds at most `max_values` array elements (counted from its commas
+    before parsing: a JSON number costs ~32 bytes of Python objects per 2 bytes of
+    text), else PayloadTooLarge; shapes have at most MAX_DIMS dimensions of at most
+    MAX_DIM each and at most `max_values` elements in JSON data."""
     n = len(body)
     if header_length is not None:
         try:
@@ -79,6 +90,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
             raise InvalidInference("Inference-Header-Content-Length is not an integer") from e
         if not 0 < n <= len(body):
             raise InvalidInference("Inference-Header-Content-Length is outside the body")
+    if body.count(b",", 0, n) >= max_values:
+        raise PayloadTooLarge(
+            f"the request's JSON holds more than {max_values} values "
+            "(AUSCULT_MAX_JSON_VALUES); send FP32 tensors as binary tensor data"
+        )
     try:
         raw = json.loads(body[:n])
     except (ValueError, RecursionError) as e:
@@ -106,8 +122,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
 
 
 def _count(t: RequestTensor) -> int:
+    if len(t.shape) > MAX_DIMS:
+        raise InvalidInference(
+            f"input {t.name!r}: a shape of {len(t.shape)} dimensions (at most {MAX_DIMS})"
+        )
     if any(d < 0 for d in t.shape):
         raise InvalidInference(f"input {t.name!r}: a shape has no negative dimensions")
+    if any(d > MAX_DIM for d in t.shape):
+        raise InvalidInference(f"input {t.name!r}: a dimension over {MAX_DIM}")
+    if math.prod(max(d, 1) for d in t.shape) > MAX_DIM:  # even with a zero: numpy refuses
+        raise InvalidInference(f"input {t.name!r}: shape {t.shape} is too large")
     return math.prod(t.shape)
 
 
@@ -147,8 +171,11 @@ def _decode(t: RequestTensor, raw: bytes | None) -> Tensor:
                 raise InvalidInference(
                     f"input {t.name!r} has {len(values)} values, its shape {t.shape} says {count}"
                 )
-            with np.errstate(over="ignore"):
-                array = np.asarray(values, dtype=np.float64).astype(np.float32)
+            try:
+                with np.errstate(over="ignore"):
+                    array = np.asarray(values, dtype=np.float64).astype(np.float32)
+            except OverflowError as e:  # an integer beyond any float
+                raise NonFiniteValues(f"input {t.name!r}: a value too large to compute with") from e
         return Tensor(t.name, t.datatype, t.shape, array=array.reshape(t.shape))
     raise InvalidInference(f"input {t.name!r}: datatype {t.datatype} is not served (BYTES, FP32)")
 

@@ -40,6 +40,7 @@ from service.errors import (
     AuscultError,
     BatchTooLarge,
     Failure,
+    InvalidInput,
     ModelNotFound,
     NonFiniteValues,
     NotReady,
@@ -60,6 +61,7 @@ from service.web import package_version
 
 AUDIO = "audio"
 PARSE_IN_THREAD_BYTES = 64 * 1024  # larger JSON is parsed off the event loop
+WINDOW_RANGE_SLACK = 1e-3  # float32 round-off of features scaled to [0, 1]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -388,6 +390,12 @@ async def _infer_windows(
     _check_count(shape[0], settings)
     images = tensor.array.reshape(shape[0], f.height, f.width)
     check_finite_images(images)
+    low, high = float(images.min()), float(images.max())
+    if low < -WINDOW_RANGE_SLACK or high > 1 + WINDOW_RANGE_SLACK:
+        raise InvalidInput(
+            f"input {tensor.name!r} holds values in [{low:.4g}, {high:.4g}]; windows are "
+            "log-mel images scaled to [0, 1] as the service's features make them"
+        )
     async with scorer.slot():
         if isinstance(rt, AnomalyRuntime):
             windows = await scorer.in_thread(lambda: rt.score(images))
@@ -427,10 +435,11 @@ async def _infer(
     with scorer.buffers.lease() as lease:
         body = await _read_body(request, settings, lease)
         header = request.headers.get(HEADER_LENGTH)
+        limit = settings.max_json_values
         if len(body) > PARSE_IN_THREAD_BYTES:
-            parsed = await scorer.in_thread(lambda: parse_request(body, header))
+            parsed = await scorer.in_thread(lambda: parse_request(body, header, limit))
         else:
-            parsed = parse_request(body, header)
+            parsed = parse_request(body, header, limit)
         body = b""  # the tensors hold what is needed
         req, tensors = parsed
         if len(tensors) != 1:
