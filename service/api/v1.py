@@ -54,8 +54,6 @@ from service.schemas import (
 )
 from service.settings import Settings
 
-TRIM_AFTER_BYTES = 8 * 1024 * 1024  # a request that buffered more gives memory back after
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in (
@@ -178,22 +176,23 @@ async def _uploads(
     count against AUSCULT_MAX_BUFFERED_BYTES until the request ends. `text_fields`: short
     text fields to read as well (filled in)."""
     with scorer.buffers.lease() as lease:
-        async with body_deadline(settings.body_timeout_s, "upload"):
-            uploads = await read_files(
-                request.headers.get("content-type"),
-                request.headers.get("content-length"),
-                request.stream(),
-                field,
-                settings.max_batch_files if many else 1,
-                settings.max_upload_bytes,
-                max_body_bytes=settings.max_batch_bytes,
-                max_parts=settings.max_form_parts,
-                reserve=lease,
-                text_fields=text_fields,
-            )
-        yield uploads
-    if lease.taken >= TRIM_AFTER_BYTES:
-        scorer.release_memory_soon()
+        try:
+            async with body_deadline(settings.body_timeout_s, "upload"):
+                uploads = await read_files(
+                    request.headers.get("content-type"),
+                    request.headers.get("content-length"),
+                    request.stream(),
+                    field,
+                    settings.max_batch_files if many else 1,
+                    settings.max_upload_bytes,
+                    max_body_bytes=settings.max_batch_bytes,
+                    max_parts=settings.max_form_parts,
+                    reserve=lease,
+                    text_fields=text_fields,
+                )
+            yield uploads
+        finally:
+            scorer.request_done(lease.taken)  # a trim after a large request
 
 
 CONDITION_FIELD = {

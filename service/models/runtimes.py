@@ -35,7 +35,7 @@ from service.models.bundle import (
 from service.models.verdict import LOSSY_DEFAULT, LOSSY_FORMATS, Verdict, verdict
 
 log = logging.getLogger("auscult.runtime")
-RUN_CHUNK = 256
+RUN_CHUNK = 64  # 32-256 run 2048 windows alike (67-71 ms); smaller keeps the arena small
 
 
 def session_options(threads: int) -> Any:
@@ -51,6 +51,10 @@ def session_options(threads: int) -> Any:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    # no arena: it keeps the largest run's activations for good (tens of MB after one
+    # long clip); plain malloc is given back by the trim after a large request, at the same
+    # speed here (2048 windows: 70 ms either way, one window 0.06 ms)
+    opts.enable_cpu_mem_arena = False
     return opts
 
 

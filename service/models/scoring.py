@@ -52,6 +52,11 @@ from service.settings import Settings
 
 T = TypeVar("T")
 
+# a request that decoded more samples gives memory back after: a small compressed upload
+# (eight silent 300-s FLACs are 112 kB) can cost hundreds of MB of decoding work
+TRIM_AFTER_SAMPLES = 2_000_000
+TRIM_AFTER_BYTES = 8 * 1024 * 1024  # and so does a request that buffered more
+
 
 class MicroBatcher:
     """Stacks inputs into one model run: `fn((b, h, w)) → (b, …)`; each caller submits a
@@ -196,6 +201,7 @@ class Scorer:
         self.batchers: dict[str, MicroBatcher] = {}
         self.buffers = BufferBudget(settings.max_buffered_bytes)
         self.trimming: asyncio.Future[bool] | None = None
+        self.trim_pending = False  # a request decoded a lot: trim when it ends
 
     async def in_thread(self, fn: Callable[[], T]) -> T:
         """Run fn on one of `cpu_workers` worker threads (a plain executor: anyio's
@@ -213,9 +219,15 @@ class Scorer:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
 
+    def request_done(self, buffered_bytes: int) -> None:
+        """At the end of a request: give memory back when it buffered or decoded a lot."""
+        if buffered_bytes >= TRIM_AFTER_BYTES or self.trim_pending:
+            self.release_memory_soon()
+
     def release_memory_soon(self) -> None:
         """After a request that buffered a lot: return freed memory to the OS, in a
         thread (a trim takes milliseconds), one at a time."""
+        self.trim_pending = False
         if self.trimming is None or self.trimming.done():
             self.trimming = asyncio.get_running_loop().run_in_executor(None, release_memory)
 
@@ -282,6 +294,8 @@ class Scorer:
             n = min(len(items), self.settings.cpu_workers)
             groups = [items[i::n] for i in range(n)]
             await asyncio.gather(*(self.in_thread(partial(work_group, g)) for g in groups))
+        if budget.limit - budget.left >= TRIM_AFTER_SAMPLES:
+            self.trim_pending = True  # the request's end gives the working set back
         for item in items:
             if item.error is not None:
                 if raise_errors:

@@ -433,38 +433,41 @@ async def _infer(
             f"use POST /v1/models/{name}/generate"
         )
     with scorer.buffers.lease() as lease:
-        body = await _read_body(request, settings, lease)
-        header = request.headers.get(HEADER_LENGTH)
-        limit = settings.max_json_values
-        if len(body) > PARSE_IN_THREAD_BYTES:
-            parsed = await scorer.in_thread(lambda: parse_request(body, header, limit))
-        else:
-            parsed = parse_request(body, header, limit)
-        body = b""  # the tensors hold what is needed
-        req, tensors = parsed
-        if len(tensors) != 1:
-            raise InvalidInference(
-                f"send exactly one input ({AUDIO!r} or {rt.manifest.input.name!r}), "
-                f"not {len(tensors)}"
-            )
-        (tensor,) = tensors
-        condition = _condition(rt, req.parameters)
-        if tensor.name == AUDIO:
-            if tensor.datatype != "BYTES":
-                raise InvalidInference(f"input {AUDIO!r} is BYTES, not {tensor.datatype}")
-            outputs = await _infer_audio(rt, tensor, settings, scorer, condition)
-        elif tensor.name == rt.manifest.input.name:
-            if tensor.datatype != "FP32":
-                raise InvalidInference(f"input {tensor.name!r} is FP32, not {tensor.datatype}")
-            if len(tensor.shape) not in (3, 4):
-                raise InvalidInference(f"input {tensor.name!r} has shape {tensor.shape}")
-            outputs = await _infer_windows(rt, tensor, settings, scorer, condition)
-        else:
-            raise InvalidInference(
-                f"unknown input {tensor.name!r}; this model takes {AUDIO!r} (BYTES) or "
-                f"{rt.manifest.input.name!r} (FP32)"
-            )
-        content, json_length = encode_response(req, rt.name, rt.manifest.version, outputs)
+        try:
+            body = await _read_body(request, settings, lease)
+            header = request.headers.get(HEADER_LENGTH)
+            limit = settings.max_json_values
+            if len(body) > PARSE_IN_THREAD_BYTES:
+                parsed = await scorer.in_thread(lambda: parse_request(body, header, limit))
+            else:
+                parsed = parse_request(body, header, limit)
+            body = b""  # the tensors hold what is needed
+            req, tensors = parsed
+            if len(tensors) != 1:
+                raise InvalidInference(
+                    f"send exactly one input ({AUDIO!r} or {rt.manifest.input.name!r}), "
+                    f"not {len(tensors)}"
+                )
+            (tensor,) = tensors
+            condition = _condition(rt, req.parameters)
+            if tensor.name == AUDIO:
+                if tensor.datatype != "BYTES":
+                    raise InvalidInference(f"input {AUDIO!r} is BYTES, not {tensor.datatype}")
+                outputs = await _infer_audio(rt, tensor, settings, scorer, condition)
+            elif tensor.name == rt.manifest.input.name:
+                if tensor.datatype != "FP32":
+                    raise InvalidInference(f"input {tensor.name!r} is FP32, not {tensor.datatype}")
+                if len(tensor.shape) not in (3, 4):
+                    raise InvalidInference(f"input {tensor.name!r} has shape {tensor.shape}")
+                outputs = await _infer_windows(rt, tensor, settings, scorer, condition)
+            else:
+                raise InvalidInference(
+                    f"unknown input {tensor.name!r}; this model takes {AUDIO!r} (BYTES) or "
+                    f"{rt.manifest.input.name!r} (FP32)"
+                )
+            content, json_length = encode_response(req, rt.name, rt.manifest.version, outputs)
+        finally:
+            scorer.request_done(lease.taken)  # a trim after a large request
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
