@@ -94,6 +94,9 @@ def protocol_class(settings: Settings) -> type[Any]:
                     return
                 log.info("connection_shed", extra={"client": victim.peer})
                 victim.transport.close()
+                # out of the count now, not when its close completes: uvicorn answers 503 to
+                # a request that arrives while the count is over its limit
+                self.connections.discard(victim)
             self._arm_header_timer()  # a new connection must send a request in time
 
         def _victim(self, peer: str | None) -> LimitedHttpToolsProtocol | None:

@@ -361,3 +361,67 @@ def test_scrubbing_keeps_the_apis_own_routes() -> None:
     assert public_message("cannot read /srv/auscult/artifacts/x/manifest.json: bad") == (
         "cannot read manifest.json: bad"
     )
+
+
+# --- issue 24: error codes and limits as documented -------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+async def test_nan_and_infinite_samples_are_non_finite_values(
+    client: httpx.AsyncClient, value: float, subtype: str
+) -> None:
+    samples = tone(1.0)
+    samples[100] = value
+    r = await client.post("/v1/models/tiny/score", **one(wav_bytes(samples, subtype=subtype)))
+    assert_error(r, 422, "non_finite_values")
+
+
+@pytest.mark.parametrize("length", [4300, 7900])
+async def test_a_filename_within_the_8_kb_of_part_headers_is_accepted(
+    client: httpx.AsyncClient, length: int
+) -> None:
+    name = "a" * length + ".wav"
+    r = await client.post("/v1/models/tiny/score", **one(GOOD_WAV, name=name))
+    assert r.status_code == 200, r.text[:300]
+    r = await client.post("/v1/models/tiny/score", **one(GOOD_WAV, name="a" * 9000 + ".wav"))
+    assert "8192 bytes" in assert_error(r, 422, "invalid_request")["error"]["message"]
+
+
+async def test_a_multipart_preamble_is_ignored(client: httpx.AsyncClient) -> None:
+    body = (
+        b"This is the preamble; RFC 2046 says to ignore it.\r\n--XYZ\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        + GOOD_WAV
+        + b"\r\n--XYZ--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=XYZ"}
+    r = await client.post("/v1/models/tiny/score", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/models/tiny/score", content=b"x" * 9000, headers=headers)
+    assert "no multipart boundary" in assert_error(r, 422, "invalid_request")["error"]["message"]
+
+
+async def test_get_on_the_reload_route_is_405_naming_post(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/models/reload")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/v2/health/live", "/"])
+async def test_head_answers_as_get_without_a_body(client: httpx.AsyncClient, path: str) -> None:
+    get, head = await client.get(path), await client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x89PNG\r\n\x1a\n" + bytes(30), b"\xff\xd8\xff" + bytes(50)], ids=["png", "jpeg"]
+)
+@pytest.mark.parametrize("route", ["score", "spectrogram"])
+async def test_image_errors_name_no_file_object(
+    client: httpx.AsyncClient, data: bytes, route: str
+) -> None:
+    r = await client.post(f"/v1/models/tiny/{route}", **one(data, name="x.png"))
+    message = assert_error(r, 422, "invalid_image")["error"]["message"]
+    assert "BytesIO" not in message and "object" not in message, message
