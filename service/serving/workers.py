@@ -47,7 +47,8 @@ log = logging.getLogger("auscult.workers")
 
 GRACEFUL_S = 10  # uvicorn's timeout_graceful_shutdown in each worker
 KILL_AFTER_S = GRACEFUL_S + 5
-RESTART_PAUSE_S = 1.0  # between a worker's exit and its replacement
+RESTART_PAUSE_S = 1.0  # between the exit of a worker that lived < CRASH_LOOP_S and its replacement
+CRASH_LOOP_S = 10.0
 _SUPERVISOR_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _PR_SET_PDEATHSIG = 1
 
@@ -229,8 +230,9 @@ class _Supervisor:
                 file=sys.stderr,
                 flush=True,
             )
-            time.sleep(RESTART_PAUSE_S)
-            self._spawn(w.number)
+            if time.monotonic() - w.started_at < CRASH_LOOP_S:
+                time.sleep(RESTART_PAUSE_S)  # it keeps dying: do not spin
+            self._spawn(w.number)  # else at once: its socket's queued connections wait
 
     def _check_one(self, w: _Worker) -> None:
         if not w.ready:
