@@ -1,7 +1,7 @@
 """The documented way to publish a new version under AUSCULT_WATCH=1 (issue 24): the served
 folder is a symlink into a hidden versions folder, and a new version goes live with one
 rename of a new link over it (`mv -T`). The two-`mv` swap left a moment with no folder at
-all, and the watcher unloaded the model (50 × 404 of 1600 requests)."""
+all, and the watcher unloaded the model (50 of 1600 requests got 404)."""
 
 from __future__ import annotations
 
