@@ -70,8 +70,8 @@ BAD_FILES: list = [
         lambda: wav_bytes(np.zeros(0, np.float32)), 422, "audio_too_short", id="zero-samples"
     ),
     pytest.param(lambda: GOOD_WAV[:44], 422, "audio_too_short", id="wav-header-only"),
-    pytest.param(lambda: _with_sample(np.nan), 422, "invalid_audio", id="nan-float-wav"),
-    pytest.param(lambda: _with_sample(np.inf), 422, "invalid_audio", id="inf-float-wav"),
+    pytest.param(lambda: _with_sample(np.nan), 422, "non_finite_values", id="nan-float-wav"),
+    pytest.param(lambda: _with_sample(np.inf), 422, "non_finite_values", id="inf-float-wav"),
     pytest.param(lambda: wav_bytes(tone(0.05)), 422, "audio_too_short", id="shorter-than-min"),
     pytest.param(
         lambda: wav_bytes(tone(MAX_AUDIO_SECONDS + 1)),

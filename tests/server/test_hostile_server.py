@@ -344,3 +344,33 @@ def test_a_413_before_the_body_closes_the_connection_at_once(server: Server) -> 
         took = time.monotonic() - start
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"connection: close" in answer.lower() and took < 4, (took, answer[:300])
+
+
+def test_one_client_holds_at_most_its_share_of_connections(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    svc = start_service(
+        tmp_path,
+        AUSCULT_ARTIFACTS_DIR=str(tiny_bundle.parent),
+        AUSCULT_MAX_CONNECTIONS_PER_CLIENT="5",
+        AUSCULT_HEADER_TIMEOUT_S="30",
+    )
+    try:
+        idle = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(12)]
+        time.sleep(0.3)
+        still_open = 0
+        for sock in idle:
+            sock.settimeout(0.05)
+            try:
+                still_open += sock.recv(1) != b""
+            except TimeoutError:
+                still_open += 1
+            except ConnectionResetError:
+                pass
+        assert still_open <= 5, still_open
+        r = httpx.post(f"{svc.url}/v1/models/tiny/score", files={"file": ("a.wav", GOOD_WAV)})
+        assert r.status_code == 200, r.text
+        for sock in idle:
+            sock.close()
+    finally:
+        stop_service(svc)
