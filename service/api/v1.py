@@ -83,7 +83,11 @@ async def read_health() -> Health:
     return Health(status="ok")
 
 
-@health.get("/v1/models/reload", include_in_schema=False)
+@health.api_route(
+    "/v1/models/reload",
+    methods=["GET", "PUT", "PATCH", "DELETE", "OPTIONS"],
+    include_in_schema=False,
+)
 async def reload_is_post() -> None:
     """GET would otherwise reach GET /v1/models/{name} and answer 404 for a model
     named "reload"; the route exists, for POST."""
