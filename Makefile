@@ -75,7 +75,7 @@ default-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0
 
 ## digits-bundle: rebuild the committed spoken-digit classifier from ../shared/data/fsdd, with
-## its leave-one-speaker-out accuracy (5 extra fits; bench/README.md says how it was chosen)
+## its leave-one-speaker-out accuracy (5 extra fits; docs/archive/experiments.md says how it was chosen)
 digits-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training fit-classifier --data ../shared/data/fsdd \
 		--label-pattern '^(?P<label>\d)_(?P<speaker>[a-z]+)_' --test-pattern '_[0-4]\.wav$$' \
