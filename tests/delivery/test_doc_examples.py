@@ -8,13 +8,14 @@ and a `.venv/bin/python` that is this interpreter, so the commands run as writte
   the lines after it what it prints. It must exit 0; a printed `HTTP/1.1 NNN` line must be
   the status it gets, the headers shown must be there, and every `"key":"text"` and
   `"key":number` of a printed JSON body must be in the body it gets (numbers as far as the
-  digits shown: 0.907 matches 0.9071…). `…` and `...` stand for what the page leaves out.
+  digits shown: 0.907 matches 0.9071…); any other output, line by line. `…` and `...` stand
+  for what the page leaves out.
 - a ```bash or ```python block right under `<!-- test: run -->`: it must exit 0.
 - a block right under `<!-- test: setup -->` (making the clips the others send): run once,
   before any example.
 - a ```console block right under `<!-- test: skip -->` is not run.
 
-`127.0.0.1:8000` in a command is the test's service.
+`127.0.0.1:8000` in a command is the test's service, started as `make serve` starts it.
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ def check_output(shown: str, got: str, where: str) -> None:
         for line in shown_lines[1:blank]:
             assert line.split(":", 1)[0].lower() in names, f"{where}: no header {line}"
         shown, got = "\n".join(shown_lines[blank + 1 :]), body
+    if not shown.lstrip().startswith(("{", "[")):
+        lines = got.splitlines()
+        for line in shown.splitlines():
+            if line.strip() and "…" not in line and "..." not in line:
+                assert line in lines, f"{where}: {line!r} not in {got[:2000]}"
+        return
     got = _compact(got.strip())
     for key, text in re.findall(r'"([\w.-]+)":"([^"…]*)"', shown):
         assert f'"{key}":"{text}"' in got, f'{where}: "{key}":"{text}" not in {got[:2000]}'
@@ -151,7 +158,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         pytest.skip("the examples use curl, which is not installed")
     logs = tmp_path_factory.mktemp("doc-examples-logs")
     running = start_service(
-        logs, AUSCULT_ARTIFACTS_DIR=str(REPO / "artifacts"), AUSCULT_LOG_LEVEL="warning"
+        logs,
+        AUSCULT_ARTIFACTS_DIR=str(REPO / "artifacts"),
+        AUSCULT_DEFAULT_MODEL="gearbox",
+        AUSCULT_LOG_LEVEL="warning",
     )
     yield running
     stop_service(running)
