@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: serve test lint typecheck chromium screenshots bench bench-quality default-bundle digits-bundle digits-gan-bundle smoke clean
+.PHONY: serve test docs docs-build lint typecheck chromium screenshots bench bench-quality default-bundle digits-bundle digits-gan-bundle smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +26,20 @@ serve: $(VENV)/.serve-installed
 	AUSCULT_ARTIFACTS_DIR=artifacts AUSCULT_DEFAULT_MODEL=gearbox \
 		$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
-## test: set up (once), lint, type-check and run the whole test suite
-test: $(VENV)/.dev-installed chromium
+## test: set up (once), lint, type-check, build the docs site (--strict) and run the whole test suite
+test: $(VENV)/.dev-installed chromium docs-build
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## docs: serve the documentation site (docs/, mkdocs.yml) at http://$(HOST):$(DOCS_PORT), rebuilt on edits
+DOCS_PORT ?= 8001
+docs: $(VENV)/.dev-installed
+	$(BIN)/mkdocs serve --dev-addr $(HOST):$(DOCS_PORT)
+
+## docs-build: build the site into site/ (ignored by git); a broken link or anchor fails it
+docs-build: $(VENV)/.dev-installed
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 ## chromium: Debian's chromium for the browser tests (tests/web/), installed with apt
 ## when it is missing; AUSCULT_CHROMIUM names another executable. Without one the browser
@@ -65,7 +75,7 @@ default-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0
 
 ## digits-bundle: rebuild the committed spoken-digit classifier from ../shared/data/fsdd, with
-## its leave-one-speaker-out accuracy (5 extra fits; bench/README.md says how it was chosen)
+## its leave-one-speaker-out accuracy (5 extra fits; docs/archive/experiments.md says how it was chosen)
 digits-bundle: $(VENV)/.dev-installed
 	$(BIN)/python -m training fit-classifier --data ../shared/data/fsdd \
 		--label-pattern '^(?P<label>\d)_(?P<speaker>[a-z]+)_' --test-pattern '_[0-4]\.wav$$' \

@@ -4,7 +4,7 @@ service's batch endpoint on the same machine, on the same 10-s clips, plus Ray's
     .venv/bin/python bench/bulk.py               # 2,000 clips (~8 min on 2 busy cores)
     .venv/bin/python bench/bulk.py --n 300       # a shorter run
 
-Figures (see bench/README.md, "bulk.py"):
+Figures (see docs/archive/experiments.md, "bulk.py"):
 - Ray start-up: `ray.init` of a local Ray (the `python -m bulk` default), seconds;
 - 8-clip job: a job of 8 clips right after start-up (worker processes and model actors
   starting, the bundle loading: what every job costs beside `ray.init` and its clips);

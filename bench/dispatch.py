@@ -14,7 +14,7 @@ both see the same machine. Per block: CPU of the server's main thread (its event
 HTTP, multipart, routing, JSON) per request, the p50 latency and the rate. Printed: medians over the
 blocks, and the median of the per-pair differences. The event loop's CPU is what limits a
 worker at high concurrency and what adds to every request's latency at concurrency 1
-(bench/README.md, "Reading the ratios").
+(docs/archive/experiments.md, "Reading the ratios").
 """
 
 from __future__ import annotations

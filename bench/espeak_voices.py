@@ -3,8 +3,8 @@ random accents, voice variants, pitches and rates, written as 8-kHz wavs named l
 fsdd clips (`{digit}_espeak_{take}.wav`), for `fit-classifier --extra-train DIR`.
 
 Needs the `espeak-ng` program (Debian: `apt-get install espeak-ng`); it is not a
-dependency of the project. bench/README.md ("Classifier: voices it never heard") has what
-these voices did to the leave-one-speaker-out accuracy.
+dependency of the project. docs/archive/experiments.md ("Classifier: voices it never heard")
+has what these voices did to the leave-one-speaker-out accuracy.
 
     .venv/bin/python bench/espeak_voices.py --out /tmp/espeak --per-digit 400
 """

@@ -14,7 +14,7 @@ server, the way the seed did:
   per request;
 - PCA + Mahalanobis with the bundle's arrays.
 
-Adaptation (documented in bench/README.md): the seed's encoder took 224x224
+Adaptation (documented in docs/archive/experiments.md): the seed's encoder took 224x224
 inputs; the bundle's encoder takes (height, width) from its manifest, so the
 224x224 picture is resized once more to (height, width) and scaled to [0, 1]
 before `predict`. The score is therefore not comparable with auscult's; the

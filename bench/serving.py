@@ -8,7 +8,7 @@ different, 16-bit WAV at 16 kHz) and printed as one table; ratios are computed
 per repetition and the median is reported, next to the targets of issues 6 and 14.
 The service runs `--workers` processes (default: its own default, the CPUs available);
 its single endpoint at concurrency 16 is compared with the in-process core on as many
-threads. See bench/README.md for what each figure means.
+threads. See docs/archive/experiments.md for what each figure means.
 """
 
 from __future__ import annotations

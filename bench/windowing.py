@@ -12,8 +12,8 @@ per second of audio. Both bundles score the same generated 10-s clips with bench
 `InProcess` (decode → features → encoder → Mahalanobis, one thread, the service's process
 set-up), alternating bundle by bundle within every repetition; the ratio is taken per
 repetition and its median reported. `--baseline` is any bundle, e.g. the previous default
-extracted with `git show` (bench/README.md shows how). `--baseline-tree` measures a checkout of
-an older revision (`git worktree add TREE REV`) instead: its own code on its own
+extracted with `git show` (docs/archive/experiments.md shows how). `--baseline-tree` measures
+a checkout of an older revision (`git worktree add TREE REV`) instead: its own code on its own
 artifacts/gearbox, in a subprocess started for every repetition, so "today's throughput" is
 the code and bundle of that revision, not today's code on an old bundle.
 """

@@ -10,7 +10,7 @@
 # build when pip must trust an extra CA (docker/smoke.sh shows it with podman).
 #
 # The image is FROM scratch: a slimmed root file system, the slimmed venv and the
-# package, each one layer (342 MB measured; README, "Containers").
+# package, each one layer (342 MB measured; docs/operations.md, "Containers").
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- Python (only where the base has none), a venv and the unprivileged user

@@ -1,5 +1,5 @@
 """`bench/verdicts.py --quick` runs end to end on the committed gearbox bundle and writes its
-figures, so the benchmark behind README's "What a level means" cannot rot."""
+figures, so the benchmark behind docs/levels.md ("What a level means") cannot rot."""
 
 from __future__ import annotations
 

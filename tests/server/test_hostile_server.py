@@ -284,7 +284,8 @@ def test_memory_after_four_rounds_of_worst_case_batches(server: Server, tiny_bun
     time.sleep(0.5)
     after_four = server.rss_mb()
     assert after_four <= 2 * after_one, (baseline, after_one, after_four)
-    # README's bound: uploads in memory + the per-file working set of the worker threads
+    # the bound of docs/operations.md: uploads in memory + the per-file working set of the
+    # worker threads
     # + the model inputs of every scoring request
     f = read_manifest(tiny_bundle).features
     assert f.window_seconds is not None

@@ -57,7 +57,7 @@ def find_chromium() -> str | None:
 
 def screenshot(page: Any, name: str, element: Any = None) -> None:
     """Save a screenshot of the whole page (or of `element`) as DIR/name.png when
-    AUSCULT_SCREENSHOTS=DIR is set (README.md shows them)."""
+    AUSCULT_SCREENSHOTS=DIR is set (README.md and docs/getting-started.md show them)."""
     if SCREENSHOTS:
         out = Path(SCREENSHOTS)
         if not out.is_absolute():
