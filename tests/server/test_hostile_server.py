@@ -375,3 +375,40 @@ def test_one_client_holds_at_most_its_share_of_connections(
             sock.close()
     finally:
         stop_service(svc)
+
+
+def test_a_small_upload_of_long_silence_gives_its_memory_back(server: Server) -> None:
+    # issue 24: eight silent 300-s FLACs (112 kB) left a worker 166 MB larger for good: the
+    # trim ran only after 8 MB of upload, and not in the worker threads' malloc arenas
+    silence = wav_bytes(np.zeros(60 * 16000, np.float32), subtype="PCM_16")
+    flac = _to_flac(silence)
+    body = _multipart("files", [flac] * 4)  # 3.8 M samples: within MAX_REQUEST_SAMPLES
+
+    def batch() -> None:
+        r = httpx.post(
+            f"{server.url}/v1/models/tiny/score/batch",
+            content=body,
+            headers={"content-type": "multipart/form-data; boundary=hostile"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert all("score" in e for e in r.json()["results"]), r.text[:300]
+
+    before = server.rss_mb()
+    for _ in range(3):
+        batch()
+    time.sleep(1.0)  # the trim runs in a thread after the request
+    # measured on a fresh worker: +47 MB (first-use allocations included), and +115 MB
+    # with the trim after 8 MB of upload only and one malloc arena per thread
+    assert server.rss_mb() - before <= 75, (before, server.rss_mb())
+
+
+def _to_flac(wav: bytes) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="FLAC")
+    return out.getvalue()
