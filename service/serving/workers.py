@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import shutil
@@ -101,6 +102,11 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     one process)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reuse_port = hasattr(socket, "SO_REUSEPORT")
+    if reuse_port:
+        # SO_REUSEPORT would let these join any other process's SO_REUSEPORT socket on
+        # the port (another auscult, say) and silently share its connections: first claim
+        # the port without it, which fails while anything else holds it
+        port = claim_port(host, port)
     socks: list[socket.socket] = []
     try:
         for _ in range(count if reuse_port else 1):
@@ -117,6 +123,32 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
+
+
+def claim_port(host: str, port: int) -> int:
+    """Bind host:port once without SO_REUSEPORT and let it go again; the port bound (the
+    one the kernel chose for port 0). OSError (EADDRINUSE) when another process's socket
+    listens on it, with or without SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR, as the real sockets: a restart must not wait for the last run's
+        # TIME_WAIT connections; it still fails against any socket that listens
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def describe_bind_error(host: str, port: int, error: OSError) -> str:
+    """One line for a port that cannot be bound."""
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"auscult: port {port} on {host} is already in use by another process; "
+            "stop it or choose another --port"
+        )
+    if error.errno == errno.EACCES:
+        return f"auscult: no permission to listen on port {port} on {host}; use a port above 1023"
+    reason = error.strerror or str(error)
+    return f"auscult: cannot listen on {host}:{port}: {reason}"
 
 
 class _Supervisor:
