@@ -17,7 +17,8 @@ registry, threads and limits.
   up all of them (service/observability.py). A worker's live gauges go when it exits.
 - Reload: SIGHUP to the supervisor is sent on to every worker, which re-scans the
   artifacts folder. A reload through the API on one worker sends SIGHUP to the supervisor
-  (`Reloader.relay`), so every worker re-scans after it. AUSCULT_WATCH polls in every worker.
+  and answers once every worker has re-scanned (service/serving/peers.py, in a private
+  folder like the metrics'). AUSCULT_WATCH polls in every worker.
 - SIGTERM or SIGINT: sent on to every worker, which stops accepting and finishes what is in
   flight (up to `GRACEFUL_S`); one still running `KILL_AFTER_S` later is killed. Workers
   die with the supervisor (PR_SET_PDEATHSIG), so none is left behind, and then remove the
@@ -41,8 +42,12 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from service.serving.peers import WorkerPeers
 
 log = logging.getLogger("auscult.workers")
 
@@ -85,13 +90,15 @@ def serve_workers(
     from service.app import create_app  # noqa: F401
 
     socks = listening_sockets(host, port, workers)
-    supervisor = _Supervisor(settings, socks, workers, uvicorn_kwargs)
+    peers_dir = tempfile.mkdtemp(prefix="auscult-reload-")
+    supervisor = _Supervisor(settings, socks, workers, uvicorn_kwargs, peers_dir)
     try:
         return supervisor.run()
     finally:
         for sock in socks:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(peers_dir, ignore_errors=True)
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -158,8 +165,10 @@ class _Supervisor:
         socks: list[socket.socket],
         count: int,
         uvicorn_kwargs: dict[str, Any],
+        peers_dir: str,
     ) -> None:
         self.settings = settings
+        self.peers_dir = peers_dir
         self.socks = socks
         self.count = count
         self.uvicorn_kwargs = uvicorn_kwargs
@@ -204,7 +213,10 @@ class _Supervisor:
             code = 1
             try:
                 sock = self.socks[(number - 1) % len(self.socks)]
-                code = _worker_main(number, self.settings, sock, write_fd, self.uvicorn_kwargs)
+                peers = WorkerPeers(Path(self.peers_dir), self.count, number, _notify(supervisor))
+                code = _worker_main(
+                    number, self.settings, sock, write_fd, self.uvicorn_kwargs, peers
+                )
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException:
@@ -216,6 +228,7 @@ class _Supervisor:
                     stop_logging()  # os._exit skips atexit: write the queued log lines
                 if os.getppid() != supervisor:  # it was killed: nobody else will clean up
                     shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+                    shutil.rmtree(self.peers_dir, ignore_errors=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
@@ -279,8 +292,21 @@ class _Supervisor:
                 os.kill(pid, sig)
 
 
+def _notify(supervisor: int) -> Callable[[], None]:
+    def send_hup() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGHUP)  # sent on to every worker
+
+    return send_hup
+
+
 def _worker_main(
-    number: int, settings: Any, sock: socket.socket, ready_fd: int, uvicorn_kwargs: dict[str, Any]
+    number: int,
+    settings: Any,
+    sock: socket.socket,
+    ready_fd: int,
+    uvicorn_kwargs: dict[str, Any],
+    peers: WorkerPeers,
 ) -> int:
     """One worker: the service's app on uvicorn, serving the inherited socket."""
     supervisor = os.getppid()
@@ -310,16 +336,14 @@ def _worker_main(
     tag_log_lines(worker=number, pid=os.getpid())
     app = create_app(settings)
 
-    def relay() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(supervisor, signal.SIGHUP)
-
-    app.state.reloader.relay = relay
+    app.state.reloader.peers = peers
 
     class WorkerServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            asked = peers.requested()  # the lifespan loads the bundles after this
             await super().startup(sockets)
             if self.started:
+                peers.scanned(asked)
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
                 if missed_hup:  # the bundles may have been read before the change: re-scan

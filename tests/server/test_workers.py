@@ -286,3 +286,33 @@ def test_an_empty_worker_count_means_the_default(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AUSCULT_WORKERS", "0")
     with pytest.raises(ValidationError):
         Settings(artifacts_dir=ARTIFACTS)
+
+
+@linux_only
+@pytest.mark.parametrize("route", ["/v1/models/{name}/reload", "/v1/models/reload"])
+def test_an_api_reload_answers_once_every_worker_serves_the_model(
+    two: RunningService, root: Path, route: str
+) -> None:
+    """A new bundle reloaded through one worker is served by all of them as soon as the
+    answer is in (it used to answer before the other worker had re-scanned: 404 there)."""
+    _all_ready(two)
+    # connections opened beforehand (the kernel spreads them over both workers), so the
+    # requests after the answer go out at once
+    clients = [httpx.Client(base_url=two.url, timeout=60) for _ in range(8)]
+    try:
+        for round_ in range(5):
+            for c in clients:
+                assert c.get("/healthz").status_code == 200
+            name = f"fresh-{route.count('{')}-{round_}"
+            shutil.copytree(ARTIFACTS / "gearbox", root / name)
+            r = httpx.post(two.url + route.format(name=name), timeout=120)
+            assert r.status_code == 200, r.text
+            path = f"/v1/models/{name}"
+            with ThreadPoolExecutor(len(clients)) as pool:
+                statuses = list(pool.map(lambda c, p=path: c.get(p).status_code, clients))
+            assert statuses == [200] * len(clients), (round_, statuses)
+            score = clients[0].post(SCORE.format(name=name), files={"file": ("a.wav", GOOD_WAV)})
+            assert score.status_code == 200, score.text
+    finally:
+        for c in clients:
+            c.close()
