@@ -59,16 +59,50 @@ def _window(text: str) -> float | None:
     return value
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, except where there is none to show
+    (required options, flags, None) or the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.required
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0
+            or "%(default)" in text
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from training.synth import MACHINES
+
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="fit an anomaly bundle on normal clips")
-    f.add_argument("--data", required=True, type=Path, help="dataset folder (DCASE layouts)")
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    f = add_parser(
+        "fit",
+        help="fit an anomaly bundle on normal clips",
+        description="Fit an anomaly bundle on the healthy clips of a dataset folder: a DCASE "
+        "layout (DIR/train/ and a test folder), the seed's DIR/SpectrogramImage/, or a flat "
+        "folder of healthy clips (wav/flac/ogg/mp3, or png spectrograms), all used for "
+        "training.",
+    )
+    f.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="dataset folder: a DCASE layout or a flat folder of healthy clips",
+    )
     f.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
     ae = AutoencoderConfig()
-    f.add_argument("--epochs", type=int, default=ae.epochs)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--epochs", type=int, default=ae.epochs, help="autoencoder training epochs")
+    f.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     f.add_argument("--filters", type=_ints, default=ae.filters, help="e.g. 16,32,64")
     f.add_argument(
         "--bottleneck", choices=["conv", "dense"], default=ae.bottleneck, help="autoencoder"
@@ -236,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--no-evaluate", action="store_true")
 
-    c = sub.add_parser(
+    c = add_parser(
         "fit-classifier",
         help="fit a classifier bundle on labelled clips",
         description="Layouts: DIR/train/<class>/*.wav (+ optional DIR/test/<class>/), or any "
@@ -346,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
     c.add_argument("--no-keras", action="store_true", help="do not add classifier.keras")
 
-    g = sub.add_parser(
+    g = add_parser(
         "fit-generator",
         help="fit a class-conditional GAN (a generator bundle) on labelled clips",
         description="Learns the classifier's log-mel images per class; writes generator.onnx, "
@@ -377,14 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-seconds", type=float, default=1.0)
     g.add_argument("--n-mels", type=int, default=32)
 
-    r = sub.add_parser("generate", help="write wavs of one class with a generator bundle")
+    r = add_parser("generate", help="write wavs of one class with a generator bundle")
     r.add_argument("--model", required=True, type=Path, help="generator bundle folder")
     r.add_argument("--label", required=True, help="one of the bundle's labels")
     r.add_argument("--n", type=int, default=1, help="how many clips")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, type=Path, help="folder for the wavs")
 
-    n = sub.add_parser(
+    n = add_parser(
         "enrol",
         help="add an operating condition to an anomaly bundle from ≥ 10 healthy clips",
         description="Measures the condition's healthy sound (its mean and spread) with the "
@@ -398,20 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.add_argument("--condition", required=True, help="the condition's name, e.g. rpm_1800")
 
-    e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
+    e = add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
 
-    s = sub.add_parser("spectrograms", help="audio folder → grayscale PNG spectrograms")
+    s = add_parser("spectrograms", help="audio folder → grayscale PNG spectrograms")
     s.add_argument("--in", dest="in_dir", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--model", type=Path, default=None, help="use this bundle's feature params")
 
-    y = sub.add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
-    y.add_argument("--out", required=True, type=Path)
-    y.add_argument("--machine", default="gearbox")
-    y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--seconds", type=float, default=2.0)
+    y = add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
+    y.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    y.add_argument(
+        "--machine", choices=sorted(MACHINES), default="gearbox", help="machine to imitate"
+    )
+    y.add_argument("--seed", type=int, default=0, help="seed of the random sounds")
+    y.add_argument("--seconds", type=float, default=2.0, help="seconds of every clip")
     y.add_argument("--train", type=int, default=40, help="source-domain training clips")
     y.add_argument(
         "--train-target",

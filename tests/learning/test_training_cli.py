@@ -1,0 +1,49 @@
+"""`python -m training` as a newcomer meets it (issue 25): run as a subprocess, mistakes end
+in one line, help texts show what the defaults are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def run_training(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUSCULT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_synth_refuses_an_unknown_machine_with_a_usage_error(tmp_path: Path) -> None:
+    r = run_training("synth", "--out", str(tmp_path / "d"), "--machine", "toaster")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "argument --machine: invalid choice: 'toaster'" in last and "'gearbox'" in last
+    assert not (tmp_path / "d").exists()
+
+
+def test_synth_help_lists_the_machines_and_defaults() -> None:
+    r = run_training("synth", "--help")
+    assert r.returncode == 0
+    assert "--machine {fan,gearbox}" in r.stdout
+    assert "(default: gearbox)" in r.stdout and "(default: 2.0)" in r.stdout
+
+
+def test_fit_help_shows_defaults_and_flat_folders() -> None:
+    r = run_training("fit", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "autoencoder training epochs (default: 60)" in text
+    assert "seed of every random choice (default: 0)" in text
+    assert "flat folder of healthy clips" in text
+    assert "(default: None)" not in text
