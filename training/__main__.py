@@ -436,10 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
 
-    s = add_parser("spectrograms", help="audio folder → grayscale PNG spectrograms")
-    s.add_argument("--in", dest="in_dir", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--model", type=Path, default=None, help="use this bundle's feature params")
+    s = add_parser(
+        "spectrograms",
+        help="audio folder → grayscale PNG spectrograms a bundle scores",
+        description="Every audio file under --in becomes PNG spectrograms under --out, made "
+        "with the feature parameters of the bundle that will score them (one PNG per window "
+        "for a windowed bundle: NAME_w000.png, …).",
+    )
+    s.add_argument("--in", dest="in_dir", required=True, type=Path, help="folder of audio files")
+    s.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    s.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="bundle folder the images are for (default: the service's default model, "
+        "$AUSCULT_ARTIFACTS_DIR/$AUSCULT_DEFAULT_MODEL, i.e. artifacts/gearbox)",
+    )
 
     y = add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
     y.add_argument("--out", required=True, type=Path, help="dataset folder to write")
@@ -553,11 +565,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
         return 0
     if args.command == "spectrograms":
-        from service.features import FeatureParams
         from service.models.bundle import read_manifest
-        from training.spectrograms import write_spectrograms
+        from training.spectrograms import default_model, write_spectrograms
 
-        params = read_manifest(args.model).features if args.model else FeatureParams()
+        model = args.model or default_model()
+        if not (model / "manifest.json").is_file():
+            what = "--model" if args.model else "the default model (no --model given)"
+            print(
+                f"error: {what} {model} is not a bundle folder; name the bundle that will "
+                "score the images with --model",
+                file=sys.stderr,
+            )
+            return 2
+        params = read_manifest(model).features
+        print(f"spectrograms for {model}: {params.width}x{params.height} images", file=sys.stderr)
         written, failures = write_spectrograms(args.in_dir, args.out, params)
         print(f"wrote {written} spectrograms to {args.out}")
         for f in failures:

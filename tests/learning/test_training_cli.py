@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
+from tests.helpers import serve
 
 
 def run_training(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -47,3 +52,39 @@ def test_fit_help_shows_defaults_and_flat_folders() -> None:
     assert "seed of every random choice (default: 0)" in text
     assert "flat folder of healthy clips" in text
     assert "(default: None)" not in text
+
+
+@pytest.mark.anyio
+async def test_spectrograms_without_model_makes_images_the_default_model_scores(
+    tmp_path: Path,
+) -> None:
+    audio, out = tmp_path / "audio", tmp_path / "png"
+    audio.mkdir()
+    (audio / "hum.wav").write_bytes(wav_bytes(tone(2.0)))
+    r = run_training("spectrograms", "--in", str(audio), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "artifacts/gearbox: 32x64 images" in r.stderr  # says which bundle it made them for
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["hum_w000.png", "hum_w001.png"]  # 1-s windows
+    async with serve(create_app(Settings(artifacts_dir=ARTIFACTS))) as client:
+        for png in pngs:
+            answer = await client.post(
+                "/v1/models/gearbox/score", files={"file": (png.name, png.read_bytes())}
+            )
+            assert answer.status_code == 200, answer.text
+
+
+def test_spectrograms_for_a_missing_bundle_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "audio").mkdir()
+    r = run_training(
+        "spectrograms",
+        "--in",
+        str(tmp_path / "audio"),
+        "--out",
+        str(tmp_path / "png"),
+        "--model",
+        str(tmp_path / "nope"),
+    )
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: --model") and "is not a bundle folder" in line
