@@ -268,7 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the thresholds to KMeans boundaries of the LABELLED test scores (the "
         "seed's method; a user with no labelled faults cannot do this). Off by default",
     )
-    f.add_argument("--no-evaluate", action="store_true")
+    f.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test clips")
+    f.add_argument(
+        "--strict-files",
+        action="store_true",
+        help="stop at an unreadable training file (default: leave it out with a warning naming it)",
+    )
+    f.add_argument(
+        "--force", action="store_true", help="replace a bundle already in --out (default: refuse)"
+    )
 
     c = add_parser(
         "fit-classifier",
@@ -606,11 +614,25 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {args.model / 'report.png'}, {args.model / 'report.json'}")
         return 0
     if args.command == "fit":
+        taken = args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()))
+        if taken and not args.force:
+            print(
+                f"error: {args.out} already exists and is not empty; choose another --out "
+                "or add --force to replace it",
+                file=sys.stderr,
+            )
+            return 2
         from training.anomaly.evaluate import format_table
         from training.anomaly.fit import fit
 
-        result = fit(args.data, args.out, run_evaluation=not args.no_evaluate, **fit_kwargs(args))
-        print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
+        result = fit(
+            args.data,
+            args.out,
+            run_evaluation=not args.no_evaluate,
+            strict_files=args.strict_files,
+            **fit_kwargs(args),
+        )
+        print(result.summary())
         if result.evaluation:
             print(format_table(result.evaluation))
         return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
+from service.models.bundle import read_manifest
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, REPO, tone, wav_bytes
 from tests.helpers import serve
@@ -88,3 +89,72 @@ def test_spectrograms_for_a_missing_bundle_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: --model") and "is not a bundle folder" in line
+
+
+TINY_FIT = [
+    "--epochs", "1", "--filters", "4,8,8", "--latent-dim", "8", "--n-mels", "32",
+    "--no-codec-copies",
+]  # fmt: skip
+
+
+def _flat_folder(root: Path, good: int, junk: int) -> Path:
+    root.mkdir()
+    for i in range(good):
+        (root / f"normal_id_00_{i:08d}.wav").write_bytes(wav_bytes(tone(1.0, seed=i)))
+    for i in range(junk):
+        (root / f"normal_id_00_junk{i}.wav").write_bytes(b"not audio at all")
+    return root
+
+
+def _stderr_lines(r: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr without the progress bars' redraws."""
+    return [line for line in r.stderr.replace("\r", "\n").splitlines() if line.strip()]
+
+
+def test_fit_skips_an_unreadable_file_says_each_stage_and_guards_the_bundle(
+    tmp_path: Path,
+) -> None:
+    data = _flat_folder(tmp_path / "data", good=5, junk=1)
+    out = tmp_path / "artifacts" / "machine"
+    r = run_training("fit", "--data", str(data), "--out", str(out), *TINY_FIT)
+    assert r.returncode == 0, r.stderr
+    err = _stderr_lines(r)
+    assert (
+        "warning: skipped unreadable file normal_id_00_junk0.wav (its content is not wav, "
+        "flac, ogg or mp3 audio, nor a png/jpeg spectrogram)"
+    ) in err
+    assert "send " not in r.stderr  # the API's wording, not a CLI's
+    for step in ("exporting", "fitting PCA", "calibrating the levels", "writing the bundle"):
+        assert any(line.startswith(f"fit: {step}") for line in err), step
+    assert "NodeDef" not in r.stderr and "remapper" not in r.stderr  # TensorFlow's noise
+    summary = r.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"bundle written to {out} in ")
+    assert summary.endswith("(5 clips, 1 unreadable skipped, 1 epochs)")
+    assert read_manifest(out).training["clips"] == 5
+    written = (out / "manifest.json").read_bytes()
+
+    again = run_training("fit", "--data", str(data), "--out", str(out), *TINY_FIT)
+    assert again.returncode == 2
+    (line,) = _stderr_lines(again)
+    assert line == (
+        f"error: {out} already exists and is not empty; choose another --out or add "
+        "--force to replace it"
+    )
+    strict = run_training(
+        "fit", "--data", str(data), "--out", str(out), "--force", "--strict-files", *TINY_FIT
+    )
+    assert strict.returncode == 2
+    assert _stderr_lines(strict)[-1].startswith(
+        "error: 1 unreadable file(s): normal_id_00_junk0.wav (its content is not"
+    )
+    assert (out / "manifest.json").read_bytes() == written  # untouched by both
+
+
+def test_fit_counts_only_readable_clips(tmp_path: Path) -> None:
+    data = _flat_folder(tmp_path / "data", good=1, junk=3)
+    r = run_training("fit", "--data", str(data), "--out", str(tmp_path / "b"), *TINY_FIT)
+    assert r.returncode == 2
+    assert _stderr_lines(r)[-1] == (
+        "error: need at least 4 readable normal training clips, found 1 (3 unreadable skipped)"
+    )
+    assert not (tmp_path / "b").exists()

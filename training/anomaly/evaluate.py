@@ -39,7 +39,18 @@ def load_windows(
     clip each window belongs to). With codec_copies, each audio clip i also contributes the
     windows of a lossy-codec round trip of itself (training.augment), as clip i + len(clips).
     Raises DatasetError listing unreadable files."""
-    blocks, owners, bad = [], [], []
+    images, owners, bad = read_windows(clips, params, desc, codec_copies)
+    if bad:
+        raise DatasetError(describe_unreadable(clips, bad))
+    return images, owners
+
+
+def read_windows(
+    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """As `load_windows`, but an unreadable clip is left out (it has no windows) and
+    reported: → (images, owners, {clip index: reason})."""
+    blocks, owners, bad = [], [], {}
     for i, clip in enumerate(tqdm(clips, desc=desc, unit="clip", leave=False)):
         try:
             images = load_file(str(clip.path), params).images
@@ -48,14 +59,20 @@ def load_windows(
                 blocks.append(copy)
                 owners.append(np.full(len(copy), i + len(clips)))
         except Exception as e:
-            bad.append(f"{clip.path.name} ({e})")
+            bad[i] = str(getattr(e, "message", e))
             continue
         blocks.append(images)
         owners.append(np.full(len(images), i))
-    if bad:
-        shown = "; ".join(bad[:10]) + (f"; … {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise DatasetError(f"{len(bad)} unreadable file(s): {shown}")
-    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
+    if not blocks:
+        return np.zeros((0, params.height, params.width), np.float32), np.zeros(0, int), bad
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners), bad
+
+
+def describe_unreadable(clips: list[Clip], bad: dict[int, str], shown: int = 10) -> str:
+    """One line: how many files could not be read, the first `shown` with their reasons."""
+    items = [f"{clips[i].path.name} ({reason})" for i, reason in bad.items()]
+    more = f"; … {len(items) - shown} more" if len(items) > shown else ""
+    return f"{len(items)} unreadable file(s): {'; '.join(items[:shown])}{more}"
 
 
 def clip_scores(
