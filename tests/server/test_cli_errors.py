@@ -3,10 +3,12 @@ bad argument or setting, 1 for a port another process holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -134,3 +136,24 @@ def test_training_without_the_train_extra_says_so(tmp_path) -> None:  # type: ig
     assert "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert "tqdm is not installed" in line and ".[train]" in line
+
+
+def test_a_service_with_no_bundles_warns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    empty = tmp_path / "artifacts"
+    empty.mkdir()
+    svc = start_service(tmp_path, ready_path="/healthz", AUSCULT_ARTIFACTS_DIR=str(empty))
+    try:
+        events = []
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "ready" for e in events):
+            assert time.monotonic() < deadline, svc.log.read_text()
+            time.sleep(0.1)
+            lines = svc.log.read_text().splitlines()
+            events = [json.loads(line) for line in lines if line.startswith("{")]
+    finally:
+        stop_service(svc)
+    names = [e["event"] for e in events]
+    warning = events[names.index("no_models_ready")]
+    assert names.index("no_models_ready") < names.index("ready")
+    assert warning["level"] == "warning" and warning["artifacts_dir"] == str(empty)
+    assert "no bundle folder found" in warning["detail"]
