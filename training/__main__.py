@@ -653,8 +653,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.loso_only:
             from training.classifier.data import discover_extra, discover_labelled, ordered_labels
-            from training.classifier.evaluate import format_loso, leave_one_group_out
-            from training.classifier.network import extra_fit_set
+            from training.classifier.evaluate import format_loso
+            from training.classifier.network import extra_fit_set, leave_one_group_out
 
             clips = discover_labelled(
                 args.data, args.label_pattern, args.test_pattern, args.group_pattern
