@@ -3,7 +3,9 @@ in one line, help texts show what the defaults are."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +160,16 @@ def test_fit_counts_only_readable_clips(tmp_path: Path) -> None:
         "error: need at least 4 readable normal training clips, found 1 (3 unreadable skipped)"
     )
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_skips_an_unreadable_test_file_with_a_warning(tmp_path: Path) -> None:
+    data, bundle = tmp_path / "data", tmp_path / "gearbox"
+    assert run_training("synth", "--out", str(data), "--train", "0", "--test", "2").returncode == 0
+    junk = data / "source_test" / "section_00_source_test_anomaly_9999.wav"
+    junk.write_bytes(b"not audio at all")
+    shutil.copytree(ARTIFACTS / "gearbox", bundle)
+    r = run_training("evaluate", "--data", str(data), "--model", str(bundle))
+    assert r.returncode == 0, r.stderr
+    assert f"warning: skipped unreadable test file {junk.name} (its content is not" in r.stderr
+    clips = json.loads((bundle / "report.json").read_text())["clips"]
+    assert len(clips) == 8 and junk.name not in {c["file"] for c in clips}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import harmonic_mean
@@ -75,6 +76,24 @@ def describe_unreadable(clips: list[Clip], bad: dict[int, str], shown: int = 10)
     return f"{len(items)} unreadable file(s): {'; '.join(items[:shown])}{more}"
 
 
+def drop_unreadable(
+    clips: list[Clip], owners: np.ndarray, bad: dict[int, str]
+) -> tuple[list[Clip], np.ndarray]:
+    """The clips without the unreadable ones, and the windows' owners renumbered to match
+    (a codec copy of clip i, owner i + n, becomes new_i + n_kept)."""
+    n = len(clips)
+    kept = [i for i in range(n) if i not in bad]
+    rank = np.full(n, -1)
+    rank[kept] = np.arange(len(kept))
+    new_owners = rank[owners % n] + len(kept) * (owners >= n)
+    return [clips[i] for i in kept], new_owners
+
+
+def tqdm_write(line: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    tqdm.write(line, file=sys.stderr)
+
+
 def clip_scores(
     window_scores: np.ndarray, owners: np.ndarray, n_clips: int, method: tuple[Aggregation, int]
 ) -> np.ndarray:
@@ -85,9 +104,17 @@ def clip_scores(
 
 def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) -> ScoredClips:
     """Every clip scored as the service scores it when a request names no condition: its
-    windows, then its verdict."""
+    windows, then its verdict. An unreadable clip is left out (of the result too) with a
+    warning naming it."""
     assert runtime.manifest is not None
-    images, owners = load_windows(clips, runtime.manifest.features, "features (test)")
+    images, owners, bad = read_windows(clips, runtime.manifest.features, "features (test)")
+    for i, reason in bad.items():  # scored clips only: the metrics leave them out
+        tqdm_write(f"warning: skipped unreadable test file {clips[i].path.name} ({reason})")
+    if bad:
+        kept, owners = drop_unreadable(clips, owners, bad)
+        if not kept:
+            raise DatasetError(describe_unreadable(clips, bad) + "; no test clip left")
+        clips = kept
     windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )

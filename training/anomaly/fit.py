@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import platform
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,7 +30,14 @@ from training import export
 from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
-from training.anomaly.evaluate import describe_unreadable, evaluate, load_windows, read_windows
+from training.anomaly.evaluate import (
+    describe_unreadable,
+    drop_unreadable,
+    evaluate,
+    load_windows,
+    read_windows,
+    tqdm_write,
+)
 from training.augment import codec_copy_format
 from training.datasets import (
     DatasetError,
@@ -68,19 +74,6 @@ class FitResult:
 def stage(what: str) -> None:
     """A line on stderr as a long step of the fit starts (between progress bars)."""
     tqdm_write(f"fit: {what} …")
-
-
-def drop_unreadable(
-    clips: list[Any], owners: np.ndarray, bad: dict[int, str]
-) -> tuple[list[Any], np.ndarray]:
-    """The clips without the unreadable ones, and the windows' owners renumbered to match
-    (a codec copy of clip i, owner i + n, becomes new_i + n_kept)."""
-    n = len(clips)
-    kept = [i for i in range(n) if i not in bad]
-    rank = np.full(n, -1)
-    rank[kept] = np.arange(len(kept))
-    new_owners = rank[owners % n] + len(kept) * (owners >= n)
-    return [clips[i] for i in kept], new_owners
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -426,10 +419,3 @@ def fit(
     manifest = read_manifest(out_dir)
     update_bundle(out_dir, {}, training={**manifest.training, "fit_seconds": round(seconds, 1)})
     return FitResult(out_dir, seconds, evaluation, len(train), skipped, model.epochs_run)
-
-
-def tqdm_write(line: str) -> None:
-    """A line on stderr that does not break a progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(line, file=sys.stderr)
