@@ -558,6 +558,10 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from training import import_tensorflow_quietly
+
+    if args.command in ("fit-classifier", "fit-generator", "generate"):
+        import_tensorflow_quietly()
     if args.command == "synth":
         from training.synth import generate
 
@@ -622,6 +626,7 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        import_tensorflow_quietly()
         from training.anomaly.evaluate import format_table
         from training.anomaly.fit import fit
 
