@@ -72,7 +72,7 @@ typecheck: $(VENV)/.dev-installed
 default-bundle: $(VENV)/.dev-installed
 	rm -rf data/gearbox-synth
 	$(BIN)/python -m training synth --out data/gearbox-synth --seed 0 --seconds 10 --train-target 10
-	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0
+	$(BIN)/python -m training fit --data data/gearbox-synth --out artifacts/gearbox --seed 0 --force
 
 ## digits-bundle: rebuild the committed spoken-digit classifier from ../shared/data/fsdd, with
 ## its leave-one-speaker-out accuracy (5 extra fits; docs/archive/experiments.md says how it was chosen)

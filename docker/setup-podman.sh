@@ -10,17 +10,23 @@
 #   2. /etc/containers/containers.conf (only if absent) for hosts without
 #      systemd / cgroup delegation / raisable rlimits: runc, cgroupfs, host
 #      network namespace, fixed ulimits
-#   3. podman-compose (PyPI) in a venv at $PODMAN_COMPOSE_VENV (/opt/podman-compose)
+#   3. podman-compose (PyPI) in a venv at $PODMAN_COMPOSE_VENV (/opt/podman-compose),
+#      linked as $PODMAN_COMPOSE_LINK (/usr/local/bin/podman-compose) so it is on PATH
 #   4. a local base image $BASE_IMAGE_NAME (localhost/debian:bookworm) made with
 #      debootstrap, so builds need no registry (about 2 minutes)
 #
-# Env: PODMAN_COMPOSE_VENV, BASE_IMAGE_NAME, SKIP_BASE_IMAGE=1 (skip step 4),
+# Env: PODMAN_COMPOSE_VENV, PODMAN_COMPOSE_LINK, BASE_IMAGE_NAME, CONTAINERS_CONF
+#      (/etc/containers/containers.conf), SKIP_BASE_IMAGE=1 (skip step 4),
 #      REBUILD_BASE_IMAGE=1 (make step 4's image again even if it exists).
+#
+# Then docker/compose.sh runs podman-compose with this machine's build settings (the
+# local base image, the host's CA bundle for pip).
 set -euo pipefail
 
 PODMAN_COMPOSE_VENV=${PODMAN_COMPOSE_VENV:-/opt/podman-compose}
+PODMAN_COMPOSE_LINK=${PODMAN_COMPOSE_LINK:-/usr/local/bin/podman-compose}
 BASE_IMAGE_NAME=${BASE_IMAGE_NAME:-localhost/debian:bookworm}
-CONF=/etc/containers/containers.conf
+CONF=${CONTAINERS_CONF:-/etc/containers/containers.conf}
 
 log() { printf '[setup-podman] %s\n' "$*"; }
 
@@ -47,7 +53,7 @@ if [ -e "$CONF" ]; then
   log "$CONF exists, leaving it alone"
 else
   log "writing $CONF"
-  mkdir -p /etc/containers
+  mkdir -p "$(dirname "$CONF")"
   cat > "$CONF" <<'CONF'
 [containers]
 default_ulimits = ["nofile=1024:20000", "nproc=1024:1024"]
@@ -68,6 +74,16 @@ else
   "$py" -m venv "$PODMAN_COMPOSE_VENV"
   "$PODMAN_COMPOSE_VENV/bin/pip" install --quiet podman-compose
 fi
+# on PATH (the venv's bin is not): a link, unless another podman-compose is already there
+if [ "$(readlink -f "$PODMAN_COMPOSE_LINK" 2>/dev/null)" = "$(readlink -f "$PODMAN_COMPOSE_VENV/bin/podman-compose")" ]; then
+  log "podman-compose already linked as $PODMAN_COMPOSE_LINK"
+elif [ -e "$PODMAN_COMPOSE_LINK" ]; then
+  log "$PODMAN_COMPOSE_LINK exists and is another podman-compose: leaving it alone"
+else
+  mkdir -p "$(dirname "$PODMAN_COMPOSE_LINK")"
+  ln -s "$PODMAN_COMPOSE_VENV/bin/podman-compose" "$PODMAN_COMPOSE_LINK"
+  log "linked $PODMAN_COMPOSE_LINK -> $PODMAN_COMPOSE_VENV/bin/podman-compose"
+fi
 
 # 4. local base image
 if [ "${SKIP_BASE_IMAGE:-0}" = 1 ]; then
@@ -87,3 +103,4 @@ else
 fi
 
 log "done: $(podman --version); $("$PODMAN_COMPOSE_VENV/bin/podman-compose" --version 2>/dev/null | head -n1)"
+log "next: docker/compose.sh up -d --build   (podman-compose with BASE_IMAGE=$BASE_IMAGE_NAME and the host's CA for pip)"

@@ -82,6 +82,17 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             await anyio.to_thread.run_sync(features.warm_up, params)
         app.state.registry = reg
         metrics.models_ready.set(reg.ready_count)
+        if reg.ready_count == 0:  # serving, but nothing to score with: /readyz stays 503
+            log.warning(
+                "no_models_ready",
+                extra={
+                    "artifacts_dir": str(settings.artifacts_dir),
+                    "models": len(reg.runtimes),
+                    "detail": "no bundle folder found" if not reg.runtimes else "none loaded",
+                    "hint": "put a bundle folder there (python -m training fit --out DIR/NAME) "
+                    "and reload, or set AUSCULT_ARTIFACTS_DIR",
+                },
+            )
         log.info("ready", extra={"models_ready": reg.ready_count, "models": len(reg.runtimes)})
         reloader.start()  # SIGHUP, and the watcher with AUSCULT_WATCH=1
         try:

@@ -570,9 +570,18 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
 
 
 def load_file(path: str, params: FeatureParams, max_seconds: float | None = None) -> Prepared:
-    """Read a file from disk and `prepare` it (training's entry point)."""
+    """Read a file from disk and `prepare` it (training's entry point). The errors are
+    worded for a file, not for an upload (no "send …")."""
     with open(path, "rb") as f:
-        return prepare(f.read(), params, max_seconds=max_seconds)
+        data = f.read()
+    if not data:
+        raise InvalidAudio("the file is empty")
+    try:
+        return prepare(data, params, max_seconds=max_seconds)
+    except UnsupportedMediaType as e:
+        raise UnsupportedMediaType(
+            "its content is not wav, flac, ogg or mp3 audio, nor a png/jpeg spectrogram"
+        ) from e
 
 
 def warm_up(params: FeatureParams) -> None:

@@ -59,16 +59,50 @@ def _window(text: str) -> float | None:
     return value
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help line, except where there is none to show
+    (required options, flags, None) or the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.required
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0
+            or "%(default)" in text
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from training.synth import MACHINES
+
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="fit an anomaly bundle on normal clips")
-    f.add_argument("--data", required=True, type=Path, help="dataset folder (DCASE layouts)")
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    f = add_parser(
+        "fit",
+        help="fit an anomaly bundle on normal clips",
+        description="Fit an anomaly bundle on the healthy clips of a dataset folder: a DCASE "
+        "layout (DIR/train/ and a test folder), the seed's DIR/SpectrogramImage/, or a flat "
+        "folder of healthy clips (wav/flac/ogg/mp3, or png spectrograms), all used for "
+        "training.",
+    )
+    f.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="dataset folder: a DCASE layout or a flat folder of healthy clips",
+    )
     f.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
     ae = AutoencoderConfig()
-    f.add_argument("--epochs", type=int, default=ae.epochs)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--epochs", type=int, default=ae.epochs, help="autoencoder training epochs")
+    f.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     f.add_argument("--filters", type=_ints, default=ae.filters, help="e.g. 16,32,64")
     f.add_argument(
         "--bottleneck", choices=["conv", "dense"], default=ae.bottleneck, help="autoencoder"
@@ -234,9 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the thresholds to KMeans boundaries of the LABELLED test scores (the "
         "seed's method; a user with no labelled faults cannot do this). Off by default",
     )
-    f.add_argument("--no-evaluate", action="store_true")
+    f.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test clips")
+    f.add_argument(
+        "--strict-files",
+        action="store_true",
+        help="stop at an unreadable training file (default: leave it out with a warning naming it)",
+    )
+    f.add_argument(
+        "--force", action="store_true", help="replace a bundle already in --out (default: refuse)"
+    )
 
-    c = sub.add_parser(
+    c = add_parser(
         "fit-classifier",
         help="fit a classifier bundle on labelled clips",
         description="Layouts: DIR/train/<class>/*.wav (+ optional DIR/test/<class>/), or any "
@@ -346,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hop-length", type=int, default=None, help="default: n_fft / 2")
     c.add_argument("--no-keras", action="store_true", help="do not add classifier.keras")
 
-    g = sub.add_parser(
+    g = add_parser(
         "fit-generator",
         help="fit a class-conditional GAN (a generator bundle) on labelled clips",
         description="Learns the classifier's log-mel images per class; writes generator.onnx, "
@@ -377,14 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-seconds", type=float, default=1.0)
     g.add_argument("--n-mels", type=int, default=32)
 
-    r = sub.add_parser("generate", help="write wavs of one class with a generator bundle")
+    r = add_parser("generate", help="write wavs of one class with a generator bundle")
     r.add_argument("--model", required=True, type=Path, help="generator bundle folder")
     r.add_argument("--label", required=True, help="one of the bundle's labels")
     r.add_argument("--n", type=int, default=1, help="how many clips")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True, type=Path, help="folder for the wavs")
 
-    n = sub.add_parser(
+    n = add_parser(
         "enrol",
         help="add an operating condition to an anomaly bundle from ≥ 10 healthy clips",
         description="Measures the condition's healthy sound (its mean and spread) with the "
@@ -398,20 +440,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.add_argument("--condition", required=True, help="the condition's name, e.g. rpm_1800")
 
-    e = sub.add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
+    e = add_parser("evaluate", help="AUC/pAUC table + report.png for a bundle")
     e.add_argument("--data", required=True, type=Path)
     e.add_argument("--model", required=True, type=Path)
 
-    s = sub.add_parser("spectrograms", help="audio folder → grayscale PNG spectrograms")
-    s.add_argument("--in", dest="in_dir", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--model", type=Path, default=None, help="use this bundle's feature params")
+    s = add_parser(
+        "spectrograms",
+        help="audio folder → grayscale PNG spectrograms a bundle scores",
+        description="Every audio file under --in becomes PNG spectrograms under --out, made "
+        "with the feature parameters of the bundle that will score them (one PNG per window "
+        "for a windowed bundle: NAME_w000.png, …).",
+    )
+    s.add_argument("--in", dest="in_dir", required=True, type=Path, help="folder of audio files")
+    s.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    s.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="bundle folder the images are for (default: the service's default model, "
+        "$AUSCULT_ARTIFACTS_DIR/$AUSCULT_DEFAULT_MODEL, i.e. artifacts/gearbox)",
+    )
 
-    y = sub.add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
-    y.add_argument("--out", required=True, type=Path)
-    y.add_argument("--machine", default="gearbox")
-    y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--seconds", type=float, default=2.0)
+    y = add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
+    y.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    y.add_argument(
+        "--machine", choices=sorted(MACHINES), default="gearbox", help="machine to imitate"
+    )
+    y.add_argument("--seed", type=int, default=0, help="seed of the random sounds")
+    y.add_argument("--seconds", type=float, default=2.0, help="seconds of every clip")
     y.add_argument("--train", type=int, default=40, help="source-domain training clips")
     y.add_argument(
         "--train-target",
@@ -502,6 +558,10 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from training import import_tensorflow_quietly
+
+    if args.command in ("fit-classifier", "fit-generator", "generate"):
+        import_tensorflow_quietly()
     if args.command == "synth":
         from training.synth import generate
 
@@ -517,11 +577,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {sum(counts.values())} clips to {args.out}: {counts}")
         return 0
     if args.command == "spectrograms":
-        from service.features import FeatureParams
         from service.models.bundle import read_manifest
-        from training.spectrograms import write_spectrograms
+        from training.spectrograms import default_model, write_spectrograms
 
-        params = read_manifest(args.model).features if args.model else FeatureParams()
+        model = args.model or default_model()
+        if not (model / "manifest.json").is_file():
+            what = "--model" if args.model else "the default model (no --model given)"
+            print(
+                f"error: {what} {model} is not a bundle folder; name the bundle that will "
+                "score the images with --model",
+                file=sys.stderr,
+            )
+            return 2
+        params = read_manifest(model).features
+        print(f"spectrograms for {model}: {params.width}x{params.height} images", file=sys.stderr)
         written, failures = write_spectrograms(args.in_dir, args.out, params)
         print(f"wrote {written} spectrograms to {args.out}")
         for f in failures:
@@ -549,11 +618,26 @@ def _run(args: argparse.Namespace) -> int:
         print(f"report: {args.model / 'report.png'}, {args.model / 'report.json'}")
         return 0
     if args.command == "fit":
+        taken = args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir()))
+        if taken and not args.force:
+            print(
+                f"error: {args.out} already exists and is not empty; choose another --out "
+                "or add --force to replace it",
+                file=sys.stderr,
+            )
+            return 2
+        import_tensorflow_quietly()
         from training.anomaly.evaluate import format_table
         from training.anomaly.fit import fit
 
-        result = fit(args.data, args.out, run_evaluation=not args.no_evaluate, **fit_kwargs(args))
-        print(f"bundle written to {result.bundle_dir} in {result.seconds:.1f} s")
+        result = fit(
+            args.data,
+            args.out,
+            run_evaluation=not args.no_evaluate,
+            strict_files=args.strict_files,
+            **fit_kwargs(args),
+        )
+        print(result.summary())
         if result.evaluation:
             print(format_table(result.evaluation))
         return 0
@@ -574,8 +658,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.loso_only:
             from training.classifier.data import discover_extra, discover_labelled, ordered_labels
-            from training.classifier.evaluate import format_loso, leave_one_group_out
-            from training.classifier.network import extra_fit_set
+            from training.classifier.evaluate import format_loso
+            from training.classifier.network import extra_fit_set, leave_one_group_out
 
             clips = discover_labelled(
                 args.data, args.label_pattern, args.test_pattern, args.group_pattern

@@ -34,7 +34,7 @@ from training.classifier.data import (
     ordered_labels,
 )
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as training/__init__.py
 
 NOISE_INPUT = "noise"
 LABEL_INPUT = "label"

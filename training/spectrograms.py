@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tqdm import tqdm
 
 from service.features import FeatureParams, image_to_png, load_file
 from training.datasets import AUDIO_EXTS
+
+
+def default_model() -> Path:
+    """The bundle a running service scores by default: AUSCULT_ARTIFACTS_DIR (./artifacts)
+    / AUSCULT_DEFAULT_MODEL (gearbox, the committed bundle, as `make serve` and compose
+    set it)."""
+    root = Path(os.environ.get("AUSCULT_ARTIFACTS_DIR") or "artifacts")
+    return root / (os.environ.get("AUSCULT_DEFAULT_MODEL") or "gearbox")
 
 
 def write_spectrograms(in_dir: Path, out_dir: Path, params: FeatureParams) -> tuple[int, list[str]]:

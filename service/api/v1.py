@@ -20,7 +20,8 @@ from service.api.deps import (
     require_admin_key,
     require_api_key,
 )
-from service.api.uploads import Upload, body_deadline, openapi_body, read_body, read_files
+from service.api.uploads import body_deadline, openapi_body, read_body, read_files
+from service.budgets import Upload
 from service.errors import (
     EnrolFailed,
     InvalidRequest,

@@ -6,9 +6,10 @@ updates the metrics. SIGHUP re-scans the artifacts folder; with AUSCULT_WATCH=1 
 background task polls it every AUSCULT_WATCH_INTERVAL_S (a new folder is a new model,
 a removed one is unloaded, a changed one is re-read).
 
-With several worker processes each has its own registry: a reload through the API calls
-`relay` afterwards, which the worker sets to signal the supervisor, and the supervisor sends
-SIGHUP to every worker (service/serving/workers.py), so all of them re-scan the folder.
+With several worker processes each has its own registry: a reload through the API then
+asks every worker to re-scan (`peers`, set by the worker: the supervisor sends SIGHUP to
+all, service/serving/workers.py) and answers once every one of them has (or after
+`CONFIRM_TIMEOUT_S`, with a warning), so the next request finds the model on any worker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -26,6 +27,9 @@ from service import features
 from service.models.registry import ModelRegistry, ReloadOutcome
 from service.observability import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.serving.peers import WorkerPeers
 
 log = logging.getLogger("auscult.reload")
 T = TypeVar("T")
@@ -41,16 +45,19 @@ class Reloader:
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.signal_installed = False
-        self.relay: Callable[[], None] | None = None  # tells the other workers (API reloads)
+        self.peers: WorkerPeers | None = None  # the other worker processes, if any
 
     async def reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
-        """Re-read one bundle (always) or scan all (changed ones, or all with `force`); then
-        `relay`, so other worker processes follow (they re-scan: changed bundles)."""
+        """Re-read one bundle (always) or scan all (changed ones, or all with `force`); with
+        other worker processes, return once every one has re-scanned too (changed bundles)."""
         try:
             return await self._reload(name, force)
         finally:
-            if self.relay is not None:
-                self.relay()
+            if self.peers is not None:
+                generation = self.peers.request()
+                late = await self.peers.wait(generation)
+                if late:
+                    log.warning("reload_unconfirmed", extra={"workers": late})
 
     async def write_and_reload(self, name: str, write: Callable[[], T]) -> tuple[T, ReloadOutcome]:
         """Run `write` (which replaces the bundle folder `name` atomically) in a thread while
@@ -63,7 +70,12 @@ class Reloader:
     async def _reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
         reg = self.registry()
         async with self.lock:
-            outcomes = await anyio.to_thread.run_sync(self._reload_and_warm, reg, name, force)
+            asked = self.peers.requested() if self.peers is not None else 0
+            try:
+                outcomes = await anyio.to_thread.run_sync(self._reload_and_warm, reg, name, force)
+            finally:
+                if self.peers is not None and name is None:  # a scan: every changed bundle
+                    self.peers.scanned(asked)  # (a failed one too: nobody waits in vain)
         for o in outcomes:
             self.metrics.reloads.labels(o.model, o.action).inc()
         self.metrics.models_ready.set(reg.ready_count)

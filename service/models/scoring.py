@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.api.uploads import BufferBudget, Upload
+from service.budgets import BufferBudget, Upload
 from service.errors import (
     AuscultError,
     Failure,

@@ -17,7 +17,8 @@ registry, threads and limits.
   up all of them (service/observability.py). A worker's live gauges go when it exits.
 - Reload: SIGHUP to the supervisor is sent on to every worker, which re-scans the
   artifacts folder. A reload through the API on one worker sends SIGHUP to the supervisor
-  (`Reloader.relay`), so every worker re-scans after it. AUSCULT_WATCH polls in every worker.
+  and answers once every worker has re-scanned (service/serving/peers.py, in a private
+  folder like the metrics'). AUSCULT_WATCH polls in every worker.
 - SIGTERM or SIGINT: sent on to every worker, which stops accepting and finishes what is in
   flight (up to `GRACEFUL_S`); one still running `KILL_AFTER_S` later is killed. Workers
   die with the supervisor (PR_SET_PDEATHSIG), so none is left behind, and then remove the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import shutil
@@ -40,8 +42,12 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from service.serving.peers import WorkerPeers
 
 log = logging.getLogger("auscult.workers")
 
@@ -85,13 +91,15 @@ def serve_workers(
     from service.app import create_app  # noqa: F401
 
     socks = listening_sockets(host, port, workers)
-    supervisor = _Supervisor(settings, socks, workers, uvicorn_kwargs)
+    peers_dir = tempfile.mkdtemp(prefix="auscult-reload-")
+    supervisor = _Supervisor(settings, socks, workers, uvicorn_kwargs, peers_dir)
     try:
         return supervisor.run()
     finally:
         for sock in socks:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(peers_dir, ignore_errors=True)
 
 
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -102,6 +110,11 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     one process)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reuse_port = hasattr(socket, "SO_REUSEPORT")
+    if reuse_port:
+        # SO_REUSEPORT would let these join any other process's SO_REUSEPORT socket on
+        # the port (another auscult, say) and silently share its connections: first claim
+        # the port without it, which fails while anything else holds it
+        port = claim_port(host, port)
     socks: list[socket.socket] = []
     try:
         for _ in range(count if reuse_port else 1):
@@ -120,6 +133,32 @@ def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
+def claim_port(host: str, port: int) -> int:
+    """Bind host:port once without SO_REUSEPORT and let it go again; the port bound (the
+    one the kernel chose for port 0). OSError (EADDRINUSE) when another process's socket
+    listens on it, with or without SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR, as the real sockets: a restart must not wait for the last run's
+        # TIME_WAIT connections; it still fails against any socket that listens
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def describe_bind_error(host: str, port: int, error: OSError) -> str:
+    """One line for a port that cannot be bound."""
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"auscult: port {port} on {host} is already in use by another process; "
+            "stop it or choose another --port"
+        )
+    if error.errno == errno.EACCES:
+        return f"auscult: no permission to listen on port {port} on {host}; use a port above 1023"
+    reason = error.strerror or str(error)
+    return f"auscult: cannot listen on {host}:{port}: {reason}"
+
+
 class _Supervisor:
     def __init__(
         self,
@@ -127,8 +166,10 @@ class _Supervisor:
         socks: list[socket.socket],
         count: int,
         uvicorn_kwargs: dict[str, Any],
+        peers_dir: str,
     ) -> None:
         self.settings = settings
+        self.peers_dir = peers_dir
         self.socks = socks
         self.count = count
         self.uvicorn_kwargs = uvicorn_kwargs
@@ -173,7 +214,10 @@ class _Supervisor:
             code = 1
             try:
                 sock = self.socks[(number - 1) % len(self.socks)]
-                code = _worker_main(number, self.settings, sock, write_fd, self.uvicorn_kwargs)
+                peers = WorkerPeers(Path(self.peers_dir), self.count, number, _notify(supervisor))
+                code = _worker_main(
+                    number, self.settings, sock, write_fd, self.uvicorn_kwargs, peers
+                )
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException:
@@ -185,6 +229,7 @@ class _Supervisor:
                     stop_logging()  # os._exit skips atexit: write the queued log lines
                 if os.getppid() != supervisor:  # it was killed: nobody else will clean up
                     shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+                    shutil.rmtree(self.peers_dir, ignore_errors=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
@@ -249,8 +294,21 @@ class _Supervisor:
                 os.kill(pid, sig)
 
 
+def _notify(supervisor: int) -> Callable[[], None]:
+    def send_hup() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(supervisor, signal.SIGHUP)  # sent on to every worker
+
+    return send_hup
+
+
 def _worker_main(
-    number: int, settings: Any, sock: socket.socket, ready_fd: int, uvicorn_kwargs: dict[str, Any]
+    number: int,
+    settings: Any,
+    sock: socket.socket,
+    ready_fd: int,
+    uvicorn_kwargs: dict[str, Any],
+    peers: WorkerPeers,
 ) -> int:
     """One worker: the service's app on uvicorn, serving the inherited socket."""
     supervisor = os.getppid()
@@ -280,16 +338,14 @@ def _worker_main(
     tag_log_lines(worker=number, pid=os.getpid())
     app = create_app(settings)
 
-    def relay() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(supervisor, signal.SIGHUP)
-
-    app.state.reloader.relay = relay
+    app.state.reloader.peers = peers
 
     class WorkerServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            asked = peers.requested()  # the lifespan loads the bundles after this
             await super().startup(sockets)
             if self.started:
+                peers.scanned(asked)
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
                 if missed_hup:  # the bundles may have been read before the change: re-scan

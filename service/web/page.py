@@ -16,8 +16,9 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.api.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
-from service.api.uploads import Upload, openapi_body
+from service.api.uploads import openapi_body
 from service.api.v1 import ERRORS, _uploads
+from service.budgets import Upload
 from service.features import (
     FeatureParams,
     image_to_png,

@@ -147,6 +147,35 @@ _ComposeLoader.add_constructor(
 )
 
 
+# as the README runs it; Compose resolves every relative path of every file against the
+# project directory, by default the folder of the FIRST file
+REPLICAS_COMMAND = ["docker-compose.yml", "deploy/compose.replicas.yml"]
+
+
+def _compose_host_path(volume: str, project_dir: Path) -> Path | None:
+    """The host side of a short-syntax bind mount as Compose resolves it (None for a named
+    volume or one from a variable)."""
+    source = volume.split(":")[0]
+    if source.startswith("$") or not source.startswith((".", "/", "~")):
+        return None
+    return (project_dir / source).resolve()
+
+
+def test_compose_replicas_mounts_resolve_from_the_project_directory() -> None:
+    project_dir = (REPO / REPLICAS_COMMAND[0]).parent
+    checked = 0
+    for name in REPLICAS_COMMAND:
+        doc = yaml.load((REPO / name).read_text(), Loader=_ComposeLoader)
+        for svc in doc["services"].values():
+            for volume in svc.get("volumes", []):
+                host = _compose_host_path(volume, project_dir)
+                if host is not None:
+                    checked += 1
+                    # a missing file would be created as an empty folder and mounted
+                    assert host.is_file() or host.is_dir(), f"{name}: {volume} → {host}"
+    assert checked >= 1  # the nginx template at least
+
+
 def test_compose_replicas_layout_is_stateless_with_read_only_bundles() -> None:
     base = yaml.load((REPO / "docker-compose.yml").read_text(), Loader=_ComposeLoader)
     over = yaml.load((DEPLOY / "compose.replicas.yml").read_text(), Loader=_ComposeLoader)
@@ -163,6 +192,6 @@ def test_compose_replicas_layout_is_stateless_with_read_only_bundles() -> None:
     (published,) = lb["ports"]
     assert published.endswith(":8080")
     (conf_mount,) = lb["volumes"]
-    conf = (DEPLOY / conf_mount.split(":")[0]).read_text()
+    conf = (REPO / conf_mount.split(":")[0]).read_text()  # the project directory's
     assert "listen 8080;" in conf
     assert "set $auscult http://auscult:${AUSCULT_PORT};" in conf and "resolver " in conf

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as training/__init__.py
 
 
 # What the scoring encoder outputs: one or more parts joined by "+", concatenated in order.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import harmonic_mean
@@ -39,7 +40,18 @@ def load_windows(
     clip each window belongs to). With codec_copies, each audio clip i also contributes the
     windows of a lossy-codec round trip of itself (training.augment), as clip i + len(clips).
     Raises DatasetError listing unreadable files."""
-    blocks, owners, bad = [], [], []
+    images, owners, bad = read_windows(clips, params, desc, codec_copies)
+    if bad:
+        raise DatasetError(describe_unreadable(clips, bad))
+    return images, owners
+
+
+def read_windows(
+    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """As `load_windows`, but an unreadable clip is left out (it has no windows) and
+    reported: → (images, owners, {clip index: reason})."""
+    blocks, owners, bad = [], [], {}
     for i, clip in enumerate(tqdm(clips, desc=desc, unit="clip", leave=False)):
         try:
             images = load_file(str(clip.path), params).images
@@ -48,14 +60,38 @@ def load_windows(
                 blocks.append(copy)
                 owners.append(np.full(len(copy), i + len(clips)))
         except Exception as e:
-            bad.append(f"{clip.path.name} ({e})")
+            bad[i] = str(getattr(e, "message", e))
             continue
         blocks.append(images)
         owners.append(np.full(len(images), i))
-    if bad:
-        shown = "; ".join(bad[:10]) + (f"; … {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise DatasetError(f"{len(bad)} unreadable file(s): {shown}")
-    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
+    if not blocks:
+        return np.zeros((0, params.height, params.width), np.float32), np.zeros(0, int), bad
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners), bad
+
+
+def describe_unreadable(clips: list[Clip], bad: dict[int, str], shown: int = 10) -> str:
+    """One line: how many files could not be read, the first `shown` with their reasons."""
+    items = [f"{clips[i].path.name} ({reason})" for i, reason in bad.items()]
+    more = f"; … {len(items) - shown} more" if len(items) > shown else ""
+    return f"{len(items)} unreadable file(s): {'; '.join(items[:shown])}{more}"
+
+
+def drop_unreadable(
+    clips: list[Clip], owners: np.ndarray, bad: dict[int, str]
+) -> tuple[list[Clip], np.ndarray]:
+    """The clips without the unreadable ones, and the windows' owners renumbered to match
+    (a codec copy of clip i, owner i + n, becomes new_i + n_kept)."""
+    n = len(clips)
+    kept = [i for i in range(n) if i not in bad]
+    rank = np.full(n, -1)
+    rank[kept] = np.arange(len(kept))
+    new_owners = rank[owners % n] + len(kept) * (owners >= n)
+    return [clips[i] for i in kept], new_owners
+
+
+def tqdm_write(line: str) -> None:
+    """A line on stderr that does not break a progress bar."""
+    tqdm.write(line, file=sys.stderr)
 
 
 def clip_scores(
@@ -68,9 +104,17 @@ def clip_scores(
 
 def score_clips(runtime: AnomalyRuntime, clips: list[Clip], batch: int = 256) -> ScoredClips:
     """Every clip scored as the service scores it when a request names no condition: its
-    windows, then its verdict."""
+    windows, then its verdict. An unreadable clip is left out (of the result too) with a
+    warning naming it."""
     assert runtime.manifest is not None
-    images, owners = load_windows(clips, runtime.manifest.features, "features (test)")
+    images, owners, bad = read_windows(clips, runtime.manifest.features, "features (test)")
+    for i, reason in bad.items():  # scored clips only: the metrics leave them out
+        tqdm_write(f"warning: skipped unreadable test file {clips[i].path.name} ({reason})")
+    if bad:
+        kept, owners = drop_unreadable(clips, owners, bad)
+        if not kept:
+            raise DatasetError(describe_unreadable(clips, bad) + "; no test clip left")
+        clips = kept
     windows = np.concatenate(
         [runtime.score(images[i : i + batch]) for i in range(0, len(images), batch)]
     )

@@ -30,7 +30,14 @@ from training import export
 from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
-from training.anomaly.evaluate import evaluate, load_windows
+from training.anomaly.evaluate import (
+    describe_unreadable,
+    drop_unreadable,
+    evaluate,
+    load_windows,
+    read_windows,
+    tqdm_write,
+)
 from training.augment import codec_copy_format
 from training.datasets import (
     DatasetError,
@@ -51,6 +58,22 @@ class FitResult:
     bundle_dir: Path
     seconds: float
     evaluation: dict[str, Any] | None
+    clips: int = 0  # training clips fitted on
+    skipped: tuple[str, ...] = ()  # unreadable training files left out, "name (reason)"
+    epochs: int = 0
+
+    def summary(self) -> str:
+        """One line for the end of `python -m training fit`."""
+        skipped = f", {len(self.skipped)} unreadable skipped" if self.skipped else ""
+        return (
+            f"bundle written to {self.bundle_dir} in {self.seconds:.1f} s "
+            f"({self.clips} clips{skipped}, {self.epochs} epochs)"
+        )
+
+
+def stage(what: str) -> None:
+    """A line on stderr as a long step of the fit starts (between progress bars)."""
+    tqdm_write(f"fit: {what} …")
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -123,6 +146,7 @@ def fit(
     group_by: str | None = None,
     stretch_seconds: float = calibration.STRETCH_SECONDS,
     kmeans_thresholds: bool = False,
+    strict_files: bool = False,
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
@@ -145,6 +169,8 @@ def fit(
     statistic is its worst `stretch_seconds`. `kmeans_thresholds` moves the thresholds to
     KMeans boundaries of the labelled test scores instead (the seed's method; opt-in).
     `aggregation` is recorded for bundles read without a calibration.
+    An unreadable training file is left out with a warning on stderr naming it (DatasetError
+    with `strict_files`).
     """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
@@ -156,17 +182,34 @@ def fit(
         window_seconds = None  # a picture is one window of the model's size
     params = params.model_copy(update={"window_seconds": window_seconds})
     params = FeatureParams.model_validate(params.model_dump())  # re-check the new fields
-    tr_idx, val_idx = split_heldout(len(train), cfg.validation_fraction, cfg.seed)
+    if len(train) < 4:  # before reading any: fails as fast as it can
+        split_heldout(len(train), cfg.validation_fraction, cfg.seed)
 
     fit_params = params
     if window_seconds is not None:
         fit_params = params.model_copy(update={"window_hop_seconds": fit_hop_seconds})
-    images, owners = load_windows(train, fit_params, "features (train)", codec_copies)
+    copies = " and their ogg/mp3 copies" if codec_copies else ""
+    stage(f"features of {len(train)} training clips{copies}")
+    images, owners, bad = read_windows(train, fit_params, "features (train)", codec_copies)
+    skipped = tuple(f"{train[i].path.name} ({reason})" for i, reason in bad.items())
+    if bad and strict_files:
+        raise DatasetError(describe_unreadable(train, bad))
+    for item in skipped:
+        tqdm_write(f"warning: skipped unreadable file {item}")
+    if bad:
+        train, owners = drop_unreadable(train, owners, bad)
+        if len(train) < 4:
+            raise DatasetError(
+                f"need at least 4 readable normal training clips, found {len(train)} "
+                f"({len(bad)} unreadable skipped)"
+            )
+    tr_idx, val_idx = split_heldout(len(train), cfg.validation_fraction, cfg.seed)
     source = owners % len(train)  # a codec copy belongs with its clip
     tr_w, val_w = np.isin(source, tr_idx), np.isin(source, val_idx)
     original = owners < len(train)
     model = fit_autoencoder(images[tr_w], images[val_w], cfg)
 
+    stage("exporting the encoder and the autoencoder to ONNX")
     encoder_onnx = export.to_onnx(model.encoder, "spectrogram", "latent")
     autoencoder_onnx = export.to_onnx(model.autoencoder, "spectrogram", "reconstruction")
     probe = images[: min(8, len(images))][..., None]
@@ -183,6 +226,7 @@ def fit(
             ]
         )
 
+    stage(f"encoding {len(images)} windows with the exported encoder")
     latents = encode(images)
     widths = scoring_encoder_parts(model.autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
     if fusion == "concat" or len(widths) == 1:
@@ -193,6 +237,7 @@ def fit(
             latents[rows], widths, pca_components, pca_selection, shrinkage, max_components
         )
 
+    stage("fitting PCA and the covariance of every part")
     arrays, parts, part_fits = fit_on(tr_w)
     parts = mahalanobis.standardise(parts, part_distances(latents[val_w], arrays, parts))
 
@@ -220,6 +265,7 @@ def fit(
             for p, w in zip(fold_parts, weights, strict=True)
         ]
 
+    stage(f"calibrating the levels: the detector cross-fitted over {clip_fold.max() + 1} folds")
     raw_heldout = calibration.crossfit_scores(
         latents,
         source,
@@ -258,6 +304,7 @@ def fit(
 
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
+        stage("refitting the detector on every training clip")
         detector_rows = np.ones(len(latents), bool)
         arrays, parts, part_fits = fit_on(detector_rows)
         parts = [
@@ -286,6 +333,7 @@ def fit(
     train_scores = bundle_scores(train_ids)
     window_counts = np.bincount(owners[original], minlength=len(train))
 
+    stage("writing the bundle")
     keras_bytes = keras_model_bytes(model.autoencoder)
 
     out_dir = Path(out_dir)
@@ -353,6 +401,8 @@ def fit(
 
     evaluation = None
     test = labelled_test_clips(clips)
+    if run_evaluation and test:
+        stage(f"evaluating on {len(test)} labelled test clips")
     if run_evaluation and test and kmeans_thresholds:
         _metrics, scored = evaluate(Path(data_dir), out_dir, write=False)
         labelled = np.array([c.label is not None for c in scored.clips])
@@ -368,4 +418,4 @@ def fit(
     seconds = time.perf_counter() - start
     manifest = read_manifest(out_dir)
     update_bundle(out_dir, {}, training={**manifest.training, "fit_seconds": round(seconds, 1)})
-    return FitResult(out_dir, seconds, evaluation)
+    return FitResult(out_dir, seconds, evaluation, len(train), skipped, model.epochs_run)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,18 +20,10 @@ from service.models.bundle import Manifest, update_bundle
 from service.models.runtimes import ClassifierRuntime, open_runtime
 from training.classifier.data import (
     LabelledClip,
-    group_folds,
     label_key,
     load_images,
-    ordered_labels,
-    split_validation,
 )
 from training.datasets import DatasetError
-
-if TYPE_CHECKING:
-    from service.features import FeatureParams
-    from training.augment import AugmentConfig
-    from training.classifier.network import ClassifierConfig, FitSet
 
 
 def open_classifier(bundle_dir: Path) -> ClassifierRuntime:
@@ -85,71 +77,6 @@ def classification_metrics(
         },
         "confusion": confusion_matrix(y_true, y_pred, labels=idx).tolist(),
         "groups": groups,
-    }
-
-
-def leave_one_group_out(
-    clips: list[LabelledClip],
-    key: str,
-    params: FeatureParams,
-    cfg: ClassifierConfig,
-    aug: AugmentConfig,
-    only: tuple[str, ...] | None = None,
-    extra: FitSet | None = None,
-) -> dict[str, Any]:
-    """Fit the recipe once per value of group `key` (or only those in `only`) on the clips
-    of all other values (train and test splits alike; cfg.validation_fraction of them for
-    early stopping) and score the held-out clips with the Keras model on the service's
-    features. `extra` (network.extra_fit_set: clips that only ever train, e.g. synthetic
-    voices) joins every fold's fit set: never its validation, never a fold of its own.
-
-    → {"group", "folds": {value: {"accuracy", "n", "epochs", "best_epoch"}}, "mean" (of
-    the fold accuracies), "worst", "worst_group", "seconds"}."""
-    import time
-
-    from training.classifier.network import (
-        augmented_copies,
-        predict_keras,
-        train,
-        with_extra,
-    )
-
-    start = time.perf_counter()
-    folds = group_folds(clips, key)  # checks the groups before any feature is computed
-    if only:
-        unknown = sorted(set(only) - {value for value, _, _ in folds})
-        if unknown:
-            raise DatasetError(f"--loso-groups: no {key} {', '.join(unknown)}")
-        folds = [f for f in folds if f[0] in only]
-    labels = ordered_labels(clips)
-    images = load_images(clips, params, "features (all)")
-    copies = augmented_copies(clips, params, aug, cfg.seed)
-    y = np.array([labels.index(c.label) for c in clips])
-    results: dict[str, dict[str, Any]] = {}
-    for value, train_idx, test_idx in folds:
-        fit_i, val_i = split_validation(y[train_idx], cfg.validation_fraction, cfg.seed)
-        fit_i, val_i = train_idx[fit_i], train_idx[val_i]
-        x_fit, y_fit, c_fit = with_extra(
-            images[fit_i], y[fit_i], None if copies is None else copies[fit_i], extra
-        )
-        trained = train(x_fit, y_fit, images[val_i], y[val_i], len(labels), cfg, aug, c_fit, params)
-        pred = predict_keras(trained.model, images[test_idx]).argmax(axis=1)
-        results[value] = {
-            "accuracy": float((pred == y[test_idx]).mean()),
-            "n": len(test_idx),
-            "epochs": trained.epochs_run,
-            "best_epoch": trained.best_epoch,
-        }
-        print(f"leave-one-{key}-out: {value} {results[value]['accuracy']:.4f}", flush=True)
-    accs = {v: r["accuracy"] for v, r in results.items()}
-    worst = min(accs, key=lambda v: accs[v])
-    return {
-        "group": key,
-        "folds": results,
-        "mean": float(np.mean(list(accs.values()))),
-        "worst": accs[worst],
-        "worst_group": worst,
-        "seconds": round(time.perf_counter() - start, 1),
     }
 
 

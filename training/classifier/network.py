@@ -27,10 +27,12 @@ from training.classifier.data import (
     LabelledClip,
     discover_extra,
     discover_labelled,
+    group_folds,
     load_images,
     ordered_labels,
     split_validation,
 )
+from training.classifier.evaluate import evaluate_classifier
 from training.datasets import DatasetError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -384,6 +386,62 @@ def export_checked(model: Any, probe: np.ndarray) -> tuple[bytes, float]:
     return onnx_bytes, diff
 
 
+def leave_one_group_out(
+    clips: list[LabelledClip],
+    key: str,
+    params: FeatureParams,
+    cfg: ClassifierConfig,
+    aug: AugmentConfig,
+    only: tuple[str, ...] | None = None,
+    extra: FitSet | None = None,
+) -> dict[str, Any]:
+    """Fit the recipe once per value of group `key` (or only those in `only`) on the clips
+    of all other values (train and test splits alike; cfg.validation_fraction of them for
+    early stopping) and score the held-out clips with the Keras model on the service's
+    features. `extra` (network.extra_fit_set: clips that only ever train, e.g. synthetic
+    voices) joins every fold's fit set: never its validation, never a fold of its own.
+
+    → {"group", "folds": {value: {"accuracy", "n", "epochs", "best_epoch"}}, "mean" (of
+    the fold accuracies), "worst", "worst_group", "seconds"}."""
+    start = time.perf_counter()
+    folds = group_folds(clips, key)  # checks the groups before any feature is computed
+    if only:
+        unknown = sorted(set(only) - {value for value, _, _ in folds})
+        if unknown:
+            raise DatasetError(f"--loso-groups: no {key} {', '.join(unknown)}")
+        folds = [f for f in folds if f[0] in only]
+    labels = ordered_labels(clips)
+    images = load_images(clips, params, "features (all)")
+    copies = augmented_copies(clips, params, aug, cfg.seed)
+    y = np.array([labels.index(c.label) for c in clips])
+    results: dict[str, dict[str, Any]] = {}
+    for value, train_idx, test_idx in folds:
+        fit_i, val_i = split_validation(y[train_idx], cfg.validation_fraction, cfg.seed)
+        fit_i, val_i = train_idx[fit_i], train_idx[val_i]
+        x_fit, y_fit, c_fit = with_extra(
+            images[fit_i], y[fit_i], None if copies is None else copies[fit_i], extra
+        )
+        trained = train(x_fit, y_fit, images[val_i], y[val_i], len(labels), cfg, aug, c_fit, params)
+        pred = predict_keras(trained.model, images[test_idx]).argmax(axis=1)
+        results[value] = {
+            "accuracy": float((pred == y[test_idx]).mean()),
+            "n": len(test_idx),
+            "epochs": trained.epochs_run,
+            "best_epoch": trained.best_epoch,
+        }
+        print(f"leave-one-{key}-out: {value} {results[value]['accuracy']:.4f}", flush=True)
+    accs = {v: r["accuracy"] for v, r in results.items()}
+    worst = min(accs, key=lambda v: accs[v])
+    return {
+        "group": key,
+        "folds": results,
+        "mean": float(np.mean(list(accs.values()))),
+        "worst": accs[worst],
+        "worst_group": worst,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def fit_classifier(
     data_dir: Path,
     out_dir: Path,
@@ -400,12 +458,11 @@ def fit_classifier(
     """Fit a classifier bundle on the train split of data_dir, write it to out_dir and
     evaluate it (through the service runtime) on the test split, or on the validation
     clips when there is no test split. With `loso` (a group key, e.g. "speaker") the same
-    recipe is first measured leave-one-group-out on all clips (training.classifier.evaluate);
+    recipe is first measured leave-one-group-out on all clips (`leave_one_group_out`);
     the figures go into the manifest's evaluation and the report. Clips under `extra_dir`
     (labelled by the same pattern) are added to every fit set, never to a validation, test
     or held-out set."""
     from training.anomaly.fit import library_versions
-    from training.classifier.evaluate import evaluate_classifier, leave_one_group_out
 
     start = time.perf_counter()
     cfg = cfg or ClassifierConfig()

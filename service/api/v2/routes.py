@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import RegistryDep, ScorerDep, SettingsDep, require_api_key
-from service.api.uploads import Lease, Upload, body_deadline, read_body
+from service.api.uploads import body_deadline, read_body
 from service.api.v2.codec import (
     HEADER_LENGTH,
     InvalidInference,
@@ -36,6 +36,7 @@ from service.api.v2.schemas import (
     TensorMetadata,
     V2Error,
 )
+from service.budgets import Lease, Upload
 from service.errors import (
     AuscultError,
     BatchTooLarge,
