@@ -14,7 +14,7 @@ from service.settings import Settings, load_settings
 EPILOG = """Everything else is set with AUSCULT_* environment variables, e.g.
 AUSCULT_ARTIFACTS_DIR (the bundles' folder, default ./artifacts), AUSCULT_DEFAULT_MODEL,
 AUSCULT_WORKERS, AUSCULT_API_KEYS, AUSCULT_ADMIN_KEYS, AUSCULT_LOG_LEVEL: the full list,
-with defaults, is service/settings.py (README, "Configuration")."""
+with defaults, is service/settings.py (docs/operations.md, "Configuration")."""
 
 
 def _port(text: str) -> int:

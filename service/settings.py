@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     max_buffered_bytes: int = Field(256 * 1024 * 1024, gt=0)
     """Upload bytes held in memory by all requests together; a request that would cross it
     gets 503 overloaded. With the per-file working set this bounds the service's memory
-    (README, "Limits and timeouts")."""
+    (docs/operations.md, "Limits and timeouts")."""
 
     max_json_values: int = Field(1 << 20, gt=0)
     """Most array values in one v2 JSON request (counted before it is parsed: each JSON

@@ -8,7 +8,7 @@ logs and metrics are the same as through FastAPI. What it skips is FastAPI's dis
 routing through the middleware stack of the router, dependency solving and the response
 model's re-validation of a result that is already a validated model; measured, that was
 ~0.4 ms of event-loop CPU per request, a third of what the HTTP layer cost
-(bench/README.md, issue 14). Every other request, and any other method on these paths,
+(docs/archive/experiments.md, issue 14). Every other request, and any other method on these paths,
 goes through FastAPI unchanged; the FastAPI routes also still describe these endpoints in
 the OpenAPI document.
 """

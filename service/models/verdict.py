@@ -1,7 +1,7 @@
 """What a level means: a clip's window scores → its calibrated score, level, worst stretch
 and operating condition (manifest `calibration`, fitted by training.anomaly.calibration).
 
-The contract (README "What a level means"): a healthy clip from a recording the detector
+The contract (docs/levels.md, "What a level means"): a healthy clip from a recording the detector
 never saw reaches `needs_maintenance` with probability `false_alarm_rate` and `severe` with
 `severe_rate`, whatever its length and whichever known condition it was recorded under.
 

@@ -50,7 +50,7 @@ log = logging.getLogger("auscult.training")
 PARITY_TOLERANCE = 1e-4
 DetectorClips = Literal["all", "fit"]
 Fusion = Literal["scores", "concat"]
-WINDOW_SECONDS = 1.0  # the default window (bench/README.md: chosen on digits and synth)
+WINDOW_SECONDS = 1.0  # the default window (docs/archive/experiments.md: chosen on digits and synth)
 
 
 @dataclass
