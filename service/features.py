@@ -294,7 +294,8 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     """A classifier's recording (n,) at params.sample_rate, longer than its clip, from
     params.onset_margin_s before its onset (from_onset), so the word is inside the clip. One
     that fits is kept as recorded, as the model learnt such clips (fsdd's are cut around
-    the word by their speakers; docs/archive/experiments.md has what aligning those too measured)."""
+    the word by their speakers; docs/archive/experiments.md has what aligning those too
+    measured)."""
     margin, clip = params.onset_margin_s, params.clip_seconds
     if margin is None or clip is None or audio.shape[0] <= params.clip_samples:
         return audio
