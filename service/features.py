@@ -301,6 +301,48 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     return from_onset(audio, params.sample_rate, margin, clip)
 
 
+BANDWIDTH_DROP_DB = 30.0  # a codec's low-pass leaves the top this far below the band under it
+BANDWIDTH_BELOW_HZ = 500.0  # the band under a candidate edge, whose median level is compared
+BANDWIDTH_GAP_HZ = 300.0  # a low-pass filter's transition (the edge is its middle)
+BANDWIDTH_ACTIVE_DB = 40.0  # frames this far below the loudest are silence, not spectrum
+
+
+def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) -> float | None:
+    """(n,) float32 at sample_rate → the highest frequency (Hz) the sound carries, or None for
+    silence or a clip shorter than n_fft.
+
+    The mean power spectrum of the clip's non-silent frames (within 40 dB of the loudest),
+    in dB; the edge is the middle of the highest 300-Hz gap above which everything (5-bin
+    averages) lies at least 30 dB below the median level of the 500 Hz under the gap: the
+    cliff a lossy codec's low-pass (or a lower recording rate) leaves. A spectrum without
+    such a cliff (a lossless recording, however dull its top) has the full band:
+    sample_rate / 2.
+    """
+    hop = n_fft  # frames side by side: the spectrum's average, at a quarter of the STFT's cost
+    n = (audio.shape[0] - n_fft) // hop + 1
+    if n < 1:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop][:n]
+    power = np.abs(scipy.fft.rfft(frames * _window(n_fft), axis=1)) ** 2
+    energy = power.sum(axis=1)
+    active = energy >= max(float(energy.max()) * 10 ** (-BANDWIDTH_ACTIVE_DB / 10), 1e-10)
+    if not active.any():
+        return None
+    level = 10 * np.log10(power[active].mean(axis=0, dtype=np.float64) + 1e-20)
+    bin_hz = sample_rate / n_fft
+    below, gap = (
+        max(1, round(BANDWIDTH_BELOW_HZ / bin_hz)),
+        max(1, round(BANDWIDTH_GAP_HZ / bin_hz)),
+    )
+    # the loudest of every suffix level[j:] (averaged over 5 bins: one stray bin is no band)
+    smooth = np.convolve(level, np.ones(5) / 5, mode="same")
+    tops = np.maximum.accumulate(smooth[::-1])[::-1]
+    for k in range(len(level) - gap - 3, below, -1):
+        if float(np.median(level[k - below : k])) - tops[k + gap] >= BANDWIDTH_DROP_DB:
+            return (k + gap / 2) * bin_hz
+    return sample_rate / 2
+
+
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
     """Zero-pad or trim the end of a (n,) clip to exactly n_samples."""
     if audio.shape[0] >= n_samples:
