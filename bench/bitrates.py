@@ -6,7 +6,7 @@ HTTP API gives the same levels):
     .venv/bin/python bench/bitrates.py --model artifacts/gearbox --seed 7 --clips 4
 
 Per codec and rate: the file's real kbit/s, the decoded sound's effective bandwidth
-(service.features.effective_bandwidth, median over the clips), the healthy clips' median and
+(service.features.input_bandwidth, median over the healthy clips), the healthy clips' median and
 highest score and their levels (normal / needs_maintenance / severe), and the share of
 faulty clips still caught (not `normal`). The encoders are libsndfile's own (the soundfile
 wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz; libvorbis has no bitrate
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from service.features import decode_audio, effective_bandwidth, prepare, resample
+from service.features import prepare
 from service.models.runtimes import AnomalyRuntime, open_runtime
 from training.augment import encode_at
 from training.synth import generate
@@ -68,16 +68,16 @@ def encoders() -> dict[str, Callable[[np.ndarray, int], bytes]]:
 
 
 def judge(runtime: AnomalyRuntime, data: bytes) -> dict[str, Any]:
-    """One upload's score, level and warning codes, as the service gives them."""
+    """One upload's score, level, warning codes and bandwidth, as the service gives them."""
     assert runtime.manifest is not None
     p = prepare(data, runtime.manifest.features)
-    v = runtime.verdict(runtime.score(p.images), None, p.format)
-    return {"score": v.score, "level": v.level, "warnings": []}
-
-
-def bandwidth(data: bytes, sample_rate: int) -> float | None:
-    a = decode_audio(data)
-    return effective_bandwidth(resample(a.samples, a.sample_rate, sample_rate), sample_rate)
+    v = runtime.verdict(runtime.score(p.images), None, p.format, bandwidth_hz=p.bandwidth_hz)
+    return {
+        "score": v.score,
+        "level": v.level,
+        "warnings": [w.code for w in v.warnings],
+        "bandwidth_hz": p.bandwidth_hz,
+    }
 
 
 def table(runtime: AnomalyRuntime, seed: int, n_clips: int, tmp: Path) -> list[dict[str, Any]]:
@@ -98,7 +98,7 @@ def table(runtime: AnomalyRuntime, seed: int, n_clips: int, tmp: Path) -> list[d
             r = judge(runtime, blob)
             (faulty if is_fault else healthy).append(r)
             if not is_fault:
-                bws.append(bandwidth(blob, runtime.manifest.features.sample_rate))
+                bws.append(r["bandwidth_hz"])
         scores = np.array([r["score"] for r in healthy])
         known = [b for b in bws if b is not None]
         rows.append(

@@ -343,6 +343,31 @@ def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) 
     return sample_rate / 2
 
 
+def top_band_centre(params: FeatureParams) -> float:
+    """The centre (Hz) of the highest mel band the model reads: an input whose bandwidth
+    ends below it leaves at least that band empty."""
+    fmax = float(params.sample_rate) / 2 if params.fmax is None else params.fmax
+    lo, hi = _hz_to_mel(np.array([float(params.fmin), fmax]))
+    return float(_mel_to_hz(np.linspace(lo, hi, params.n_mels + 2))[params.n_mels])
+
+
+BANDWIDTH_MAX_FRAMES = 256  # a long clip's spectrum from this many frames spread over it
+
+
+def input_bandwidth(audio: np.ndarray, sample_rate: int, params: FeatureParams) -> float | None:
+    """A decoded clip (n,) at its own rate → the highest frequency (Hz) it carries once at
+    the model's rate (at most params.sample_rate / 2), None for silence: the effective
+    bandwidth of the frames a ~64-ms FFT makes at the clip's rate, at most
+    BANDWIDTH_MAX_FRAMES of them spread over a long clip."""
+    n_fft = 1 << max(8, round(np.log2(0.064 * sample_rate)))
+    n = audio.shape[0] // n_fft
+    if n > BANDWIDTH_MAX_FRAMES:
+        starts = np.linspace(0, (n - 1) * n_fft, BANDWIDTH_MAX_FRAMES).astype(np.int64)
+        audio = audio[starts[:, None] + np.arange(n_fft)].reshape(-1)
+    edge = effective_bandwidth(audio, sample_rate, n_fft)
+    return None if edge is None else min(edge, params.sample_rate / 2)
+
+
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
     """Zero-pad or trim the end of a (n,) clip to exactly n_samples."""
     if audio.shape[0] >= n_samples:
@@ -588,6 +613,7 @@ class Prepared:
     sample_rate: int | None
     channels: int | None
     spans: list[tuple[float, float]] | None = None  # (start_s, end_s) per window; audio only
+    bandwidth_hz: float | None = None  # input_bandwidth; audio only (None: silence too)
 
     @property
     def image(self) -> np.ndarray:
@@ -608,7 +634,10 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
             f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
         )
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
-    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    return Prepared(
+        images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans, bandwidth
+    )
 
 
 def load_file(path: str, params: FeatureParams, max_seconds: float | None = None) -> Prepared:

@@ -34,6 +34,7 @@ from service.features import (
     audio_to_windows,
     decode_audio,
     decode_image,
+    input_bandwidth,
     sniff,
 )
 
@@ -118,7 +119,10 @@ def prepare_bounded(
     audio = decode_bounded(data, params, limits, budget)
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
     check_finite_images(images)
-    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    return Prepared(
+        images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans, bandwidth
+    )
 
 
 def decode_bounded(

@@ -26,6 +26,7 @@ never saw reaches `needs_maintenance` with probability `false_alarm_rate` and `s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from service.errors import BundleError
+from service.features import FeatureParams, top_band_centre
 
 ConditionSource = Literal["request", "nearest", "only"]
 LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `codec_tails` of their format
@@ -112,6 +114,14 @@ class LevelCalibration(BaseModel):
 
 
 @dataclass(frozen=True)
+class InputWarning:
+    """Something about the input that limits what its verdict can say."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     score: float
     level: str
@@ -119,6 +129,34 @@ class Verdict:
     condition_source: ConditionSource
     window_scores: np.ndarray  # (n_windows,) in the reference condition's units
     worst: tuple[int, int]  # window indices [first, last] of the worst stretch
+    warnings: tuple[InputWarning, ...] = ()
+
+
+def bandwidth_warning(bandwidth_hz: float | None, features: FeatureParams) -> InputWarning | None:
+    """A `low_bandwidth` warning when the input's effective bandwidth (features.
+    input_bandwidth) ends below the centre of the highest mel band the model reads (a lossy
+    codec's low-pass at a low bitrate, or a recording at a low sample rate): those bands
+    are empty, so the score measures what is missing as much as the machine."""
+    top = top_band_centre(features)
+    if bandwidth_hz is None or bandwidth_hz >= top:
+        return None
+    fitted = float(features.fmax if features.fmax is not None else features.sample_rate / 2)
+    return InputWarning(
+        "low_bandwidth",
+        f"the input carries sound up to ~{bandwidth_hz / 1000:.1f} kHz; the model was fitted "
+        f"on sound up to {fitted / 1000:.1f} kHz, so its top bands are empty here: the level "
+        "is at most needs_maintenance (send a higher bitrate or sample rate to judge it)",
+    )
+
+
+def limited_by_input(v: Verdict, bandwidth_hz: float | None, features: FeatureParams) -> Verdict:
+    """The verdict of an input with a `low_bandwidth` warning: never `severe` (the missing
+    bands alone can put a healthy clip there); the score is kept as it is."""
+    warning = bandwidth_warning(bandwidth_hz, features)
+    if warning is None:
+        return v
+    level = "needs_maintenance" if v.level == "severe" else v.level
+    return dataclasses.replace(v, level=level, warnings=(*v.warnings, warning))
 
 
 def spread(raw: np.ndarray) -> tuple[float, float]:

@@ -30,5 +30,7 @@ async def test_score_returns_a_typed_result(client) -> None:  # type: ignore[no-
         "duration_s": 1.0,
         "sample_rate": 16000,
         "channels": 1,
+        "bandwidth_hz": 8000.0,
     }
+    assert body["warnings"] == []
     assert "x-request-id" in r.headers
