@@ -71,7 +71,9 @@ def judge(runtime: AnomalyRuntime, data: bytes) -> dict[str, Any]:
     """One upload's score, level, warning codes and bandwidth, as the service gives them."""
     assert runtime.manifest is not None
     p = prepare(data, runtime.manifest.features)
-    v = runtime.verdict(runtime.score(p.images), None, p.format, bandwidth_hz=p.bandwidth_hz)
+    v = runtime.verdict(
+        runtime.score(p.images), None, p.format, None, p.bandwidth_hz, p.bitrate_kbps
+    )
     return {
         "score": v.score,
         "level": v.level,

@@ -33,6 +33,7 @@ PREPARED_SCHEMA = pa.schema(
         ("spans", pa.list_(pa.float64())),
         ("format", pa.string()),
         ("bandwidth_hz", pa.float64()),
+        ("bitrate_kbps", pa.float64()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
     ]
@@ -72,13 +73,13 @@ def prepare_table(
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for file, data in zip(files, datas, strict=True):
         code = message = None
-        duration = images = spans = fmt = bandwidth = None
+        duration = images = spans = fmt = bandwidth = kbps = None
         try:
             p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
             duration = round(p.duration_s, 4) if p.duration_s is not None else None
             images = np.ascontiguousarray(p.images, np.float32)
             spans = None if p.spans is None else [t for span in p.spans for t in span]
-            fmt, bandwidth = p.format, p.bandwidth_hz
+            fmt, bandwidth, kbps = p.format, p.bandwidth_hz, p.bitrate_kbps
         except Exception as e:
             code, message = _error(e)
         cols["file"].append(file)
@@ -88,6 +89,7 @@ def prepare_table(
         cols["spans"].append(spans)
         cols["format"].append(fmt)
         cols["bandwidth_hz"].append(bandwidth)
+        cols["bitrate_kbps"].append(kbps)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
@@ -114,7 +116,12 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
         code, message = r["error_code"], r["error_message"]
         if code is None:
             raw = score_of[id(r)]
-            v = runtime.verdict(raw, fmt=r["format"], bandwidth_hz=r["bandwidth_hz"])
+            v = runtime.verdict(
+                raw,
+                fmt=r["format"],
+                bandwidth_hz=r["bandwidth_hz"],
+                bitrate_kbps=r["bitrate_kbps"],
+            )
             if math.isfinite(v.score) and np.isfinite(raw).all():
                 score, level = v.score, v.level
                 warnings = [w.code for w in v.warnings]

@@ -303,7 +303,8 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
 
 BANDWIDTH_DROP_DB = 30.0  # a codec's low-pass leaves the top this far below the band under it
 BANDWIDTH_BELOW_HZ = 500.0  # the band under a candidate edge, whose median level is compared
-BANDWIDTH_GAP_HZ = 300.0  # a low-pass filter's transition (the edge is its middle)
+BANDWIDTH_GAP_HZ = 300.0  # a low-pass filter's transition, skipped above a candidate
+BANDWIDTH_EDGE_DB = 10.0  # the edge: where the level has fallen this far
 BANDWIDTH_ACTIVE_DB = 40.0  # frames this far below the loudest are silence, not spectrum
 
 
@@ -312,11 +313,11 @@ def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) 
     silence or a clip shorter than n_fft.
 
     The mean power spectrum of the clip's non-silent frames (within 40 dB of the loudest),
-    in dB; the edge is the middle of the highest 300-Hz gap above which everything (5-bin
-    averages) lies at least 30 dB below the median level of the 500 Hz under the gap: the
-    cliff a lossy codec's low-pass (or a lower recording rate) leaves. A spectrum without
-    such a cliff (a lossless recording, however dull its top) has the full band:
-    sample_rate / 2.
+    in dB. A cliff is a frequency k above which, past a 300-Hz transition, everything
+    (5-bin averages) lies at least 30 dB below the median level of the 500 Hz under k: what
+    a lossy codec's low-pass (or a lower recording rate) leaves. The edge of the highest
+    cliff is its last frequency within 10 dB of that level. A spectrum without a cliff (a
+    lossless recording, however dull its top) has the full band: sample_rate / 2.
     """
     hop = n_fft  # frames side by side: the spectrum's average, at a quarter of the STFT's cost
     n = (audio.shape[0] - n_fft) // hop + 1
@@ -338,17 +339,33 @@ def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) 
     smooth = np.convolve(level, np.ones(5) / 5, mode="same")
     tops = np.maximum.accumulate(smooth[::-1])[::-1]
     for k in range(len(level) - gap - 3, below, -1):
-        if float(np.median(level[k - below : k])) - tops[k + gap] >= BANDWIDTH_DROP_DB:
-            return (k + gap / 2) * bin_hz
+        under = float(np.median(level[k - below : k]))
+        if under - tops[k + gap] >= BANDWIDTH_DROP_DB:
+            # the cliff lies between k - below and k + gap: its edge is the last bin there
+            # within BANDWIDTH_EDGE_DB of the level under it
+            span = smooth[k - below : k + gap]
+            return float(k - below + np.flatnonzero(span >= under - BANDWIDTH_EDGE_DB)[-1]) * bin_hz
     return sample_rate / 2
+
+
+@lru_cache(maxsize=16)
+def _band_centres(
+    sample_rate: int, n_mels: int, fmin: float, fmax: float | None
+) -> tuple[float, ...]:
+    top = float(sample_rate) / 2 if fmax is None else fmax
+    lo, hi = _hz_to_mel(np.array([float(fmin), top]))
+    return tuple(float(f) for f in _mel_to_hz(np.linspace(lo, hi, n_mels + 2))[1:-1])
+
+
+def band_centres(params: FeatureParams) -> np.ndarray:
+    """(n_mels,) the centre (Hz) of every mel band, lowest first (the filterbank's peaks)."""
+    return np.array(_band_centres(params.sample_rate, params.n_mels, params.fmin, params.fmax))
 
 
 def top_band_centre(params: FeatureParams) -> float:
     """The centre (Hz) of the highest mel band the model reads: an input whose bandwidth
     ends below it leaves at least that band empty."""
-    fmax = float(params.sample_rate) / 2 if params.fmax is None else params.fmax
-    lo, hi = _hz_to_mel(np.array([float(params.fmin), fmax]))
-    return float(_mel_to_hz(np.linspace(lo, hi, params.n_mels + 2))[params.n_mels])
+    return float(band_centres(params)[-1])
 
 
 BANDWIDTH_MAX_FRAMES = 256  # a long clip's spectrum from this many frames spread over it
@@ -614,6 +631,7 @@ class Prepared:
     channels: int | None
     spans: list[tuple[float, float]] | None = None  # (start_s, end_s) per window; audio only
     bandwidth_hz: float | None = None  # input_bandwidth; audio only (None: silence too)
+    bitrate_kbps: float | None = None  # the upload's size over its duration; audio only
 
     @property
     def image(self) -> np.ndarray:
@@ -635,8 +653,17 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
         )
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
     bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    kbps = len(data) * 8 / audio.duration_s / 1000
     return Prepared(
-        images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans, bandwidth
+        images,
+        kind,
+        fmt,
+        audio.duration_s,
+        audio.sample_rate,
+        audio.channels,
+        spans,
+        bandwidth,
+        kbps,
     )
 
 

@@ -120,8 +120,17 @@ def prepare_bounded(
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
     check_finite_images(images)
     bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    kbps = len(data) * 8 / audio.duration_s / 1000
     return Prepared(
-        images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans, bandwidth
+        images,
+        kind,
+        fmt,
+        audio.duration_s,
+        audio.sample_rate,
+        audio.channels,
+        spans,
+        bandwidth,
+        kbps,
     )
 
 

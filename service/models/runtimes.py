@@ -215,6 +215,7 @@ class AnomalyRuntime(ModelRuntime):
         fmt: str | None = None,
         lossy: bool | None = None,
         bandwidth_hz: float | None = None,
+        bitrate_kbps: float | None = None,
     ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
@@ -222,7 +223,8 @@ class AnomalyRuntime(ModelRuntime):
         whether the sound went through a lossy codec (None: ogg and mp3 did; a lossless
         file that did is judged as ogg); `bandwidth_hz`: the upload's effective bandwidth
         (Prepared.bandwidth_hz; below the model's top band: a `low_bandwidth` warning and
-        never `severe`)."""
+        never `severe`); `bitrate_kbps`: the upload's (Prepared.bitrate_kbps), which picks
+        a lossy upload's tails by bitrate."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
@@ -232,12 +234,14 @@ class AnomalyRuntime(ModelRuntime):
                 codec = None
             elif lossy and codec is None:
                 codec = LOSSY_DEFAULT
-            v = verdict(raw, m.calibration, th, condition, codec)
+            kbps = bitrate_kbps if codec is not None and codec == fmt else None
+            v = verdict(raw, m.calibration, th, condition, codec, kbps)
         else:
             s = aggregate(raw, *self.aggregation)  # bundles before calibration
             worst = int(np.argmax(raw))
             v = Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))
-        return limited_by_input(v, bandwidth_hz, m.features)
+        fitted = m.calibration.min_bandwidth_hz if m.calibration is not None else None
+        return limited_by_input(v, bandwidth_hz, m.features, fitted)
 
     def clip_score(self, raw: np.ndarray) -> float:
         """One clip's raw window scores → its score (`verdict(raw).score`)."""

@@ -386,9 +386,8 @@ class Scorer:
         for it in items:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
-                v = runtime.verdict(
-                    raw, condition, it.prepared.format, lossy, it.prepared.bandwidth_hz
-                )
+                p = it.prepared
+                v = runtime.verdict(raw, condition, p.format, lossy, p.bandwidth_hz, p.bitrate_kbps)
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from service.errors import BundleError
-from service.features import FeatureParams, top_band_centre
+from service.features import FeatureParams, band_centres
 
 ConditionSource = Literal["request", "nearest", "only"]
 LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `codec_tails` of their format
@@ -49,6 +49,16 @@ class TailFit(BaseModel):
     windows: int = Field(ge=1)
     shape: float = Field(gt=0)
     scale: float = Field(gt=0)
+
+
+class RateTails(BaseModel):
+    """Tails of one lossy format at one bitrate: round trips of the held-out recordings
+    through it, at `kbps` (the copies' median size over duration, as an upload's is
+    measured)."""
+
+    format: str
+    kbps: float = Field(gt=0)
+    tails: list[TailFit]
 
 
 class ConditionCalibration(BaseModel):
@@ -66,6 +76,13 @@ class ConditionCalibration(BaseModel):
         description="the same per lossy format (ogg, mp3), measured on round trips of the "
         "clips through it (a codec's masking moves a healthy score); a format without its "
         "own: `tails`",
+    )
+    rate_tails: list[RateTails] = Field(
+        default_factory=list,
+        description="the same per lossy format and bitrate (mp3 at 128, 64 and 24 kbit/s, "
+        "Vorbis, Opus at 16 kbit/s): an upload of that format is judged by the tails of the "
+        "bitrate nearest its own (in ratio), since a low bitrate moves a healthy score far "
+        "more than a high one; without them: `codec_tails`",
     )
     source: Literal["fit", "enrolled"] = "fit"
 
@@ -85,6 +102,13 @@ class LevelCalibration(BaseModel):
     estimate: dict[str, Any] = Field(
         default_factory=dict, description="how the rates were estimated, from how much data"
     )
+    min_bandwidth_hz: float | None = Field(
+        None,
+        gt=0,
+        description="the narrowest input bandwidth (features.input_bandwidth) among the "
+        "recordings and lossy-codec copies the detector and levels were fitted on: an input "
+        "that leaves more of the top mel bands empty than they did gets `low_bandwidth`",
+    )
 
     def condition_names(self) -> list[str]:
         return [c.name for c in self.conditions]
@@ -102,7 +126,8 @@ class LevelCalibration(BaseModel):
             raise BundleError(f"calibration.reference {self.reference!r} is not a condition")
         lengths = list(range(1, self.stretch_windows + 1))
         for c in self.conditions:
-            for tails in (c.tails, *c.codec_tails.values()):
+            rated = [r.tails for r in c.rate_tails]
+            for tails in (c.tails, *c.codec_tails.values(), *rated):
                 if [t.windows for t in tails] != lengths:
                     raise BundleError(
                         "every condition's tails must cover stretches of 1..stretch_windows"
@@ -132,27 +157,49 @@ class Verdict:
     warnings: tuple[InputWarning, ...] = ()
 
 
-def bandwidth_warning(bandwidth_hz: float | None, features: FeatureParams) -> InputWarning | None:
+def bands_carried(bandwidth_hz: float, features: FeatureParams) -> int:
+    """How many of the model's mel bands, from the lowest, have their centre at or below
+    `bandwidth_hz`: the bands an input of that bandwidth fills."""
+    return int(np.searchsorted(band_centres(features), bandwidth_hz, side="right"))
+
+
+def bandwidth_warning(
+    bandwidth_hz: float | None, features: FeatureParams, fitted_hz: float | None = None
+) -> InputWarning | None:
     """A `low_bandwidth` warning when the input's effective bandwidth (features.
-    input_bandwidth) ends below the centre of the highest mel band the model reads (a lossy
-    codec's low-pass at a low bitrate, or a recording at a low sample rate): those bands
-    are empty, so the score measures what is missing as much as the machine."""
-    top = top_band_centre(features)
-    if bandwidth_hz is None or bandwidth_hz >= top:
+    input_bandwidth) fills fewer mel bands than every band the model reads (a lossy
+    codec's low-pass at a low bitrate, or a recording at a low sample rate), and fewer than
+    the narrowest input the bundle was fitted on (`fitted_hz`, calibration.min_bandwidth_hz,
+    when it knows): the empty bands make the score measure what is missing as much as the
+    machine."""
+    if bandwidth_hz is None:
         return None
-    fitted = float(features.fmax if features.fmax is not None else features.sample_rate / 2)
+    needed = features.n_mels
+    if fitted_hz is not None:
+        needed = min(needed, bands_carried(fitted_hz, features))
+    if bands_carried(bandwidth_hz, features) >= needed:
+        return None
+    fmax = float(features.fmax if features.fmax is not None else features.sample_rate / 2)
+    fitted = f"{fmax / 1000:.1f} kHz"
+    if fitted_hz is not None and fitted_hz < fmax:
+        fitted = f"{fmax / 1000:.1f} kHz (and calibrated on inputs down to {fitted_hz / 1000:.1f})"
     return InputWarning(
         "low_bandwidth",
         f"the input carries sound up to ~{bandwidth_hz / 1000:.1f} kHz; the model was fitted "
-        f"on sound up to {fitted / 1000:.1f} kHz, so its top bands are empty here: the level "
-        "is at most needs_maintenance (send a higher bitrate or sample rate to judge it)",
+        f"on sound up to {fitted}, so its top bands are empty here: the level is at most "
+        "needs_maintenance (send a higher bitrate or sample rate to judge it)",
     )
 
 
-def limited_by_input(v: Verdict, bandwidth_hz: float | None, features: FeatureParams) -> Verdict:
+def limited_by_input(
+    v: Verdict,
+    bandwidth_hz: float | None,
+    features: FeatureParams,
+    fitted_hz: float | None = None,
+) -> Verdict:
     """The verdict of an input with a `low_bandwidth` warning: never `severe` (the missing
     bands alone can put a healthy clip there); the score is kept as it is."""
-    warning = bandwidth_warning(bandwidth_hz, features)
+    warning = bandwidth_warning(bandwidth_hz, features, fitted_hz)
     if warning is None:
         return v
     level = "needs_maintenance" if v.level == "severe" else v.level
@@ -218,16 +265,34 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
     return float(means[i]), i, i + length - 1
 
 
+def tails_for(
+    c: ConditionCalibration, codec: str | None, kbps: float | None = None
+) -> list[TailFit]:
+    """Condition c's tails for sound that went through `codec` (None: lossless) at `kbps`
+    (None: unknown): the rate tails of that format nearest in ratio to kbps, else the
+    format's pooled `codec_tails`, else the lossless `tails`."""
+    if not codec:
+        return c.tails
+    rated = [r for r in c.rate_tails if r.format == codec]
+    if rated and kbps is not None and kbps > 0:
+        return min(rated, key=lambda r: abs(math.log(kbps / r.kbps))).tails
+    return c.codec_tails.get(codec, c.tails)
+
+
 def limits(
-    c: ConditionCalibration, cal: LevelCalibration, n_windows: int, codec: str | None = None
+    c: ConditionCalibration,
+    cal: LevelCalibration,
+    n_windows: int,
+    codec: str | None = None,
+    kbps: float | None = None,
 ) -> tuple[float, float]:
     """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
     stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
     probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
     `codec`: the lossy format the sound went through (its tails when the condition has
-    them), None for lossless audio."""
-    tails = c.codec_tails.get(codec, c.tails) if codec else c.tails
+    them), None for lossless audio; `kbps`: its bitrate (tails_for)."""
+    tails = tails_for(c, codec, kbps)
     tail = tails[min(n_windows, cal.stretch_windows) - 1]
     m = max(1.0, n_windows / cal.stretch_windows)
     return _tail_limits(
@@ -265,12 +330,13 @@ def calibrated_score(
     c: ConditionCalibration,
     cal: LevelCalibration,
     codec: str | None = None,
+    kbps: float | None = None,
 ) -> float:
     """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
     c's own limits for a clip of that length land on the bundle's thresholds (the
     reference condition's limits for a clip of one stretch)."""
     ref = reference_limits(cal)
-    return float(on_reference_scale(s, limits(c, cal, n_windows, codec), ref))
+    return float(on_reference_scale(s, limits(c, cal, n_windows, codec, kbps), ref))
 
 
 def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
@@ -279,11 +345,15 @@ def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
 
 
 def window_scores_in_reference(
-    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration, codec: str | None = None
+    raw: np.ndarray,
+    c: ConditionCalibration,
+    cal: LevelCalibration,
+    codec: str | None = None,
+    kbps: float | None = None,
 ) -> np.ndarray:
     """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
     of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
-    return on_reference_scale(raw, limits(c, cal, 1, codec), reference_limits(cal))
+    return on_reference_scale(raw, limits(c, cal, 1, codec, kbps), reference_limits(cal))
 
 
 def choose_condition(
@@ -314,15 +384,17 @@ def verdict(
     thresholds: tuple[float, float],
     condition: str | None = None,
     codec: str | None = None,
+    kbps: float | None = None,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
     must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
-    lossy format the sound went through (ogg, mp3), None for lossless audio."""
+    lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps`: the
+    bitrate it went through at, when known (tails_for)."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal, codec)
-    v = window_scores_in_reference(raw[:, index], c, cal, codec)
+    score = calibrated_score(s, len(raw), c, cal, codec, kbps)
+    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps)
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),

@@ -7,6 +7,7 @@ KMeans score clusters) written into the bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.features import FeatureParams, load_file
+from service.features import FeatureParams, Prepared, load_file
 from service.models.bundle import Aggregation, Manifest, aggregate, update_bundle
 from service.models.runtimes import AnomalyRuntime, open_runtime
 from training.augment import codec_copy
@@ -33,23 +34,33 @@ class ScoredClips:
 
 
 def load_windows(
-    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+    clips: list[Clip],
+    params: FeatureParams,
+    desc: str,
+    codec_copies: bool = False,
+    inputs: dict[int, Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs of every clip's windows → ((n_windows, h, w), (n_windows,) index of the
     clip each window belongs to). With codec_copies, each audio clip i also contributes the
     windows of a lossy-codec round trip of itself (training.augment), as clip i + len(clips).
-    Raises DatasetError listing unreadable files."""
+    `inputs`, when given, receives every clip's (and copy's) Prepared by index, its images
+    dropped (for its bandwidth and bitrate). Raises DatasetError listing unreadable files."""
     blocks, owners, bad = [], [], []
     for i, clip in enumerate(tqdm(clips, desc=desc, unit="clip", leave=False)):
         try:
-            images = load_file(str(clip.path), params).images
+            prepared = load_file(str(clip.path), params)
+            images = prepared.images
             if codec_copies and clip.path.suffix.lower() in AUDIO_EXTS:
-                copy = codec_copy(clip.path, i, params).images
-                blocks.append(copy)
-                owners.append(np.full(len(copy), i + len(clips)))
+                copy = codec_copy(clip.path, i, params)
+                blocks.append(copy.images)
+                owners.append(np.full(len(copy.images), i + len(clips)))
+                if inputs is not None:
+                    inputs[i + len(clips)] = dataclasses.replace(copy, images=copy.images[:0])
         except Exception as e:
             bad.append(f"{clip.path.name} ({e})")
             continue
+        if inputs is not None:
+            inputs[i] = dataclasses.replace(prepared, images=prepared.images[:0])
         blocks.append(images)
         owners.append(np.full(len(images), i))
     if bad:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.features import FeatureParams
+from service.features import FeatureParams, Prepared
 from service.models.bundle import (
     CONDITION_OFFSETS,
     Aggregation,
@@ -31,7 +31,7 @@ from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
 from training.anomaly.evaluate import evaluate, load_windows
-from training.augment import codec_copy_format
+from training.augment import codec_copy_format, codec_copy_setting
 from training.datasets import (
     DatasetError,
     discover,
@@ -161,7 +161,8 @@ def fit(
     fit_params = params
     if window_seconds is not None:
         fit_params = params.model_copy(update={"window_hop_seconds": fit_hop_seconds})
-    images, owners = load_windows(train, fit_params, "features (train)", codec_copies)
+    inputs: dict[int, Prepared] = {}
+    images, owners = load_windows(train, fit_params, "features (train)", codec_copies, inputs)
     source = owners % len(train)  # a codec copy belongs with its clip
     tr_w, val_w = np.isin(source, tr_idx), np.isin(source, val_idx)
     original = owners < len(train)
@@ -240,6 +241,13 @@ def fit(
         fmt = train[owner].path.suffix.lower().lstrip(".")
         return fmt if fmt in LOSSY_FORMATS else None
 
+    def copy_of(owner: int) -> tuple[str, float] | None:
+        """A codec copy's (codec setting, kbit/s as the service measures an upload's)."""
+        kbps = inputs[owner].bitrate_kbps if owner in inputs else None
+        if owner < len(train) or kbps is None:
+            return None
+        return codec_copy_setting(owner - len(train)), kbps
+
     level = calibration.fit_level_calibration(
         raw_heldout,
         cal_owner,
@@ -253,8 +261,14 @@ def fit(
         false_alarm_rate,
         severe_rate,
         codec_of,
+        copy_of,
     )
     thresholds = level.thresholds
+    known = [b for p in inputs.values() if (b := p.bandwidth_hz) is not None]
+    if known:  # inputs this narrow were calibrated on: narrower ones get low_bandwidth
+        level.calibration = level.calibration.model_copy(
+            update={"min_bandwidth_hz": round(min(known), 1)}
+        )
 
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
@@ -276,7 +290,13 @@ def fit(
         th = (thresholds.needs_maintenance, thresholds.severe)
         return np.array(
             [
-                verdict(bundle_raw[cal_owner == i], level.calibration, th, codec=codec_of(i)).score
+                verdict(
+                    bundle_raw[cal_owner == i],
+                    level.calibration,
+                    th,
+                    codec=codec_of(i),
+                    kbps=None if (made := copy_of(i)) is None else made[1],
+                ).score
                 for i in clip_ids
             ]
         )
