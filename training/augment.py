@@ -40,13 +40,21 @@ CODECS: dict[str, tuple[str, str, float | None]] = {
     "ogg": ("OGG", "VORBIS", None),
     "mp3-128": ("MP3", "MPEG_LAYER_III", 0.2),
     "mp3-64": ("MP3", "MPEG_LAYER_III", 0.6),
+    "vorbis-low": ("OGG", "VORBIS", 1.0),  # libvorbis's lowest quality: ~28 kbit/s at 16 kHz
 }
 # The rates voice-note and phone apps send (issue 23), by bitrate whatever the sample rate
 # (encode_at): LAME at 24 kbit/s leaves holes in quiet bands and low-passes the top, Opus at
 # 16 kbit/s smooths the noise floor. A detector that never saw them calls them severe.
 LOW_BITRATES: dict[str, tuple[str, float]] = {"mp3-24": ("mp3", 24), "opus-16": ("opus", 16)}
-FORMATS = {"ogg": "ogg", "mp3-128": "mp3", "mp3-64": "mp3", "mp3-24": "mp3", "opus-16": "ogg"}
-CYCLE = ("ogg", "mp3-128", "opus-16", "mp3-64", "ogg", "mp3-24")
+FORMATS = {
+    "ogg": "ogg",
+    "mp3-128": "mp3",
+    "mp3-64": "mp3",
+    "mp3-24": "mp3",
+    "opus-16": "ogg",
+    "vorbis-low": "ogg",
+}
+CYCLE = ("ogg", "mp3-128", "opus-16", "mp3-64", "vorbis-low", "mp3-24")
 
 
 def round_trip(data: bytes, codec: str) -> bytes:
@@ -61,7 +69,9 @@ def round_trip(data: bytes, codec: str) -> bytes:
     fmt, subtype, level = CODECS[codec]
     kwargs: dict[str, object] = {}
     if level is not None:
-        kwargs = {"compression_level": level, "bitrate_mode": "CONSTANT"}
+        kwargs = {"compression_level": level}
+        if fmt == "MP3":
+            kwargs["bitrate_mode"] = "CONSTANT"
     buf = io.BytesIO()
     sf.write(buf, audio.samples, audio.sample_rate, format=fmt, subtype=subtype, **kwargs)
     return buf.getvalue()

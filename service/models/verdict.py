@@ -291,13 +291,21 @@ def limits(
     probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
     `codec`: the lossy format the sound went through (its tails when the condition has
-    them), None for lossless audio; `kbps`: its bitrate (tails_for)."""
-    tails = tails_for(c, codec, kbps)
-    tail = tails[min(n_windows, cal.stretch_windows) - 1]
+    them), None for lossless audio; `kbps`: its bitrate (tails_for). A codec's limits are
+    never below the lossless ones: a round trip adds to a healthy score's spread, and a
+    tail fitted to the few copies of one codec and bitrate comes out tighter than the truth
+    (issue 23: mp3 at 64 kbit/s read needs_maintenance on half of the healthy clips)."""
     m = max(1.0, n_windows / cal.stretch_windows)
-    return _tail_limits(
-        tail.shape, tail.scale, m, cal.false_alarm_rate, cal.severe_rate, cal.severe_factor
-    )
+    window = min(n_windows, cal.stretch_windows) - 1
+    rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
+    base = c.tails[window]
+    lossless = _tail_limits(base.shape, base.scale, m, *rates)
+    tails = tails_for(c, codec, kbps)
+    if tails is c.tails:
+        return lossless
+    tail = tails[window]
+    t_m, t_s = _tail_limits(tail.shape, tail.scale, m, *rates)
+    return max(t_m, lossless[0]), max(t_s, lossless[1])
 
 
 @functools.lru_cache(maxsize=4096)
