@@ -72,7 +72,7 @@ def judge(runtime: AnomalyRuntime, data: bytes) -> dict[str, Any]:
     assert runtime.manifest is not None
     p = prepare(data, runtime.manifest.features)
     v = runtime.verdict(
-        runtime.score(p.images), None, p.format, None, p.bandwidth_hz, p.bitrate_kbps
+        runtime.score(p.images), None, p.format, None, p.bandwidth_hz, p.bitrate_kbps, p.stream
     )
     return {
         "score": v.score,

@@ -34,6 +34,7 @@ PREPARED_SCHEMA = pa.schema(
         ("format", pa.string()),
         ("bandwidth_hz", pa.float64()),
         ("bitrate_kbps", pa.float64()),
+        ("stream", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
     ]
@@ -73,13 +74,13 @@ def prepare_table(
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for file, data in zip(files, datas, strict=True):
         code = message = None
-        duration = images = spans = fmt = bandwidth = kbps = None
+        duration = images = spans = fmt = bandwidth = kbps = stream = None
         try:
             p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
             duration = round(p.duration_s, 4) if p.duration_s is not None else None
             images = np.ascontiguousarray(p.images, np.float32)
             spans = None if p.spans is None else [t for span in p.spans for t in span]
-            fmt, bandwidth, kbps = p.format, p.bandwidth_hz, p.bitrate_kbps
+            fmt, bandwidth, kbps, stream = p.format, p.bandwidth_hz, p.bitrate_kbps, p.stream
         except Exception as e:
             code, message = _error(e)
         cols["file"].append(file)
@@ -90,6 +91,7 @@ def prepare_table(
         cols["format"].append(fmt)
         cols["bandwidth_hz"].append(bandwidth)
         cols["bitrate_kbps"].append(kbps)
+        cols["stream"].append(stream)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
@@ -121,6 +123,7 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
                 fmt=r["format"],
                 bandwidth_hz=r["bandwidth_hz"],
                 bitrate_kbps=r["bitrate_kbps"],
+                stream=r["stream"],
             )
             if math.isfinite(v.score) and np.isfinite(raw).all():
                 score, level = v.score, v.level

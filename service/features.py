@@ -123,6 +123,20 @@ class DecodedAudio:
     duration_s: float
 
 
+def stream_codec(data: bytes, fmt: str) -> str | None:
+    """The lossy codec of an upload of format `fmt`: mp3, or for ogg the codec its first
+    page names (opus or vorbis); None for anything else."""
+    if fmt == "mp3":
+        return "mp3"
+    if fmt == "ogg":
+        head = data[:512]
+        if b"OpusHead" in head:
+            return "opus"
+        if b"\x01vorbis" in head:
+            return "vorbis"
+    return None
+
+
 def sniff(data: bytes) -> tuple[MediaKind, str]:
     """Recognise a payload by its magic bytes → (kind, format); never by file name."""
     head = data[:12]
@@ -632,6 +646,7 @@ class Prepared:
     spans: list[tuple[float, float]] | None = None  # (start_s, end_s) per window; audio only
     bandwidth_hz: float | None = None  # input_bandwidth; audio only (None: silence too)
     bitrate_kbps: float | None = None  # the upload's size over its duration; audio only
+    stream: str | None = None  # the lossy codec inside: mp3, opus or vorbis (stream_codec)
 
     @property
     def image(self) -> np.ndarray:
@@ -664,6 +679,7 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
         spans,
         bandwidth,
         kbps,
+        stream_codec(data, fmt),
     )
 
 

@@ -36,6 +36,7 @@ from service.features import (
     decode_image,
     input_bandwidth,
     sniff,
+    stream_codec,
 )
 
 # Audio samples are about [-1, 1]; some tools write unnormalised float WAVs (±32768).
@@ -131,6 +132,7 @@ def prepare_bounded(
         spans,
         bandwidth,
         kbps,
+        stream_codec(data, fmt),
     )
 
 

@@ -216,6 +216,7 @@ class AnomalyRuntime(ModelRuntime):
         lossy: bool | None = None,
         bandwidth_hz: float | None = None,
         bitrate_kbps: float | None = None,
+        stream: str | None = None,
     ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
@@ -224,7 +225,8 @@ class AnomalyRuntime(ModelRuntime):
         file that did is judged as ogg); `bandwidth_hz`: the upload's effective bandwidth
         (Prepared.bandwidth_hz; below the model's top band: a `low_bandwidth` warning and
         never `severe`); `bitrate_kbps`: the upload's (Prepared.bitrate_kbps), which picks
-        a lossy upload's tails by bitrate."""
+        a lossy upload's tails by bitrate, with `stream` (Prepared.stream: opus or vorbis
+        in ogg)."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
@@ -234,8 +236,9 @@ class AnomalyRuntime(ModelRuntime):
                 codec = None
             elif lossy and codec is None:
                 codec = LOSSY_DEFAULT
-            kbps = bitrate_kbps if codec is not None and codec == fmt else None
-            v = verdict(raw, m.calibration, th, condition, codec, kbps)
+            own = codec is not None and codec == fmt  # the upload's own encoding
+            kbps, inside = (bitrate_kbps, stream) if own else (None, None)
+            v = verdict(raw, m.calibration, th, condition, codec, kbps, inside)
         else:
             s = aggregate(raw, *self.aggregation)  # bundles before calibration
             worst = int(np.argmax(raw))

@@ -387,7 +387,9 @@ class Scorer:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
                 p = it.prepared
-                v = runtime.verdict(raw, condition, p.format, lossy, p.bandwidth_hz, p.bitrate_kbps)
+                v = runtime.verdict(
+                    raw, condition, p.format, lossy, p.bandwidth_hz, p.bitrate_kbps, p.stream
+                )
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:

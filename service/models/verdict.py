@@ -57,6 +57,7 @@ class RateTails(BaseModel):
     measured)."""
 
     format: str
+    stream: str | None = Field(None, description="the codec inside the format: mp3, opus, vorbis")
     kbps: float = Field(gt=0)
     tails: list[TailFit]
 
@@ -266,14 +267,20 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
 
 
 def tails_for(
-    c: ConditionCalibration, codec: str | None, kbps: float | None = None
+    c: ConditionCalibration,
+    codec: str | None,
+    kbps: float | None = None,
+    stream: str | None = None,
 ) -> list[TailFit]:
-    """Condition c's tails for sound that went through `codec` (None: lossless) at `kbps`
-    (None: unknown): the rate tails of that format nearest in ratio to kbps, else the
-    format's pooled `codec_tails`, else the lossless `tails`."""
+    """Condition c's tails for sound that went through `codec` (a format; None: lossless)
+    at `kbps` (None: unknown), its stream `stream` (opus or vorbis in ogg; None: unknown):
+    the rate tails of that format (and stream, when it has its own) nearest in ratio to
+    kbps, else the format's pooled `codec_tails`, else the lossless `tails`."""
     if not codec:
         return c.tails
     rated = [r for r in c.rate_tails if r.format == codec]
+    if stream is not None and any(r.stream == stream for r in rated):
+        rated = [r for r in rated if r.stream == stream]
     if rated and kbps is not None and kbps > 0:
         return min(rated, key=lambda r: abs(math.log(kbps / r.kbps))).tails
     return c.codec_tails.get(codec, c.tails)
@@ -285,6 +292,7 @@ def limits(
     n_windows: int,
     codec: str | None = None,
     kbps: float | None = None,
+    stream: str | None = None,
 ) -> tuple[float, float]:
     """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
     stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
@@ -300,7 +308,7 @@ def limits(
     rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
     base = c.tails[window]
     lossless = _tail_limits(base.shape, base.scale, m, *rates)
-    tails = tails_for(c, codec, kbps)
+    tails = tails_for(c, codec, kbps, stream)
     if tails is c.tails:
         return lossless
     tail = tails[window]
@@ -339,12 +347,13 @@ def calibrated_score(
     cal: LevelCalibration,
     codec: str | None = None,
     kbps: float | None = None,
+    stream: str | None = None,
 ) -> float:
     """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
     c's own limits for a clip of that length land on the bundle's thresholds (the
     reference condition's limits for a clip of one stretch)."""
     ref = reference_limits(cal)
-    return float(on_reference_scale(s, limits(c, cal, n_windows, codec, kbps), ref))
+    return float(on_reference_scale(s, limits(c, cal, n_windows, codec, kbps, stream), ref))
 
 
 def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
@@ -358,10 +367,11 @@ def window_scores_in_reference(
     cal: LevelCalibration,
     codec: str | None = None,
     kbps: float | None = None,
+    stream: str | None = None,
 ) -> np.ndarray:
     """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
     of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
-    return on_reference_scale(raw, limits(c, cal, 1, codec, kbps), reference_limits(cal))
+    return on_reference_scale(raw, limits(c, cal, 1, codec, kbps, stream), reference_limits(cal))
 
 
 def choose_condition(
@@ -393,16 +403,17 @@ def verdict(
     condition: str | None = None,
     codec: str | None = None,
     kbps: float | None = None,
+    stream: str | None = None,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
     must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
-    lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps`: the
-    bitrate it went through at, when known (tails_for)."""
+    lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps` and
+    `stream`: the bitrate and codec it went through, when known (tails_for)."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal, codec, kbps)
-    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps)
+    score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream)
+    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream)
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),

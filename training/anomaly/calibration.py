@@ -167,13 +167,13 @@ def fit_level_calibration(
     false_alarm_rate: float = FALSE_ALARM_RATE,
     severe_rate: float = SEVERE_RATE,
     codec_of: Callable[[int], str | None] = lambda o: None,
-    copy_of: Callable[[int], tuple[str, float] | None] = lambda o: None,
+    copy_of: Callable[[int], tuple[str, float, str] | None] = lambda o: None,
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
     every condition's spread and stretch tails (`codec_tails` from the copies, by the lossy
-    format `codec_of(index)` gives, and `rate_tails` by the (codec setting, kbit/s) that
-    `copy_of(index)` gives a copy), the thresholds (from the reference condition's
+    format `codec_of(index)` gives, and `rate_tails` by the (codec setting, kbit/s, stream
+    codec) that `copy_of(index)` gives a copy), the thresholds (from the reference condition's
     full-stretch tail) and the out-of-group check."""
 
     source = cal_clip % n_clips
@@ -210,6 +210,7 @@ def fit_level_calibration(
         rate_tails = [
             RateTails(
                 format=str(codec_of(made[0])),
+                stream=copy_of(made[0])[2],  # type: ignore[index]
                 kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
                 tails=fit_tails([own[cal_clip == o] for o in made], L),
             )
@@ -240,8 +241,10 @@ def fit_level_calibration(
     # service chooses it when a request names none
     def clip_score(o: int) -> float:
         made = copy_of(o)
-        kbps = made[1] if made is not None else None
-        return verdict(raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o), kbps=kbps).score
+        kbps, stream = (made[1], made[2]) if made is not None else (None, None)
+        return verdict(
+            raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o), kbps=kbps, stream=stream
+        ).score
 
     scores = {int(o): clip_score(int(o)) for o in owners}
     originals = np.array([scores.get(i, np.nan) for i in range(n_clips)])

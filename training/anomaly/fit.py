@@ -241,12 +241,13 @@ def fit(
         fmt = train[owner].path.suffix.lower().lstrip(".")
         return fmt if fmt in LOSSY_FORMATS else None
 
-    def copy_of(owner: int) -> tuple[str, float] | None:
-        """A codec copy's (codec setting, kbit/s as the service measures an upload's)."""
-        kbps = inputs[owner].bitrate_kbps if owner in inputs else None
-        if owner < len(train) or kbps is None:
+    def copy_of(owner: int) -> tuple[str, float, str] | None:
+        """A codec copy's (codec setting, kbit/s and stream codec as the service measures
+        an upload's)."""
+        p = inputs.get(owner)
+        if owner < len(train) or p is None or p.bitrate_kbps is None or p.stream is None:
             return None
-        return codec_copy_setting(owner - len(train)), kbps
+        return codec_copy_setting(owner - len(train)), p.bitrate_kbps, p.stream
 
     level = calibration.fit_level_calibration(
         raw_heldout,
@@ -296,6 +297,7 @@ def fit(
                     th,
                     codec=codec_of(i),
                     kbps=None if (made := copy_of(i)) is None else made[1],
+                    stream=None if made is None else made[2],
                 ).score
                 for i in clip_ids
             ]
