@@ -170,7 +170,8 @@ def fit_level_calibration(
     copy_of: Callable[[int], tuple[str, float, str] | None] = lambda o: None,
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
-    clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
+    clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i mod n_clips: those
+    below 2 n_clips the detector was fitted on, those above only calibrate) →
     every condition's spread and stretch tails (`codec_tails` from the copies, by the lossy
     format `codec_of(index)` gives, and `rate_tails` by the (codec setting, kbit/s, stream
     codec) that `copy_of(index)` gives a copy), the thresholds (from the reference condition's
@@ -198,9 +199,10 @@ def fit_level_calibration(
         ours = [o for o in owners if clip_condition[o % n_clips] == i]
         per_clip = [own[cal_clip == o] for o in ours if o < n_clips]
         copies = [o for o in ours if o >= n_clips]
-        formats = sorted({f for o in copies if (f := codec_of(o)) is not None})
+        fitted = [o for o in copies if o < 2 * n_clips]  # pooled: the detector's copies
+        formats = sorted({f for o in fitted if (f := codec_of(o)) is not None})
         codec_tails = {
-            fmt: fit_tails([own[cal_clip == o] for o in copies if codec_of(o) == fmt], L)
+            fmt: fit_tails([own[cal_clip == o] for o in fitted if codec_of(o) == fmt], L)
             for fmt in formats
         }
         settings: dict[str, list[int]] = {}

@@ -30,8 +30,13 @@ from training import export
 from training.anomaly import calibration, mahalanobis
 from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
-from training.anomaly.evaluate import evaluate, load_windows
-from training.augment import codec_copy_format, codec_copy_setting
+from training.anomaly.evaluate import evaluate, load_calibration_copies, load_windows
+from training.augment import (
+    FORMATS,
+    calibration_copy_setting,
+    codec_copy_format,
+    codec_copy_setting,
+)
 from training.datasets import (
     DatasetError,
     discover,
@@ -212,6 +217,11 @@ def fit(
     else:  # the windows the service scores: the bundle's own hop
         cal_images, cal_owner = load_windows(train, params, "features (levels)", codec_copies)
         cal_latents = encode(cal_images)
+    if codec_copies:  # low-bitrate copies: scored held out for the levels, never fitted on
+        extra_images, extra_owner = load_calibration_copies(train, params, inputs)
+        if len(extra_images):
+            cal_latents = np.concatenate([cal_latents, encode(extra_images)])
+            cal_owner = np.concatenate([cal_owner, extra_owner])
     weights = parts
 
     def fold_detector(rows: np.ndarray) -> calibration.Detector:
@@ -236,6 +246,8 @@ def fit(
     def codec_of(owner: int) -> str | None:
         """The lossy format a calibration clip went through (a codec copy's, or the
         original file's own), None for lossless."""
+        if owner >= 2 * len(train):
+            return FORMATS[calibration_copy_setting(owner - 2 * len(train))]
         if owner >= len(train):
             return codec_copy_format(owner - len(train))
         fmt = train[owner].path.suffix.lower().lstrip(".")
@@ -247,7 +259,11 @@ def fit(
         p = inputs.get(owner)
         if owner < len(train) or p is None or p.bitrate_kbps is None or p.stream is None:
             return None
-        return codec_copy_setting(owner - len(train)), p.bitrate_kbps, p.stream
+        if owner >= 2 * len(train):
+            setting = calibration_copy_setting(owner - 2 * len(train))
+        else:
+            setting = codec_copy_setting(owner - len(train))
+        return setting, p.bitrate_kbps, p.stream
 
     level = calibration.fit_level_calibration(
         raw_heldout,
