@@ -42,7 +42,9 @@ class InputWarningDetail(BaseModel):
         description="low_bandwidth: the input carries no sound in the model's top mel "
         "bands (input.bandwidth_hz ends below the centre of the highest one); its level is "
         "then at most needs_maintenance, never severe, because the missing bands alone can "
-        "put a healthy clip there",
+        "put a healthy clip there; low_bitrate: a lossy upload judged by thresholds measured "
+        "at its codec and bitrate, which the detector was not fitted on, so a fault may "
+        "read normal (the level is kept)",
         examples=["low_bandwidth"],
     )
     message: str = Field(
@@ -112,9 +114,10 @@ class ScoreResult(BaseModel):
     condition: ConditionUsed | None = None
     warnings: list[InputWarningDetail] = Field(
         default_factory=list,
-        description="what limits this verdict (empty when nothing does); e.g. "
-        "low_bandwidth: a low-bitrate upload missing the model's top bands, whose level is "
-        "then at most needs_maintenance",
+        description="what limits this verdict (empty when nothing does): low_bandwidth (a "
+        "low-bitrate or low-rate upload missing the model's top bands; its level is then at "
+        "most needs_maintenance), low_bitrate (judged at a codec and bitrate the detector was "
+        "not fitted on; a fault may read normal)",
     )
 
 

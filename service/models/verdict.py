@@ -59,6 +59,12 @@ class RateTails(BaseModel):
     format: str
     stream: str | None = Field(None, description="the codec inside the format: mp3, opus, vorbis")
     kbps: float = Field(gt=0)
+    fitted: bool = Field(
+        True,
+        description="whether the detector was fitted on copies through this codec and "
+        "bitrate; false: only these tails were measured on them (an upload judged by them "
+        "gets a `low_bitrate` warning: faults may read normal)",
+    )
     tails: list[TailFit]
 
 
@@ -278,12 +284,23 @@ def tails_for(
     kbps, else the format's pooled `codec_tails`, else the lossless `tails`."""
     if not codec:
         return c.tails
+    rated = nearest_rate(c, codec, kbps, stream)
+    if rated is not None:
+        return rated.tails
+    return c.codec_tails.get(codec, c.tails)
+
+
+def nearest_rate(
+    c: ConditionCalibration, codec: str, kbps: float | None, stream: str | None
+) -> RateTails | None:
+    """Condition c's rate tails of format `codec` (and of `stream` when it has its own)
+    nearest in ratio to kbps; None without rate tails of that format or without kbps."""
     rated = [r for r in c.rate_tails if r.format == codec]
     if stream is not None and any(r.stream == stream for r in rated):
         rated = [r for r in rated if r.stream == stream]
-    if rated and kbps is not None and kbps > 0:
-        return min(rated, key=lambda r: abs(math.log(kbps / r.kbps))).tails
-    return c.codec_tails.get(codec, c.tails)
+    if not rated or kbps is None or kbps <= 0:
+        return None
+    return min(rated, key=lambda r: abs(math.log(kbps / r.kbps)))
 
 
 def limits(
@@ -414,6 +431,18 @@ def verdict(
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
     score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream)
     v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream)
+    warnings: tuple[InputWarning, ...] = ()
+    rated = nearest_rate(c, codec, kbps, stream) if codec else None
+    if rated is not None and not rated.fitted:
+        warnings = (
+            InputWarning(
+                "low_bitrate",
+                f"judged as {rated.stream or rated.format} at {rated.kbps:g} kbit/s: the "
+                "detector was not fitted on that codec and bitrate, only its thresholds were "
+                "measured there, so a healthy clip reads normal but a fault may too (send a "
+                "higher bitrate to be sure)",
+            ),
+        )
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),
@@ -421,4 +450,5 @@ def verdict(
         condition_source=how,
         window_scores=v,
         worst=(first, last),
+        warnings=warnings,
     )

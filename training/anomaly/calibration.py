@@ -215,6 +215,7 @@ def fit_level_calibration(
                 stream=copy_of(made[0])[2],  # type: ignore[index]
                 kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
                 tails=fit_tails([own[cal_clip == o] for o in made], L),
+                fitted=all(o < 2 * n_clips for o in made),
             )
             for _, made in sorted(settings.items())
         ]
