@@ -45,7 +45,7 @@ CODECS: dict[str, tuple[str, str, float | None]] = {
 # The rates voice-note and phone apps send (issue 23), by bitrate whatever the sample rate
 # (encode_at): LAME at 24 kbit/s leaves holes in quiet bands and low-passes the top, Opus at
 # 16 kbit/s smooths the noise floor. The detector is not fitted on them (that cost wav
-# clips a fifth of the faults caught: bench/README.md); the levels are (CALIBRATION_CYCLE).
+# clips a fifth of the faults caught: bench/README.md); the levels are (CALIBRATION_CODECS).
 LOW_BITRATES: dict[str, tuple[str, float]] = {"mp3-24": ("mp3", 24), "opus-16": ("opus", 16)}
 FORMATS = {
     "ogg": "ogg",
@@ -56,7 +56,7 @@ FORMATS = {
     "vorbis-low": "ogg",
 }
 CYCLE = ("ogg", "mp3-128", "ogg", "mp3-64")  # the detector's copies: one per clip
-CALIBRATION_CYCLE = ("mp3-24", "opus-16", "vorbis-low")  # the levels' extra copies
+CALIBRATION_CODECS = ("mp3-24", "opus-16", "vorbis-low")  # every clip, for the levels only
 
 
 def round_trip(data: bytes, codec: str) -> bytes:
@@ -131,14 +131,10 @@ def codec_copy_setting(index: int) -> str:
     return CYCLE[index % len(CYCLE)]
 
 
-def calibration_copy_setting(index: int) -> str:
-    """The codec setting (a CALIBRATION_CYCLE entry) of clip `index`'s calibration copy."""
-    return CALIBRATION_CYCLE[index % len(CALIBRATION_CYCLE)]
-
-
-def calibration_copy(path: Path, index: int, params: FeatureParams) -> Prepared:
-    """Model input of a low-bitrate round trip of the clip at path, for the levels only."""
-    return prepare(round_trip(Path(path).read_bytes(), calibration_copy_setting(index)), params)
+def calibration_copy(path: Path, codec: str, params: FeatureParams) -> Prepared:
+    """Model input of a low-bitrate round trip (a CALIBRATION_CODECS entry) of the clip at
+    path, for the levels only."""
+    return prepare(round_trip(Path(path).read_bytes(), codec), params)
 
 
 def codec_copy_format(index: int) -> str:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from service.features import FeatureParams, Prepared, load_file
 from service.models.bundle import Aggregation, Manifest, aggregate, update_bundle
 from service.models.runtimes import AnomalyRuntime, open_runtime
-from training.augment import calibration_copy, codec_copy
+from training.augment import CALIBRATION_CODECS, calibration_copy, codec_copy
 from training.datasets import AUDIO_EXTS, Clip, DatasetError, discover
 
 MAX_FPR = 0.1
@@ -72,18 +72,20 @@ def load_windows(
 def load_calibration_copies(
     clips: list[Clip], params: FeatureParams, inputs: dict[int, Prepared] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs of a low-bitrate round trip of every audio clip i (training.augment's
-    calibration copies), as clip 2 * len(clips) + i: ((n_windows, h, w), (n_windows,)).
-    `inputs` receives each copy's Prepared (images dropped)."""
+    """Model inputs of every audio clip i's round trip through each of training.augment's
+    CALIBRATION_CODECS (k-th: clip (2 + k) * len(clips) + i): ((n_windows, h, w),
+    (n_windows,)). `inputs` receives each copy's Prepared (images dropped)."""
     blocks, owners = [], []
     for i, clip in enumerate(tqdm(clips, desc="low-bitrate copies", unit="clip", leave=False)):
         if clip.path.suffix.lower() not in AUDIO_EXTS:
             continue
-        copy = calibration_copy(clip.path, i, params)
-        blocks.append(copy.images)
-        owners.append(np.full(len(copy.images), 2 * len(clips) + i))
-        if inputs is not None:
-            inputs[2 * len(clips) + i] = dataclasses.replace(copy, images=copy.images[:0])
+        for k, codec in enumerate(CALIBRATION_CODECS):
+            copy = calibration_copy(clip.path, codec, params)
+            owner = (2 + k) * len(clips) + i
+            blocks.append(copy.images)
+            owners.append(np.full(len(copy.images), owner))
+            if inputs is not None:
+                inputs[owner] = dataclasses.replace(copy, images=copy.images[:0])
     if not blocks:
         return np.zeros((0, params.height, params.width), np.float32), np.zeros(0, np.int64)
     return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)

@@ -32,8 +32,8 @@ from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_part
 from training.anomaly.autoencoder import fit as fit_autoencoder
 from training.anomaly.evaluate import evaluate, load_calibration_copies, load_windows
 from training.augment import (
+    CALIBRATION_CODECS,
     FORMATS,
-    calibration_copy_setting,
     codec_copy_format,
     codec_copy_setting,
 )
@@ -247,7 +247,7 @@ def fit(
         """The lossy format a calibration clip went through (a codec copy's, or the
         original file's own), None for lossless."""
         if owner >= 2 * len(train):
-            return FORMATS[calibration_copy_setting(owner - 2 * len(train))]
+            return FORMATS[CALIBRATION_CODECS[owner // len(train) - 2]]
         if owner >= len(train):
             return codec_copy_format(owner - len(train))
         fmt = train[owner].path.suffix.lower().lstrip(".")
@@ -260,7 +260,7 @@ def fit(
         if owner < len(train) or p is None or p.bitrate_kbps is None or p.stream is None:
             return None
         if owner >= 2 * len(train):
-            setting = calibration_copy_setting(owner - 2 * len(train))
+            setting = CALIBRATION_CODECS[owner // len(train) - 2]
         else:
             setting = codec_copy_setting(owner - len(train))
         return setting, p.bitrate_kbps, p.stream
