@@ -7,10 +7,11 @@ HTTP API gives the same levels):
 
 Per codec and rate: the file's real kbit/s, the decoded sound's effective bandwidth
 (service.features.input_bandwidth, median over the healthy clips), the healthy clips' median and
-highest score and their levels (normal / needs_maintenance / severe), and the share of
-faulty clips still caught (not `normal`). The encoders are libsndfile's own (the soundfile
-wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz; libvorbis has no bitrate
-setting there, only its lowest quality (about 28 kbit/s at 16 kHz).
+highest score, their levels (normal / needs_maintenance / severe) and warnings
+(low_bandwidth, low_bitrate: how many carried each), and the share of faulty clips still
+caught (not `normal`) and how many of them read `severe`. The encoders are libsndfile's
+own (the soundfile wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz;
+libvorbis has no bitrate setting there, only its lowest quality (about 28 kbit/s).
 """
 
 from __future__ import annotations
@@ -115,10 +116,13 @@ def table(runtime: AnomalyRuntime, seed: int, n_clips: int, tmp: Path) -> list[d
                     lv: sum(r["level"] == lv for r in healthy)
                     for lv in ("normal", "needs_maintenance", "severe")
                 },
-                "warned": sum(bool(r["warnings"]) for r in healthy),
+                **{
+                    code: sum(code in r["warnings"] for r in healthy)
+                    for code in ("low_bandwidth", "low_bitrate")
+                },
                 "faulty": len(faulty),
                 "caught": round(float(np.mean([r["level"] != "normal" for r in faulty])), 3),
-                "faults_warned": sum(bool(r["warnings"]) for r in faulty),
+                "faults_severe": sum(r["level"] == "severe" for r in faulty),
             }
         )
     return rows

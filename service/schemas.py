@@ -33,6 +33,12 @@ class InputInfo(BaseModel):
         "early); none for a picture or silence",
         examples=[8000.0],
     )
+    bitrate_kbps: float | None = Field(
+        None,
+        description="audio: the upload's size over its duration, in kbit/s (a lossy upload "
+        "is judged by the thresholds measured at its codec's nearest bitrate)",
+        examples=[256.0],
+    )
 
 
 class InputWarningDetail(BaseModel):

@@ -189,6 +189,7 @@ def _input_info(p: Prepared) -> InputInfo:
         sample_rate=p.sample_rate,
         channels=p.channels,
         bandwidth_hz=None if p.bandwidth_hz is None else round(p.bandwidth_hz),
+        bitrate_kbps=None if p.bitrate_kbps is None else round(p.bitrate_kbps, 1),
     )
 
 
