@@ -45,7 +45,7 @@ CODECS: dict[str, tuple[str, str, float | None]] = {
 # The rates voice-note and phone apps send (issue 23), by bitrate whatever the sample rate
 # (encode_at): LAME at 24 kbit/s leaves holes in quiet bands and low-passes the top, Opus at
 # 16 kbit/s smooths the noise floor. The detector is not fitted on them (that cost wav
-# clips a fifth of the faults caught: bench/README.md); the levels are (CALIBRATION_CODECS).
+# clips a sixth of the faults caught: bench/README.md); the levels are (CALIBRATION_CODECS).
 LOW_BITRATES: dict[str, tuple[str, float]] = {"mp3-24": ("mp3", 24), "opus-16": ("opus", 16)}
 FORMATS = {
     "ogg": "ogg",
