@@ -56,7 +56,15 @@ def levels(runtime: AnomalyRuntime, clips: list[bytes], condition: str | None = 
     out = []
     for data in clips:
         p = prepare(data, runtime.manifest.features)
-        v = runtime.verdict(runtime.score(p.images), condition, p.format)
+        v = runtime.verdict(
+            runtime.score(p.images),
+            condition,
+            p.format,
+            None,
+            p.bandwidth_hz,
+            p.bitrate_kbps,
+            p.stream,
+        )
         out.append((v.score, v.level))
     return out
 

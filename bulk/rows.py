@@ -32,6 +32,9 @@ PREPARED_SCHEMA = pa.schema(
         ("images", pa.large_binary()),
         ("spans", pa.list_(pa.float64())),
         ("format", pa.string()),
+        ("bandwidth_hz", pa.float64()),
+        ("bitrate_kbps", pa.float64()),
+        ("stream", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
     ]
@@ -51,6 +54,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
+        ("warnings", pa.list_(pa.string())),  # codes, as ScoreResult.warnings (low_bandwidth)
     ]
 )
 
@@ -70,13 +74,13 @@ def prepare_table(
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for file, data in zip(files, datas, strict=True):
         code = message = None
-        duration = images = spans = fmt = None
+        duration = images = spans = fmt = bandwidth = kbps = stream = None
         try:
             p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
             duration = round(p.duration_s, 4) if p.duration_s is not None else None
             images = np.ascontiguousarray(p.images, np.float32)
             spans = None if p.spans is None else [t for span in p.spans for t in span]
-            fmt = p.format
+            fmt, bandwidth, kbps, stream = p.format, p.bandwidth_hz, p.bitrate_kbps, p.stream
         except Exception as e:
             code, message = _error(e)
         cols["file"].append(file)
@@ -85,6 +89,9 @@ def prepare_table(
         cols["images"].append(None if images is None else images.tobytes())
         cols["spans"].append(spans)
         cols["format"].append(fmt)
+        cols["bandwidth_hz"].append(bandwidth)
+        cols["bitrate_kbps"].append(kbps)
+        cols["stream"].append(stream)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
@@ -107,13 +114,20 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
     score_of = {id(r): s for r, s in zip(good, scores, strict=True)}
     cols: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
     for r in rows:
-        score = level = windows = worst_start = worst_end = condition = None
+        score = level = windows = worst_start = worst_end = condition = warnings = None
         code, message = r["error_code"], r["error_message"]
         if code is None:
             raw = score_of[id(r)]
-            v = runtime.verdict(raw, fmt=r["format"])
+            v = runtime.verdict(
+                raw,
+                fmt=r["format"],
+                bandwidth_hz=r["bandwidth_hz"],
+                bitrate_kbps=r["bitrate_kbps"],
+                stream=r["stream"],
+            )
             if math.isfinite(v.score) and np.isfinite(raw).all():
                 score, level = v.score, v.level
+                warnings = [w.code for w in v.warnings]
                 condition = v.condition if runtime.conditions else None
                 spans = r["spans"]
                 windows = None
@@ -142,6 +156,7 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
         cols["model_version"].append(m.version)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
+        cols["warnings"].append(warnings)
     return pa.Table.from_pydict(cols, schema=OUTPUT_SCHEMA)
 
 
@@ -177,6 +192,7 @@ def error_rows(errors: dict[str, str], model: str, version: str) -> pa.Table:
             "model_version": [version] * n,
             "error_code": [UNREADABLE] * n,
             "error_message": list(errors.values()),
+            "warnings": [None] * n,
         },
         schema=OUTPUT_SCHEMA,
     )

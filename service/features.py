@@ -123,6 +123,20 @@ class DecodedAudio:
     duration_s: float
 
 
+def stream_codec(data: bytes, fmt: str) -> str | None:
+    """The lossy codec of an upload of format `fmt`: mp3, or for ogg the codec its first
+    page names (opus or vorbis); None for anything else."""
+    if fmt == "mp3":
+        return "mp3"
+    if fmt == "ogg":
+        head = data[:512]
+        if b"OpusHead" in head:
+            return "opus"
+        if b"\x01vorbis" in head:
+            return "vorbis"
+    return None
+
+
 def sniff(data: bytes) -> tuple[MediaKind, str]:
     """Recognise a payload by its magic bytes → (kind, format); never by file name."""
     head = data[:12]
@@ -300,6 +314,90 @@ def onset_aligned(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
     if margin is None or clip is None or audio.shape[0] <= params.clip_samples:
         return audio
     return from_onset(audio, params.sample_rate, margin, clip)
+
+
+BANDWIDTH_DROP_DB = 30.0  # a codec's low-pass leaves the top this far below the band under it
+BANDWIDTH_BELOW_HZ = 500.0  # the band under a candidate edge, whose median level is compared
+BANDWIDTH_GAP_HZ = 300.0  # a low-pass filter's transition, skipped above a candidate
+BANDWIDTH_EDGE_DB = 10.0  # the edge: where the level has fallen this far
+BANDWIDTH_ACTIVE_DB = 40.0  # frames this far below the loudest are silence, not spectrum
+
+
+def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) -> float | None:
+    """(n,) float32 at sample_rate → the highest frequency (Hz) the sound carries, or None for
+    silence or a clip shorter than n_fft.
+
+    The mean power spectrum of the clip's non-silent frames (within 40 dB of the loudest),
+    in dB. A cliff is a frequency k above which, past a 300-Hz transition, everything
+    (5-bin averages) lies at least 30 dB below the median level of the 500 Hz under k: what
+    a lossy codec's low-pass (or a lower recording rate) leaves. The edge of the highest
+    cliff is its last frequency within 10 dB of that level. A spectrum without a cliff (a
+    lossless recording, however dull its top) has the full band: sample_rate / 2.
+    """
+    hop = n_fft  # frames side by side: the spectrum's average, at a quarter of the STFT's cost
+    n = (audio.shape[0] - n_fft) // hop + 1
+    if n < 1:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop][:n]
+    power = np.abs(scipy.fft.rfft(frames * _window(n_fft), axis=1)) ** 2
+    energy = power.sum(axis=1)
+    active = energy >= max(float(energy.max()) * 10 ** (-BANDWIDTH_ACTIVE_DB / 10), 1e-10)
+    if not active.any():
+        return None
+    level = 10 * np.log10(power[active].mean(axis=0, dtype=np.float64) + 1e-20)
+    bin_hz = sample_rate / n_fft
+    below, gap = (
+        max(1, round(BANDWIDTH_BELOW_HZ / bin_hz)),
+        max(1, round(BANDWIDTH_GAP_HZ / bin_hz)),
+    )
+    # the loudest of every suffix level[j:] (averaged over 5 bins: one stray bin is no band)
+    smooth = np.convolve(level, np.ones(5) / 5, mode="same")
+    tops = np.maximum.accumulate(smooth[::-1])[::-1]
+    for k in range(len(level) - gap - 3, below, -1):
+        under = float(np.median(level[k - below : k]))
+        if under - tops[k + gap] >= BANDWIDTH_DROP_DB:
+            # the cliff lies between k - below and k + gap: its edge is the last bin there
+            # within BANDWIDTH_EDGE_DB of the level under it
+            span = smooth[k - below : k + gap]
+            return float(k - below + np.flatnonzero(span >= under - BANDWIDTH_EDGE_DB)[-1]) * bin_hz
+    return sample_rate / 2
+
+
+@lru_cache(maxsize=16)
+def _band_centres(
+    sample_rate: int, n_mels: int, fmin: float, fmax: float | None
+) -> tuple[float, ...]:
+    top = float(sample_rate) / 2 if fmax is None else fmax
+    lo, hi = _hz_to_mel(np.array([float(fmin), top]))
+    return tuple(float(f) for f in _mel_to_hz(np.linspace(lo, hi, n_mels + 2))[1:-1])
+
+
+def band_centres(params: FeatureParams) -> np.ndarray:
+    """(n_mels,) the centre (Hz) of every mel band, lowest first (the filterbank's peaks)."""
+    return np.array(_band_centres(params.sample_rate, params.n_mels, params.fmin, params.fmax))
+
+
+def top_band_centre(params: FeatureParams) -> float:
+    """The centre (Hz) of the highest mel band the model reads: an input whose bandwidth
+    ends below it leaves at least that band empty."""
+    return float(band_centres(params)[-1])
+
+
+BANDWIDTH_MAX_FRAMES = 256  # a long clip's spectrum from this many frames spread over it
+
+
+def input_bandwidth(audio: np.ndarray, sample_rate: int, params: FeatureParams) -> float | None:
+    """A decoded clip (n,) at its own rate → the highest frequency (Hz) it carries once at
+    the model's rate (at most params.sample_rate / 2), None for silence: the effective
+    bandwidth of the frames a ~64-ms FFT makes at the clip's rate, at most
+    BANDWIDTH_MAX_FRAMES of them spread over a long clip."""
+    n_fft = 1 << max(8, round(np.log2(0.064 * sample_rate)))
+    n = audio.shape[0] // n_fft
+    if n > BANDWIDTH_MAX_FRAMES:
+        starts = np.linspace(0, (n - 1) * n_fft, BANDWIDTH_MAX_FRAMES).astype(np.int64)
+        audio = audio[starts[:, None] + np.arange(n_fft)].reshape(-1)
+    edge = effective_bandwidth(audio, sample_rate, n_fft)
+    return None if edge is None else min(edge, params.sample_rate / 2)
 
 
 def fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
@@ -547,6 +645,9 @@ class Prepared:
     sample_rate: int | None
     channels: int | None
     spans: list[tuple[float, float]] | None = None  # (start_s, end_s) per window; audio only
+    bandwidth_hz: float | None = None  # input_bandwidth; audio only (None: silence too)
+    bitrate_kbps: float | None = None  # the upload's size over its duration; audio only
+    stream: str | None = None  # the lossy codec inside: mp3, opus or vorbis (stream_codec)
 
     @property
     def image(self) -> np.ndarray:
@@ -567,7 +668,20 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
             f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
         )
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
-    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    kbps = len(data) * 8 / audio.duration_s / 1000
+    return Prepared(
+        images,
+        kind,
+        fmt,
+        audio.duration_s,
+        audio.sample_rate,
+        audio.channels,
+        spans,
+        bandwidth,
+        kbps,
+        stream_codec(data, fmt),
+    )
 
 
 def load_file(path: str, params: FeatureParams, max_seconds: float | None = None) -> Prepared:

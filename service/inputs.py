@@ -34,7 +34,9 @@ from service.features import (
     audio_to_windows,
     decode_audio,
     decode_image,
+    input_bandwidth,
     sniff,
+    stream_codec,
 )
 
 # Audio samples are about [-1, 1]; some tools write unnormalised float WAVs (±32768).
@@ -118,7 +120,20 @@ def prepare_bounded(
     audio = decode_bounded(data, params, limits, budget)
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
     check_finite_images(images)
-    return Prepared(images, kind, fmt, audio.duration_s, audio.sample_rate, audio.channels, spans)
+    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
+    kbps = len(data) * 8 / audio.duration_s / 1000
+    return Prepared(
+        images,
+        kind,
+        fmt,
+        audio.duration_s,
+        audio.sample_rate,
+        audio.channels,
+        spans,
+        bandwidth,
+        kbps,
+        stream_codec(data, fmt),
+    )
 
 
 def decode_bounded(

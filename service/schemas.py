@@ -26,6 +26,40 @@ class InputInfo(BaseModel):
     duration_s: float | None = Field(None, examples=[10.0])
     sample_rate: int | None = Field(None, examples=[16000])
     channels: int | None = Field(None, examples=[1])
+    bandwidth_hz: float | None = Field(
+        None,
+        description="audio: the highest frequency the sound carries at the model's sample "
+        "rate (a lossy codec's low-pass at a low bitrate, or a low recording rate, ends it "
+        "early); none for a picture or silence",
+        examples=[8000.0],
+    )
+    bitrate_kbps: float | None = Field(
+        None,
+        description="audio: the upload's size over its duration, in kbit/s (a lossy upload "
+        "is judged by the thresholds measured at its codec's nearest bitrate)",
+        examples=[256.0],
+    )
+
+
+class InputWarningDetail(BaseModel):
+    """Something about the input that limits what its verdict can say."""
+
+    code: str = Field(
+        description="low_bandwidth: the input carries no sound in the model's top mel "
+        "bands (input.bandwidth_hz ends below the centre of the highest one); its level is "
+        "then at most needs_maintenance, never severe, because the missing bands alone can "
+        "put a healthy clip there; low_bitrate: a lossy upload judged by thresholds measured "
+        "at its codec and bitrate, which the detector was not fitted on, so a fault may "
+        "read normal (the level is kept)",
+        examples=["low_bandwidth"],
+    )
+    message: str = Field(
+        examples=[
+            "the input carries sound up to ~5.9 kHz; the model was fitted on sound up to "
+            "6.4 kHz, so its top bands are empty here: the level is at most "
+            "needs_maintenance (send a higher bitrate or sample rate to judge it)"
+        ]
+    )
 
 
 class ThresholdValues(BaseModel):
@@ -84,6 +118,13 @@ class ScoreResult(BaseModel):
         None, description="the worst stretch of windows, which decides the level (audio only)"
     )
     condition: ConditionUsed | None = None
+    warnings: list[InputWarningDetail] = Field(
+        default_factory=list,
+        description="what limits this verdict (empty when nothing does): low_bandwidth (a "
+        "low-bitrate or low-rate upload missing the model's top bands; its level is then at "
+        "most needs_maintenance), low_bitrate (judged at a codec and bitrate the detector was "
+        "not fitted on; a fault may read normal)",
+    )
 
 
 class FileError(BaseModel):

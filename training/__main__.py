@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also fit on an ogg/mp3 round trip of every training clip (healthy mp3 and "
-        "ogg uploads then score as normal)",
+        "ogg uploads then score as normal), and measure the levels on low-bitrate round "
+        "trips (mp3 24 kbit/s, opus 16 kbit/s, vorbis at its lowest quality)",
     )
     f.add_argument(
         "--max-components",

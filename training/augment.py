@@ -40,27 +40,106 @@ CODECS: dict[str, tuple[str, str, float | None]] = {
     "ogg": ("OGG", "VORBIS", None),
     "mp3-128": ("MP3", "MPEG_LAYER_III", 0.2),
     "mp3-64": ("MP3", "MPEG_LAYER_III", 0.6),
+    "vorbis-low": ("OGG", "VORBIS", 1.0),  # libvorbis's lowest quality: ~28 kbit/s at 16 kHz
 }
-CYCLE = ("ogg", "mp3-128", "ogg", "mp3-64")
+# The rates voice-note and phone apps send (issue 23), by bitrate whatever the sample rate
+# (encode_at): LAME at 24 kbit/s leaves holes in quiet bands and low-passes the top, Opus at
+# 16 kbit/s smooths the noise floor. The detector is not fitted on them (that cost wav
+# clips a sixth of the faults caught: bench/README.md); the levels are (CALIBRATION_CODECS).
+LOW_BITRATES: dict[str, tuple[str, float]] = {"mp3-24": ("mp3", 24), "opus-16": ("opus", 16)}
+FORMATS = {
+    "ogg": "ogg",
+    "mp3-128": "mp3",
+    "mp3-64": "mp3",
+    "mp3-24": "mp3",
+    "opus-16": "ogg",
+    "vorbis-low": "ogg",
+}
+CYCLE = ("ogg", "mp3-128", "ogg", "mp3-64")  # the detector's copies: one per clip
+CALIBRATION_CODECS = ("mp3-24", "opus-16", "vorbis-low")  # every clip, for the levels only
 
 
 def round_trip(data: bytes, codec: str) -> bytes:
-    """Audio file bytes → the same audio encoded with `codec` (a CODECS key)."""
+    """Audio file bytes → the same audio encoded with `codec` (a CODECS or LOW_BITRATES
+    key)."""
     import soundfile as sf
 
-    fmt, subtype, level = CODECS[codec]
     audio = decode_audio(data)
+    if codec in LOW_BITRATES:
+        kind, kbps = LOW_BITRATES[codec]
+        return encode_at(audio.samples, audio.sample_rate, kind, kbps, clamp=True)
+    fmt, subtype, level = CODECS[codec]
     kwargs: dict[str, object] = {}
     if level is not None:
-        kwargs = {"compression_level": level, "bitrate_mode": "CONSTANT"}
+        kwargs = {"compression_level": level}
+        if fmt == "MP3":
+            kwargs["bitrate_mode"] = "CONSTANT"
     buf = io.BytesIO()
     sf.write(buf, audio.samples, audio.sample_rate, format=fmt, subtype=subtype, **kwargs)
     return buf.getvalue()
 
 
+# libsndfile maps a compression level in [0, 1] linearly onto a codec's bitrates: MP3 from
+# the highest to the lowest its MPEG version allows at the sample rate (measured: 0.632 →
+# 64 kbit/s, 0.895 → 24 kbit/s at 16 kHz), Opus from 256 to 6 kbit/s (measured with the
+# Ogg pages: 0.96 → 17.9 kbit/s, 0.896 → 34 kbit/s).
+MP3_BITRATES = {1: (32, 320), 2: (8, 160), 25: (8, 64)}  # MPEG version → (lowest, highest)
+OPUS_BITRATES = (6, 256)
+
+
+def _mpeg_version(sample_rate: int) -> int:
+    return 1 if sample_rate >= 32000 else 2 if sample_rate >= 16000 else 25
+
+
+OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def encode_at(
+    samples: np.ndarray, sample_rate: int, codec: str, kbps: float, clamp: bool = False
+) -> bytes:
+    """(n,) float32 audio → `codec` ("mp3", "opus") bytes at about `kbps` kbit/s (constant
+    for mp3), with libsndfile's own encoders (LAME, libopus): no system package needed.
+    Opus takes 8, 12, 16, 24 or 48 kHz (other rates are resampled to 48 kHz). ValueError for
+    a bitrate the codec cannot give at this sample rate, unless `clamp` (then the nearest)."""
+    import soundfile as sf
+
+    if codec == "opus" and sample_rate not in OPUS_SAMPLE_RATES:
+        samples, sample_rate = resample(samples, sample_rate, 48000), 48000
+
+    if codec == "mp3":
+        low, high = MP3_BITRATES[_mpeg_version(sample_rate)]
+        fmt, subtype, mode = "MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT"}
+    elif codec == "opus":
+        low, high = OPUS_BITRATES
+        fmt, subtype, mode = "OGG", "OPUS", {}
+    else:
+        raise ValueError(f"no bitrate control for {codec!r}")
+    if clamp:
+        kbps = min(max(kbps, low), high)
+    if not low <= kbps <= high:
+        raise ValueError(f"{codec} at {sample_rate} Hz takes {low}-{high} kbit/s, not {kbps:g}")
+    level = min((high - kbps) / (high - low), 0.999)  # libsndfile refuses 1.0 for mp3
+    buf = io.BytesIO()
+    sf.write(
+        buf, samples, sample_rate, format=fmt, subtype=subtype, compression_level=level, **mode
+    )
+    return buf.getvalue()
+
+
+def codec_copy_setting(index: int) -> str:
+    """The codec setting (a CYCLE entry) of clip `index`'s codec copy."""
+    return CYCLE[index % len(CYCLE)]
+
+
+def calibration_copy(path: Path, codec: str, params: FeatureParams) -> Prepared:
+    """Model input of a low-bitrate round trip (a CALIBRATION_CODECS entry) of the clip at
+    path, for the levels only."""
+    return prepare(round_trip(Path(path).read_bytes(), codec), params)
+
+
 def codec_copy_format(index: int) -> str:
     """The file format (ogg, mp3) of clip `index`'s codec copy."""
-    return CODECS[CYCLE[index % len(CYCLE)]][0].lower()
+    return FORMATS[CYCLE[index % len(CYCLE)]]
 
 
 def codec_copy(path: Path, index: int, params: FeatureParams) -> Prepared:

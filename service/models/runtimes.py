@@ -32,7 +32,13 @@ from service.models.bundle import (
     verify_files,
     window_scores,
 )
-from service.models.verdict import LOSSY_DEFAULT, LOSSY_FORMATS, Verdict, verdict
+from service.models.verdict import (
+    LOSSY_DEFAULT,
+    LOSSY_FORMATS,
+    Verdict,
+    limited_by_input,
+    verdict,
+)
 
 log = logging.getLogger("auscult.runtime")
 RUN_CHUNK = 64  # 32-256 run 2048 windows alike (67-71 ms); smaller keeps the arena small
@@ -208,12 +214,19 @@ class AnomalyRuntime(ModelRuntime):
         condition: str | None = None,
         fmt: str | None = None,
         lossy: bool | None = None,
+        bandwidth_hz: float | None = None,
+        bitrate_kbps: float | None = None,
+        stream: str | None = None,
     ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
         the upload's format (wav, flac, ogg, mp3, png…), or None for model inputs; `lossy`:
         whether the sound went through a lossy codec (None: ogg and mp3 did; a lossless
-        file that did is judged as ogg)."""
+        file that did is judged as ogg); `bandwidth_hz`: the upload's effective bandwidth
+        (Prepared.bandwidth_hz; below the model's top band: a `low_bandwidth` warning and
+        never `severe`); `bitrate_kbps`: the upload's (Prepared.bitrate_kbps), which picks
+        a lossy upload's tails by bitrate, with `stream` (Prepared.stream: opus or vorbis
+        in ogg)."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
@@ -223,10 +236,15 @@ class AnomalyRuntime(ModelRuntime):
                 codec = None
             elif lossy and codec is None:
                 codec = LOSSY_DEFAULT
-            return verdict(raw, m.calibration, th, condition, codec)
-        s = aggregate(raw, *self.aggregation)  # bundles before calibration
-        worst = int(np.argmax(raw))
-        return Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))
+            own = codec is not None and codec == fmt  # the upload's own encoding
+            kbps, inside = (bitrate_kbps, stream) if own else (None, None)
+            v = verdict(raw, m.calibration, th, condition, codec, kbps, inside)
+        else:
+            s = aggregate(raw, *self.aggregation)  # bundles before calibration
+            worst = int(np.argmax(raw))
+            v = Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))
+        fitted = m.calibration.min_bandwidth_hz if m.calibration is not None else None
+        return limited_by_input(v, bandwidth_hz, m.features, fitted)
 
     def clip_score(self, raw: np.ndarray) -> float:
         """One clip's raw window scores → its score (`verdict(raw).score`)."""

@@ -42,6 +42,7 @@ from service.schemas import (
     ErrorDetail,
     FileError,
     InputInfo,
+    InputWarningDetail,
     ScoreResult,
     ThresholdValues,
     WindowScore,
@@ -187,6 +188,8 @@ def _input_info(p: Prepared) -> InputInfo:
         duration_s=round(p.duration_s, 4) if p.duration_s is not None else None,
         sample_rate=p.sample_rate,
         channels=p.channels,
+        bandwidth_hz=None if p.bandwidth_hz is None else round(p.bandwidth_hz),
+        bitrate_kbps=None if p.bitrate_kbps is None else round(p.bitrate_kbps, 1),
     )
 
 
@@ -384,7 +387,10 @@ class Scorer:
         for it in items:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
-                v = runtime.verdict(raw, condition, it.prepared.format, lossy)
+                p = it.prepared
+                v = runtime.verdict(
+                    raw, condition, p.format, lossy, p.bandwidth_hz, p.bitrate_kbps, p.stream
+                )
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:
@@ -499,6 +505,7 @@ def score_result(
         condition=ConditionUsed(name=v.condition, chosen=v.condition_source)
         if runtime.conditions
         else None,
+        warnings=[InputWarningDetail(code=w.code, message=w.message) for w in v.warnings],
     )
 
 

@@ -26,6 +26,7 @@ never saw reaches `needs_maintenance` with probability `false_alarm_rate` and `s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from service.errors import BundleError
+from service.features import FeatureParams, band_centres
 
 ConditionSource = Literal["request", "nearest", "only"]
 LOSSY_FORMATS = ("ogg", "mp3")  # uploads judged by a condition's `codec_tails` of their format
@@ -47,6 +49,23 @@ class TailFit(BaseModel):
     windows: int = Field(ge=1)
     shape: float = Field(gt=0)
     scale: float = Field(gt=0)
+
+
+class RateTails(BaseModel):
+    """Tails of one lossy format at one bitrate: round trips of the held-out recordings
+    through it, at `kbps` (the copies' median size over duration, as an upload's is
+    measured)."""
+
+    format: str
+    stream: str | None = Field(None, description="the codec inside the format: mp3, opus, vorbis")
+    kbps: float = Field(gt=0)
+    fitted: bool = Field(
+        True,
+        description="whether the detector was fitted on copies through this codec and "
+        "bitrate; false: only these tails were measured on them (an upload judged by them "
+        "gets a `low_bitrate` warning: faults may read normal)",
+    )
+    tails: list[TailFit]
 
 
 class ConditionCalibration(BaseModel):
@@ -64,6 +83,13 @@ class ConditionCalibration(BaseModel):
         description="the same per lossy format (ogg, mp3), measured on round trips of the "
         "clips through it (a codec's masking moves a healthy score); a format without its "
         "own: `tails`",
+    )
+    rate_tails: list[RateTails] = Field(
+        default_factory=list,
+        description="the same per lossy format and bitrate (mp3 at 128, 64 and 24 kbit/s, "
+        "Vorbis, Opus at 16 kbit/s): an upload of that format is judged by the tails of the "
+        "bitrate nearest its own (in ratio), since a low bitrate moves a healthy score far "
+        "more than a high one; without them: `codec_tails`",
     )
     source: Literal["fit", "enrolled"] = "fit"
 
@@ -83,6 +109,13 @@ class LevelCalibration(BaseModel):
     estimate: dict[str, Any] = Field(
         default_factory=dict, description="how the rates were estimated, from how much data"
     )
+    min_bandwidth_hz: float | None = Field(
+        None,
+        gt=0,
+        description="the narrowest input bandwidth (features.input_bandwidth) among the "
+        "recordings and lossy-codec copies the detector and levels were fitted on: an input "
+        "that leaves more of the top mel bands empty than they did gets `low_bandwidth`",
+    )
 
     def condition_names(self) -> list[str]:
         return [c.name for c in self.conditions]
@@ -100,7 +133,8 @@ class LevelCalibration(BaseModel):
             raise BundleError(f"calibration.reference {self.reference!r} is not a condition")
         lengths = list(range(1, self.stretch_windows + 1))
         for c in self.conditions:
-            for tails in (c.tails, *c.codec_tails.values()):
+            rated = [r.tails for r in c.rate_tails]
+            for tails in (c.tails, *c.codec_tails.values(), *rated):
                 if [t.windows for t in tails] != lengths:
                     raise BundleError(
                         "every condition's tails must cover stretches of 1..stretch_windows"
@@ -112,6 +146,14 @@ class LevelCalibration(BaseModel):
 
 
 @dataclass(frozen=True)
+class InputWarning:
+    """Something about the input that limits what its verdict can say."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     score: float
     level: str
@@ -119,6 +161,56 @@ class Verdict:
     condition_source: ConditionSource
     window_scores: np.ndarray  # (n_windows,) in the reference condition's units
     worst: tuple[int, int]  # window indices [first, last] of the worst stretch
+    warnings: tuple[InputWarning, ...] = ()
+
+
+def bands_carried(bandwidth_hz: float, features: FeatureParams) -> int:
+    """How many of the model's mel bands, from the lowest, have their centre at or below
+    `bandwidth_hz`: the bands an input of that bandwidth fills."""
+    return int(np.searchsorted(band_centres(features), bandwidth_hz, side="right"))
+
+
+def bandwidth_warning(
+    bandwidth_hz: float | None, features: FeatureParams, fitted_hz: float | None = None
+) -> InputWarning | None:
+    """A `low_bandwidth` warning when the input's effective bandwidth (features.
+    input_bandwidth) fills fewer mel bands than every band the model reads (a lossy
+    codec's low-pass at a low bitrate, or a recording at a low sample rate), and fewer than
+    the narrowest input the bundle was fitted on (`fitted_hz`, calibration.min_bandwidth_hz,
+    when it knows): the empty bands make the score measure what is missing as much as the
+    machine."""
+    if bandwidth_hz is None:
+        return None
+    needed = features.n_mels
+    if fitted_hz is not None:
+        needed = min(needed, bands_carried(fitted_hz, features))
+    if bands_carried(bandwidth_hz, features) >= needed:
+        return None
+    fmax = float(features.fmax if features.fmax is not None else features.sample_rate / 2)
+    fitted = f"{fmax / 1000:.1f} kHz"
+    if fitted_hz is not None and fitted_hz < fmax:
+        fitted = f"{fmax / 1000:.1f} kHz (and calibrated on inputs down to {fitted_hz / 1000:.1f})"
+    return InputWarning(
+        "low_bandwidth",
+        f"the input carries sound up to ~{bandwidth_hz / 1000:.1f} kHz; the model was fitted "
+        f"on sound up to {fitted}, so its top bands are empty here: the level is at most "
+        "needs_maintenance (send a higher bitrate or sample rate to judge it)",
+    )
+
+
+def limited_by_input(
+    v: Verdict,
+    bandwidth_hz: float | None,
+    features: FeatureParams,
+    fitted_hz: float | None = None,
+) -> Verdict:
+    """The verdict of an input with a `low_bandwidth` warning: never `severe` (the missing
+    bands alone can put a healthy clip there); the score is kept as it is."""
+    warning = bandwidth_warning(bandwidth_hz, features, fitted_hz)
+    if warning is None:
+        return v
+    level = "needs_maintenance" if v.level == "severe" else v.level
+    return dataclasses.replace(v, level=level, warnings=(*v.warnings, warning))
 
 
 def spread(raw: np.ndarray) -> tuple[float, float]:
@@ -180,21 +272,65 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
     return float(means[i]), i, i + length - 1
 
 
+def tails_for(
+    c: ConditionCalibration,
+    codec: str | None,
+    kbps: float | None = None,
+    stream: str | None = None,
+) -> list[TailFit]:
+    """Condition c's tails for sound that went through `codec` (a format; None: lossless)
+    at `kbps` (None: unknown), its stream `stream` (opus or vorbis in ogg; None: unknown):
+    the rate tails of that format (and stream, when it has its own) nearest in ratio to
+    kbps, else the format's pooled `codec_tails`, else the lossless `tails`."""
+    if not codec:
+        return c.tails
+    rated = nearest_rate(c, codec, kbps, stream)
+    if rated is not None:
+        return rated.tails
+    return c.codec_tails.get(codec, c.tails)
+
+
+def nearest_rate(
+    c: ConditionCalibration, codec: str, kbps: float | None, stream: str | None
+) -> RateTails | None:
+    """Condition c's rate tails of format `codec` (and of `stream` when it has its own)
+    nearest in ratio to kbps; None without rate tails of that format or without kbps."""
+    rated = [r for r in c.rate_tails if r.format == codec]
+    if stream is not None and any(r.stream == stream for r in rated):
+        rated = [r for r in rated if r.stream == stream]
+    if not rated or kbps is None or kbps <= 0:
+        return None
+    return min(rated, key=lambda r: abs(math.log(kbps / r.kbps)))
+
+
 def limits(
-    c: ConditionCalibration, cal: LevelCalibration, n_windows: int, codec: str | None = None
+    c: ConditionCalibration,
+    cal: LevelCalibration,
+    n_windows: int,
+    codec: str | None = None,
+    kbps: float | None = None,
+    stream: str | None = None,
 ) -> tuple[float, float]:
     """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
     stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
     probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
     `codec`: the lossy format the sound went through (its tails when the condition has
-    them), None for lossless audio."""
-    tails = c.codec_tails.get(codec, c.tails) if codec else c.tails
-    tail = tails[min(n_windows, cal.stretch_windows) - 1]
+    them), None for lossless audio; `kbps`: its bitrate (tails_for). A codec's limits are
+    never below the lossless ones: a round trip adds to a healthy score's spread, and a
+    tail fitted to the few copies of one codec and bitrate comes out tighter than the truth
+    (issue 23: mp3 at 64 kbit/s read needs_maintenance on half of the healthy clips)."""
     m = max(1.0, n_windows / cal.stretch_windows)
-    return _tail_limits(
-        tail.shape, tail.scale, m, cal.false_alarm_rate, cal.severe_rate, cal.severe_factor
-    )
+    window = min(n_windows, cal.stretch_windows) - 1
+    rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
+    base = c.tails[window]
+    lossless = _tail_limits(base.shape, base.scale, m, *rates)
+    tails = tails_for(c, codec, kbps, stream)
+    if tails is c.tails:
+        return lossless
+    tail = tails[window]
+    t_m, t_s = _tail_limits(tail.shape, tail.scale, m, *rates)
+    return max(t_m, lossless[0]), max(t_s, lossless[1])
 
 
 @functools.lru_cache(maxsize=4096)
@@ -227,12 +363,14 @@ def calibrated_score(
     c: ConditionCalibration,
     cal: LevelCalibration,
     codec: str | None = None,
+    kbps: float | None = None,
+    stream: str | None = None,
 ) -> float:
     """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
     c's own limits for a clip of that length land on the bundle's thresholds (the
     reference condition's limits for a clip of one stretch)."""
     ref = reference_limits(cal)
-    return float(on_reference_scale(s, limits(c, cal, n_windows, codec), ref))
+    return float(on_reference_scale(s, limits(c, cal, n_windows, codec, kbps, stream), ref))
 
 
 def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
@@ -241,11 +379,16 @@ def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
 
 
 def window_scores_in_reference(
-    raw: np.ndarray, c: ConditionCalibration, cal: LevelCalibration, codec: str | None = None
+    raw: np.ndarray,
+    c: ConditionCalibration,
+    cal: LevelCalibration,
+    codec: str | None = None,
+    kbps: float | None = None,
+    stream: str | None = None,
 ) -> np.ndarray:
     """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
     of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
-    return on_reference_scale(raw, limits(c, cal, 1, codec), reference_limits(cal))
+    return on_reference_scale(raw, limits(c, cal, 1, codec, kbps, stream), reference_limits(cal))
 
 
 def choose_condition(
@@ -276,15 +419,30 @@ def verdict(
     thresholds: tuple[float, float],
     condition: str | None = None,
     codec: str | None = None,
+    kbps: float | None = None,
+    stream: str | None = None,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
     must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
-    lossy format the sound went through (ogg, mp3), None for lossless audio."""
+    lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps` and
+    `stream`: the bitrate and codec it went through, when known (tails_for)."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal, codec)
-    v = window_scores_in_reference(raw[:, index], c, cal, codec)
+    score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream)
+    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream)
+    warnings: tuple[InputWarning, ...] = ()
+    rated = nearest_rate(c, codec, kbps, stream) if codec else None
+    if rated is not None and not rated.fitted:
+        warnings = (
+            InputWarning(
+                "low_bitrate",
+                f"judged as {rated.stream or rated.format} at {rated.kbps:g} kbit/s: the "
+                "detector was not fitted on that codec and bitrate, only its thresholds were "
+                "measured there, so a healthy clip reads normal but a fault may too (send a "
+                "higher bitrate to be sure)",
+            ),
+        )
     return Verdict(
         score=score,
         level=level_of(score, *thresholds),
@@ -292,4 +450,5 @@ def verdict(
         condition_source=how,
         window_scores=v,
         worst=(first, last),
+        warnings=warnings,
     )

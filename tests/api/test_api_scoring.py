@@ -110,6 +110,8 @@ async def test_png_spectrogram_scores_like_its_audio(
         "duration_s": None,
         "sample_rate": None,
         "channels": None,
+        "bandwidth_hz": None,
+        "bitrate_kbps": None,
     }
     # The PNG holds 8-bit pixels: the same clip, quantised.
     assert body["score"] == pytest.approx((await score(client, audio))["score"], rel=0.05)

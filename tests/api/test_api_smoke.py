@@ -30,5 +30,8 @@ async def test_score_returns_a_typed_result(client) -> None:  # type: ignore[no-
         "duration_s": 1.0,
         "sample_rate": 16000,
         "channels": 1,
+        "bandwidth_hz": 8000.0,
+        "bitrate_kbps": 256.4,  # 16-bit samples at 16 kHz and a 44-byte header, over 1 s
     }
+    assert body["warnings"] == []
     assert "x-request-id" in r.headers

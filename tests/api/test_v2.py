@@ -101,7 +101,7 @@ async def test_health_metadata_and_readiness() -> None:
             ("audio", "BYTES", [-1]),
             (GEARBOX.input.name, "FP32", [-1, H, W, 1]),
         ]
-        assert [o["name"] for o in meta["outputs"]] == ["score", "level"]
+        assert [o["name"] for o in meta["outputs"]] == ["score", "level", "warnings"]
         digits = (await client.get(f"/v2/models/digits/versions/{DIGITS.version}")).json()
         assert [o["name"] for o in digits["outputs"]] == ["label", "probabilities"]
         r = await client.get("/v2/models/gearbox/ready")

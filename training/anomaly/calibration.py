@@ -22,6 +22,7 @@ from service.models.bundle import Thresholds, window_scores
 from service.models.verdict import (
     ConditionCalibration,
     LevelCalibration,
+    RateTails,
     fit_tails,
     reference_limits,
     spread,
@@ -166,11 +167,14 @@ def fit_level_calibration(
     false_alarm_rate: float = FALSE_ALARM_RATE,
     severe_rate: float = SEVERE_RATE,
     codec_of: Callable[[int], str | None] = lambda o: None,
+    copy_of: Callable[[int], tuple[str, float, str] | None] = lambda o: None,
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
-    clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i - n_clips) →
+    clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i mod n_clips: those
+    below 2 n_clips the detector was fitted on, those above only calibrate) →
     every condition's spread and stretch tails (`codec_tails` from the copies, by the lossy
-    format `codec_of(index)` gives), the thresholds (from the reference condition's
+    format `codec_of(index)` gives, and `rate_tails` by the (codec setting, kbit/s, stream
+    codec) that `copy_of(index)` gives a copy), the thresholds (from the reference condition's
     full-stretch tail) and the out-of-group check."""
 
     source = cal_clip % n_clips
@@ -195,11 +199,26 @@ def fit_level_calibration(
         ours = [o for o in owners if clip_condition[o % n_clips] == i]
         per_clip = [own[cal_clip == o] for o in ours if o < n_clips]
         copies = [o for o in ours if o >= n_clips]
-        formats = sorted({f for o in copies if (f := codec_of(o)) is not None})
+        fitted = [o for o in copies if o < 2 * n_clips]  # pooled: the detector's copies
+        formats = sorted({f for o in fitted if (f := codec_of(o)) is not None})
         codec_tails = {
-            fmt: fit_tails([own[cal_clip == o] for o in copies if codec_of(o) == fmt], L)
+            fmt: fit_tails([own[cal_clip == o] for o in fitted if codec_of(o) == fmt], L)
             for fmt in formats
         }
+        settings: dict[str, list[int]] = {}
+        for o in copies:
+            if (made := copy_of(o)) is not None and codec_of(o) is not None:
+                settings.setdefault(made[0], []).append(o)
+        rate_tails = [
+            RateTails(
+                format=str(codec_of(made[0])),
+                stream=copy_of(made[0])[2],  # type: ignore[index]
+                kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
+                tails=fit_tails([own[cal_clip == o] for o in made], L),
+                fitted=all(o < 2 * n_clips for o in made),
+            )
+            for _, made in sorted(settings.items())
+        ]
         conds.append(
             ConditionCalibration(
                 name=name,
@@ -209,6 +228,7 @@ def fit_level_calibration(
                 scale=scale,
                 tails=fit_tails(per_clip, L),
                 codec_tails=codec_tails,
+                rate_tails=rate_tails,
             )
         )
     cal = LevelCalibration(
@@ -223,7 +243,11 @@ def fit_level_calibration(
     # every out-of-group clip scored as the service scores it, its condition chosen as the
     # service chooses it when a request names none
     def clip_score(o: int) -> float:
-        return verdict(raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o)).score
+        made = copy_of(o)
+        kbps, stream = (made[1], made[2]) if made is not None else (None, None)
+        return verdict(
+            raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o), kbps=kbps, stream=stream
+        ).score
 
     scores = {int(o): clip_score(int(o)) for o in owners}
     originals = np.array([scores.get(i, np.nan) for i in range(n_clips)])

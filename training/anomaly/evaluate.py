@@ -7,6 +7,7 @@ KMeans score clusters) written into the bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -18,10 +19,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from service.features import FeatureParams, load_file
+from service.features import FeatureParams, Prepared, load_file
 from service.models.bundle import Aggregation, Manifest, aggregate, update_bundle
 from service.models.runtimes import AnomalyRuntime, open_runtime
-from training.augment import codec_copy
+from training.augment import CALIBRATION_CODECS, calibration_copy, codec_copy
 from training.datasets import AUDIO_EXTS, Clip, DatasetError, discover
 
 MAX_FPR = 0.1
@@ -34,34 +35,48 @@ class ScoredClips:
 
 
 def load_windows(
-    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+    clips: list[Clip],
+    params: FeatureParams,
+    desc: str,
+    codec_copies: bool = False,
+    inputs: dict[int, Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs of every clip's windows → ((n_windows, h, w), (n_windows,) index of the
     clip each window belongs to). With codec_copies, each audio clip i also contributes the
     windows of a lossy-codec round trip of itself (training.augment), as clip i + len(clips).
-    Raises DatasetError listing unreadable files."""
-    images, owners, bad = read_windows(clips, params, desc, codec_copies)
+    `inputs`, when given, receives every clip's (and copy's) Prepared by index, its images
+    dropped (for its bandwidth and bitrate). Raises DatasetError listing unreadable files."""
+    images, owners, bad = read_windows(clips, params, desc, codec_copies, inputs)
     if bad:
         raise DatasetError(describe_unreadable(clips, bad))
     return images, owners
 
 
 def read_windows(
-    clips: list[Clip], params: FeatureParams, desc: str, codec_copies: bool = False
+    clips: list[Clip],
+    params: FeatureParams,
+    desc: str,
+    codec_copies: bool = False,
+    inputs: dict[int, Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """As `load_windows`, but an unreadable clip is left out (it has no windows) and
     reported: → (images, owners, {clip index: reason})."""
     blocks, owners, bad = [], [], {}
     for i, clip in enumerate(tqdm(clips, desc=desc, unit="clip", leave=False)):
         try:
-            images = load_file(str(clip.path), params).images
+            prepared = load_file(str(clip.path), params)
+            images = prepared.images
             if codec_copies and clip.path.suffix.lower() in AUDIO_EXTS:
-                copy = codec_copy(clip.path, i, params).images
-                blocks.append(copy)
-                owners.append(np.full(len(copy), i + len(clips)))
+                copy = codec_copy(clip.path, i, params)
+                blocks.append(copy.images)
+                owners.append(np.full(len(copy.images), i + len(clips)))
+                if inputs is not None:
+                    inputs[i + len(clips)] = dataclasses.replace(copy, images=copy.images[:0])
         except Exception as e:
             bad[i] = str(getattr(e, "message", e))
             continue
+        if inputs is not None:
+            inputs[i] = dataclasses.replace(prepared, images=prepared.images[:0])
         blocks.append(images)
         owners.append(np.full(len(images), i))
     if not blocks:
@@ -92,6 +107,28 @@ def drop_unreadable(
 def tqdm_write(line: str) -> None:
     """A line on stderr that does not break a progress bar."""
     tqdm.write(line, file=sys.stderr)
+
+
+def load_calibration_copies(
+    clips: list[Clip], params: FeatureParams, inputs: dict[int, Prepared] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs of every audio clip i's round trip through each of training.augment's
+    CALIBRATION_CODECS (k-th: clip (2 + k) * len(clips) + i): ((n_windows, h, w),
+    (n_windows,)). `inputs` receives each copy's Prepared (images dropped)."""
+    blocks, owners = [], []
+    for i, clip in enumerate(tqdm(clips, desc="low-bitrate copies", unit="clip", leave=False)):
+        if clip.path.suffix.lower() not in AUDIO_EXTS:
+            continue
+        for k, codec in enumerate(CALIBRATION_CODECS):
+            copy = calibration_copy(clip.path, codec, params)
+            owner = (2 + k) * len(clips) + i
+            blocks.append(copy.images)
+            owners.append(np.full(len(copy.images), owner))
+            if inputs is not None:
+                inputs[owner] = dataclasses.replace(copy, images=copy.images[:0])
+    if not blocks:
+        return np.zeros((0, params.height, params.width), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(owners)
 
 
 def clip_scores(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.features import FeatureParams
+from service.features import FeatureParams, Prepared
 from service.models.bundle import (
     CONDITION_OFFSETS,
     Aggregation,
@@ -34,11 +34,17 @@ from training.anomaly.evaluate import (
     describe_unreadable,
     drop_unreadable,
     evaluate,
+    load_calibration_copies,
     load_windows,
     read_windows,
     tqdm_write,
 )
-from training.augment import codec_copy_format
+from training.augment import (
+    CALIBRATION_CODECS,
+    FORMATS,
+    codec_copy_format,
+    codec_copy_setting,
+)
 from training.datasets import (
     DatasetError,
     discover,
@@ -190,14 +196,21 @@ def fit(
         fit_params = params.model_copy(update={"window_hop_seconds": fit_hop_seconds})
     copies = " and their ogg/mp3 copies" if codec_copies else ""
     stage(f"features of {len(train)} training clips{copies}")
-    images, owners, bad = read_windows(train, fit_params, "features (train)", codec_copies)
+    inputs: dict[int, Prepared] = {}
+    images, owners, bad = read_windows(train, fit_params, "features (train)", codec_copies, inputs)
     skipped = tuple(f"{train[i].path.name} ({reason})" for i, reason in bad.items())
     if bad and strict_files:
         raise DatasetError(describe_unreadable(train, bad))
     for item in skipped:
         tqdm_write(f"warning: skipped unreadable file {item}")
     if bad:
+        n = len(train)
+        rank = {old: new for new, old in enumerate(i for i in range(n) if i not in bad)}
         train, owners = drop_unreadable(train, owners, bad)
+        # a clip's inputs (i) and its codec copy's (i + n) follow it to its new index
+        inputs = {
+            rank[k % n] + len(train) * (k // n): v for k, v in inputs.items() if k % n in rank
+        }
         if len(train) < 4:
             raise DatasetError(
                 f"need at least 4 readable normal training clips, found {len(train)} "
@@ -256,6 +269,11 @@ def fit(
     else:  # the windows the service scores: the bundle's own hop
         cal_images, cal_owner = load_windows(train, params, "features (levels)", codec_copies)
         cal_latents = encode(cal_images)
+    if codec_copies:  # low-bitrate copies: scored held out for the levels, never fitted on
+        extra_images, extra_owner = load_calibration_copies(train, params, inputs)
+        if len(extra_images):
+            cal_latents = np.concatenate([cal_latents, encode(extra_images)])
+            cal_owner = np.concatenate([cal_owner, extra_owner])
     weights = parts
 
     def fold_detector(rows: np.ndarray) -> calibration.Detector:
@@ -281,10 +299,24 @@ def fit(
     def codec_of(owner: int) -> str | None:
         """The lossy format a calibration clip went through (a codec copy's, or the
         original file's own), None for lossless."""
+        if owner >= 2 * len(train):
+            return FORMATS[CALIBRATION_CODECS[owner // len(train) - 2]]
         if owner >= len(train):
             return codec_copy_format(owner - len(train))
         fmt = train[owner].path.suffix.lower().lstrip(".")
         return fmt if fmt in LOSSY_FORMATS else None
+
+    def copy_of(owner: int) -> tuple[str, float, str] | None:
+        """A codec copy's (codec setting, kbit/s and stream codec as the service measures
+        an upload's)."""
+        p = inputs.get(owner)
+        if owner < len(train) or p is None or p.bitrate_kbps is None or p.stream is None:
+            return None
+        if owner >= 2 * len(train):
+            setting = CALIBRATION_CODECS[owner // len(train) - 2]
+        else:
+            setting = codec_copy_setting(owner - len(train))
+        return setting, p.bitrate_kbps, p.stream
 
     level = calibration.fit_level_calibration(
         raw_heldout,
@@ -299,8 +331,14 @@ def fit(
         false_alarm_rate,
         severe_rate,
         codec_of,
+        copy_of,
     )
     thresholds = level.thresholds
+    known = [b for p in inputs.values() if (b := p.bandwidth_hz) is not None]
+    if known:  # inputs this narrow were calibrated on: narrower ones get low_bandwidth
+        level.calibration = level.calibration.model_copy(
+            update={"min_bandwidth_hz": round(min(known), 1)}
+        )
 
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
@@ -323,7 +361,14 @@ def fit(
         th = (thresholds.needs_maintenance, thresholds.severe)
         return np.array(
             [
-                verdict(bundle_raw[cal_owner == i], level.calibration, th, codec=codec_of(i)).score
+                verdict(
+                    bundle_raw[cal_owner == i],
+                    level.calibration,
+                    th,
+                    codec=codec_of(i),
+                    kbps=None if (made := copy_of(i)) is None else made[1],
+                    stream=None if made is None else made[2],
+                ).score
                 for i in clip_ids
             ]
         )

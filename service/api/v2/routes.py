@@ -5,7 +5,8 @@ Inputs of a model (send one per request): `audio`, BYTES `[n]` — n encoded cli
 would; or the model's own input (`spectrogram` for the committed bundles), FP32
 `[n, height, width, 1]` (or `[n, height, width]`) — n windows of the model's input,
 values in [0, 1] as the service's features make them, one result per window.
-Outputs: anomaly models `score` (FP64 `[n]`) and `level` (BYTES `[n]`); classifiers
+Outputs: anomaly models `score` (FP64 `[n]`), `level` (BYTES `[n]`) and `warnings` (BYTES
+`[n]`: comma-separated codes such as `low_bandwidth`, empty when none); classifiers
 `label` (BYTES `[n]`) and `probabilities` (FP32 `[n, labels]`).
 """
 
@@ -163,6 +164,14 @@ def _metadata(rt: ModelRuntime) -> ModelMetadata:
         outputs = [
             TensorMetadata(name="score", datatype="FP64", shape=[-1]),
             TensorMetadata(name="level", datatype="BYTES", shape=[-1]),
+            TensorMetadata(
+                name="warnings",
+                datatype="BYTES",
+                shape=[-1],
+                description="what limits each verdict: comma-separated codes (low_bandwidth: "
+                "an audio element missing the model's top bands, its level at most "
+                "needs_maintenance), empty when nothing does",
+            ),
         ]
         params["thresholds"] = {
             "needs_maintenance": m.thresholds.needs_maintenance,
@@ -351,9 +360,11 @@ async def _infer_audio(
             code, message = r.error.code, r.error.message
             raise Failure(_status_of(code), code, f"{r.filename}: {message}")
     if isinstance(rt, AnomalyRuntime):
-        scores = [r.score for r in results if isinstance(r, ScoreResult)]
-        levels: list[str] = [r.level for r in results if isinstance(r, ScoreResult)]
-        return _anomaly_outputs(np.asarray(scores), levels)
+        scored = [r for r in results if isinstance(r, ScoreResult)]
+        warnings = [",".join(w.code for w in r.warnings) for r in scored]
+        return _anomaly_outputs(
+            np.asarray([r.score for r in scored]), [r.level for r in scored], warnings
+        )
     probs = [
         [r.probabilities[lab] for lab in rt.manifest.labels or []]  # type: ignore[union-attr]
         for r in results
@@ -363,9 +374,16 @@ async def _infer_audio(
     return _classifier_outputs(np.asarray(probs, np.float32), labels)
 
 
-def _anomaly_outputs(scores: np.ndarray, levels: list[str]) -> list[Output]:
+def _anomaly_outputs(
+    scores: np.ndarray, levels: list[str], warnings: list[str] | None = None
+) -> list[Output]:
+    """`warnings`: each element's comma-separated warning codes (none: all empty)."""
     n = len(levels)
-    return [Output("score", "FP64", [n], scores), Output("level", "BYTES", [n], levels)]
+    return [
+        Output("score", "FP64", [n], scores),
+        Output("level", "BYTES", [n], levels),
+        Output("warnings", "BYTES", [n], warnings if warnings is not None else [""] * n),
+    ]
 
 
 def _classifier_outputs(probs: np.ndarray, labels: list[str]) -> list[Output]:

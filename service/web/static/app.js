@@ -312,6 +312,7 @@
       h("header", {}, title, h("span", { class: `badge ${r.level}` }, LEVEL_TEXT[r.level])),
       h("p", { class: "score-line" }, "Score ", h("strong", { class: "score" }, fmt(r.score)), " — ", relation(r.score, t)),
       scale(r.score, t),
+      inputWarnings(r),
       decidedBy(r),
       r.windows && r.windows.length ? timeChart(r.windows, t, r.input.duration_s, r.worst) : null,
       spectrogramFigure(r),
@@ -321,6 +322,15 @@
 
   function rateText(rate) {
     return `${+(100 * rate).toPrecision(2)} %`;
+  }
+
+  function inputWarnings(r) {
+    if (!r.warnings || !r.warnings.length) return null;
+    return h(
+      "p",
+      { class: "hint input-warnings", role: "note" },
+      r.warnings.map((w) => `Warning (${w.code}): ${w.message}.`).join(" "),
+    );
   }
 
   function decidedBy(r) {
