@@ -205,7 +205,15 @@ def battery(port: int, model: str, h: int, w: int) -> list[Answer]:
 
 
 def workers_rss(supervisor: int) -> dict[int, float]:
-    return {p: rss_mb(p) for p in server_pids(supervisor) if p != supervisor}
+    """RSS (MB) of each live worker; one that exits while this reads is left out."""
+    out = {}
+    for p in server_pids(supervisor):
+        if p != supervisor:
+            try:
+                out[p] = rss_mb(p)
+            except OSError:
+                continue
+    return out
 
 
 def memory(url: str, supervisor: int, model: str, settle_s: float, mib: int) -> dict:
