@@ -353,14 +353,20 @@ def effective_bandwidth(audio: np.ndarray, sample_rate: int, n_fft: int = 1024) 
     # the loudest of every suffix level[j:] (averaged over 5 bins: one stray bin is no band)
     smooth = np.convolve(level, np.ones(5) / 5, mode="same")
     tops = np.maximum.accumulate(smooth[::-1])[::-1]
-    for k in range(len(level) - gap - 3, below, -1):
-        under = float(np.median(level[k - below : k]))
-        if under - tops[k + gap] >= BANDWIDTH_DROP_DB:
-            # the cliff lies between k - below and k + gap: its edge is the last bin there
-            # within BANDWIDTH_EDGE_DB of the level under it
-            span = smooth[k - below : k + gap]
-            return float(k - below + np.flatnonzero(span >= under - BANDWIDTH_EDGE_DB)[-1]) * bin_hz
-    return sample_rate / 2
+    # every candidate k at once (a loop of medians cost 6 ms per clip): the median level of
+    # the `below` bins under k, and the highest k whose suffix past the gap drops enough
+    ks = np.arange(below + 1, len(level) - gap - 2)
+    if ks.size == 0:
+        return sample_rate / 2
+    unders = np.median(np.lib.stride_tricks.sliding_window_view(level, below)[ks - below], axis=1)
+    hits = np.flatnonzero(unders - tops[ks + gap] >= BANDWIDTH_DROP_DB)
+    if hits.size == 0:
+        return sample_rate / 2
+    k, under = int(ks[hits[-1]]), float(unders[hits[-1]])
+    # the cliff lies between k - below and k + gap: its edge is the last bin there within
+    # BANDWIDTH_EDGE_DB of the level under it
+    span = smooth[k - below : k + gap]
+    return float(k - below + np.flatnonzero(span >= under - BANDWIDTH_EDGE_DB)[-1]) * bin_hz
 
 
 @lru_cache(maxsize=16)
