@@ -673,19 +673,23 @@ def prepare(data: bytes, params: FeatureParams, max_seconds: float | None = None
         raise AudioTooShort(
             f"audio is {audio.duration_s:.3f} s long; the minimum is {params.min_seconds:g} s"
         )
+    return prepare_audio(data, fmt, audio, params)
+
+
+def prepare_audio(data: bytes, fmt: str, audio: DecodedAudio, params: FeatureParams) -> Prepared:
+    """A decoded upload → its windows and what the response reports about it (length,
+    rate, bandwidth, bitrate, the lossy stream inside)."""
     images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
-    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
-    kbps = len(data) * 8 / audio.duration_s / 1000
     return Prepared(
         images,
-        kind,
+        "audio",
         fmt,
         audio.duration_s,
         audio.sample_rate,
         audio.channels,
         spans,
-        bandwidth,
-        kbps,
+        input_bandwidth(audio.samples, audio.sample_rate, params),
+        len(data) * 8 / audio.duration_s / 1000,
         stream_codec(data, fmt),
     )
 

@@ -31,12 +31,10 @@ from service.features import (
     DecodedAudio,
     FeatureParams,
     Prepared,
-    audio_to_windows,
     decode_audio,
     decode_image,
-    input_bandwidth,
+    prepare_audio,
     sniff,
-    stream_codec,
 )
 
 # Audio samples are about [-1, 1]; some tools write unnormalised float WAVs (±32768).
@@ -117,23 +115,9 @@ def prepare_bounded(
         check_finite_images(images)
         return Prepared(images, kind, fmt, None, None, None)
 
-    audio = decode_bounded(data, params, limits, budget)
-    images, spans = audio_to_windows(audio.samples, audio.sample_rate, params)
-    check_finite_images(images)
-    bandwidth = input_bandwidth(audio.samples, audio.sample_rate, params)
-    kbps = len(data) * 8 / audio.duration_s / 1000
-    return Prepared(
-        images,
-        kind,
-        fmt,
-        audio.duration_s,
-        audio.sample_rate,
-        audio.channels,
-        spans,
-        bandwidth,
-        kbps,
-        stream_codec(data, fmt),
-    )
+    prepared = prepare_audio(data, fmt, decode_bounded(data, params, limits, budget), params)
+    check_finite_images(prepared.images)
+    return prepared
 
 
 def decode_bounded(
