@@ -102,6 +102,21 @@ def _read_all(sock: socket.socket, timeout: float) -> bytes:
     return bytes(out)
 
 
+def _still_open(socks: list[socket.socket], timeout: float) -> int:
+    """How many of `socks` the server has not closed: a read that waits `timeout` (an idle
+    connection waiting for its request) or brings data. EOF or a reset is a closed one."""
+    count = 0
+    for sock in socks:
+        sock.settimeout(timeout)
+        try:
+            count += sock.recv(1024) != b""
+        except TimeoutError:
+            count += 1
+        except ConnectionResetError:
+            pass
+    return count
+
+
 def _multipart(field: str, files: list[bytes], boundary: str = "hostile") -> bytes:
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.wav"'
@@ -210,15 +225,7 @@ def test_the_connection_cap_holds_by_closing_idle_connections(server: Server) ->
     socks = [_connect(server) for _ in range(MAX_CONNECTIONS + 10)]
     try:
         time.sleep(0.2)
-        closed_at_once = 0
-        for sock in socks:
-            sock.settimeout(0.05)
-            try:
-                closed_at_once += sock.recv(1024) == b""  # EOF with no answer: refused
-            except TimeoutError:
-                pass  # still open, waiting for its request
-            except ConnectionResetError:
-                closed_at_once += 1
+        closed_at_once = len(socks) - _still_open(socks, 0.05)
         assert closed_at_once >= 10, closed_at_once
     finally:
         for sock in socks:
@@ -309,15 +316,7 @@ def test_idle_connections_from_one_client_do_not_stop_another_clients_requests(
             with httpx.Client(base_url=server.url, timeout=10) as c:  # a new connection each
                 r = c.post("/v1/models/tiny/score", files={"file": ("a.wav", GOOD_WAV)})
                 assert r.status_code == 200, r.text
-        open_idle = 0
-        for sock in idle:
-            sock.settimeout(0.01)
-            try:
-                open_idle += sock.recv(1) != b""
-            except TimeoutError:
-                open_idle += 1
-            except ConnectionResetError:
-                pass
+        open_idle = _still_open(idle, 0.01)
         assert open_idle <= MAX_CONNECTIONS, open_idle
     finally:
         for sock in idle:
@@ -359,15 +358,7 @@ def test_one_client_holds_at_most_its_share_of_connections(
     try:
         idle = [socket.create_connection(("127.0.0.1", svc.port), timeout=10) for _ in range(12)]
         time.sleep(0.3)
-        still_open = 0
-        for sock in idle:
-            sock.settimeout(0.05)
-            try:
-                still_open += sock.recv(1) != b""
-            except TimeoutError:
-                still_open += 1
-            except ConnectionResetError:
-                pass
+        still_open = _still_open(idle, 0.05)
         assert still_open <= 5, still_open
         r = httpx.post(f"{svc.url}/v1/models/tiny/score", files={"file": ("a.wav", GOOD_WAV)})
         assert r.status_code == 200, r.text
