@@ -259,7 +259,8 @@ def websocket_protocol_class() -> type[Any] | None:
             super().handle_connect(event)
             if getattr(self, "scope", None) is not None:
                 self.going_away = asyncio.Event()
-                self.scope.setdefault("extensions", {})["auscult.going_away"] = self.going_away
+                extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+                extensions["auscult.going_away"] = self.going_away
 
         def shutdown(self) -> None:
             ready = self.handshake_complete and self.initial_response is None
