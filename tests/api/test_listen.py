@@ -443,3 +443,37 @@ def test_metrics_count_streams_windows_and_errors(client: TestClient) -> None:
     assert _metric(text, "auscult_listen_streams") == 0
     assert _metric(text, 'auscult_listen_windows_total{model="gearbox"}') == 4
     assert _metric(text, 'auscult_listen_errors_total{code="invalid_request"}') == 1
+
+
+def test_a_backlog_stops_the_reading_at_the_queued_audio_bound(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring slower than the audio arrives: the server stops reading at
+    AUSCULT_LISTEN_MAX_QUEUED_BYTES (plus the frame in hand), never holds the backlog."""
+    import asyncio
+
+    from service.api.listen import Listener
+    from service.models.scoring import Scorer
+
+    real_run, real_score = Scorer.run_model, Listener._score
+    most = []
+
+    async def slow_run(self, *args):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.05)
+        return await real_run(self, *args)
+
+    async def watched(self, *args):  # type: ignore[no-untyped-def]
+        most.append(self.queued)
+        return await real_score(self, *args)
+
+    monkeypatch.setattr(Scorer, "run_model", slow_run)
+    monkeypatch.setattr(Listener, "_score", watched)
+    client = make_client(listen_max_queued_bytes=65536, listen_max_frame_bytes=32768)
+    pcm = encode(recording(30.0, 16000, 1, seed=6), "pcm_s16le")
+    messages, closed = stream(client, pcm, START_FIELDS, [32000] * 30)
+    assert messages[-1]["type"] == "summary" and closed == 1000
+    assert len(messages[-1]["windows"]) == 31
+    assert 32000 <= max(most) <= 65536 + 32768
+
+
+START_FIELDS = {"sample_rate": 16000}
