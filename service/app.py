@@ -53,6 +53,14 @@ like from normal recordings; `POST /v1/models/{name}/score` says how far a clip 
 from normal (`score`) and what that means (`level`: normal, needs_maintenance,
 severe). Classifier models name what they hear (`/classify`).
 
+Live listening is a WebSocket, which OpenAPI does not describe: `WS
+/v1/models/{name}/listen` takes a JSON start message (`{"type": "start", "sample_rate":
+16000, "channels": 1, "format": "pcm_s16le"}`), binary PCM frames and `{"type": "stop"}`,
+and answers one `window` message per window as it completes (the score the file endpoint
+gives it, the level so far, the worst stretch), then a `summary`; errors come as
+`{"type": "error", "error": {...}}` and a close code. `python -m service.listen` streams a
+file or standard input; the protocol is in the API guide (docs/api.md, "Live listening").
+
 Upload audio (wav, flac, ogg, mp3; any sample rate; mono or multi-channel) or a
 png/jpeg spectrogram made with `python -m training spectrograms`. Errors always
 have the body `{"error": {"code": ..., "message": ...}}`.

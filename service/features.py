@@ -766,7 +766,9 @@ class MelStream:
             self.buf = np.concatenate((self.buf, y))
         end = half + self.n  # padded samples so far, before the end's reflection
         last = (end - n_fft) // hop  # the last frame that lies inside them
-        if last >= self.frames:
+        # frames are computed once a window can go out, a window's worth in one call (per
+        # 100-ms push, the calls' overhead cost three times the arithmetic)
+        if last > self.next_start + p.window_frames - 1 and last >= self.frames:
             self._add_frames(self.buf, last + 1)
         # keep what the next frames and the end's reflection (n_fft + 1 samples) need
         drop = max(0, min(self.frames * hop, end - n_fft - 1)) - self.buf_start
