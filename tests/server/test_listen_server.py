@@ -47,6 +47,18 @@ def ws_url(svc: RunningService, model: str = "gearbox") -> str:
     return f"ws://127.0.0.1:{svc.port}/v1/models/{model}/listen"
 
 
+def listen_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`python -m service.listen ARGS` from the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.listen", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
 def _metric(svc: RunningService, name: str) -> float:
     text = httpx.get(f"{svc.url}/metrics", timeout=10).text
     return sum(
@@ -67,16 +79,9 @@ def test_the_client_streams_a_file_and_prints_the_file_endpoints_windows(
         files={"file": ("gear.wav", path.read_bytes())},
         timeout=30,
     ).json()
-    run = subprocess.run(
-        [sys.executable, "-m", "service.listen", ws_url(svc), str(path), "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    run = listen_cli(ws_url(svc), str(path), "--json")
     assert run.returncode == 0, run.stderr
-    messages = [json.loads(line) for line in run.stdout.splitlines()]
+    messages = [json.loads(line) for line in run.stdout.decode().splitlines()]
     windows = [m for m in messages if m["type"] == "window"]
     assert [(w["start_s"], w["end_s"]) for w in windows] == [
         (w["start_s"], w["end_s"]) for w in posted["windows"]
@@ -87,14 +92,7 @@ def test_the_client_streams_a_file_and_prints_the_file_endpoints_windows(
         assert got["score"] == pytest.approx(want["score"], abs=1e-6)
     # the same from standard input, in the human format: a line per window, then the summary
     raw = np.round(audio * 32767).astype("<i2").tobytes()
-    run = subprocess.run(
-        [sys.executable, "-m", "service.listen", ws_url(svc), "-", "--rate", "16000"],
-        cwd=REPO,
-        input=raw,
-        capture_output=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    run = listen_cli(ws_url(svc), "-", "--rate", "16000", stdin=raw)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.decode().splitlines()
     assert len(lines) == len(posted["windows"]) + 1
@@ -104,14 +102,7 @@ def test_the_client_streams_a_file_and_prints_the_file_endpoints_windows(
 
 
 def test_the_client_reports_an_error_and_exits_1(svc: RunningService) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "service.listen", ws_url(svc, "nope"), "-", "--rate", "16000"],
-        cwd=REPO,
-        input=b"\x00\x00" * 1600,
-        capture_output=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    run = listen_cli(ws_url(svc, "nope"), "-", "--rate", "16000", stdin=b"\x00\x00" * 1600)
     assert run.returncode == 1
     assert "model_not_found" in run.stderr.decode()
 
