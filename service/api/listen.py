@@ -332,6 +332,9 @@ class Listener:
             self.queue.put_nowait(StreamError(e))
         except WebSocketDisconnect:
             self.queue.put_nowait(_CLOSED)
+        except Exception:  # the handler must not wait for a reader that is gone
+            log.exception("listen_receive_failed", extra={"model": self.name})
+            self.queue.put_nowait(StreamError(AuscultError("internal error; see the service log")))
 
     async def _watch(self, going_away: asyncio.Event) -> None:
         await going_away.wait()
