@@ -69,6 +69,7 @@
   // ---------------------------------------------------------------- the chosen model
 
   async function loadDetail(name) {
+    if (st.ws) return; // a stream keeps its model; the next one takes the new choice
     st.detail = null;
     updateButton();
     if (!name) return;
@@ -217,12 +218,14 @@
     st.node = null;
     cancelAnimationFrame(st.raf);
     setToggle(false);
-    updateButton();
     if (!hadSummary && $("listen-error").hidden) {
       showError(`The connection closed (code ${e.code}${e.reason ? `: ${e.reason}` : ""}).`);
     }
     setStatus(hadSummary ? "Stopped." : "");
     offerDownloads();
+    // a model chosen while listening applies now
+    if (!st.detail || st.detail.name !== $("model").value) loadDetail($("model").value);
+    else updateButton();
   }
 
   function reset() {
