@@ -173,25 +173,31 @@ async def run_level(url: str, pid: int, level: Level, geometry: Geometry) -> Non
     level.cpu_s, level.wall_s = cpu_seconds(pid) - cpu0, time.perf_counter() - t0
 
 
-async def idle_memory(url: str, pid: int, n: int, audio_s: float) -> float:
-    """KB of service PSS per stream for n streams that sent their start (and audio_s of
-    audio), measured while they are held."""
+async def stream_memory(url: str, pid: int, n: int) -> tuple[float, float]:
+    """KB of service PSS per stream: (idle: start sent, and with half a window of audio
+    unscored). Streams are opened in three batches of n // 3 and held, the growth over
+    them is divided by their number (nothing is freed in between for new streams to
+    reuse); then each sends half a window of audio and the growth is measured again."""
     from websockets.asyncio.client import connect
 
-    before = service_kb(pid)
     conns = []
-    for _ in range(n):
-        ws = await connect(url, open_timeout=60)
-        await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
-        if audio_s:
-            await ws.send(np.zeros(round(audio_s * RATE), "<i2").tobytes())
-        conns.append(ws)
     await asyncio.sleep(1.0)
-    during = service_kb(pid)
+    first = service_kb(pid)
+    for _ in range(3):
+        for _ in range(max(1, n // 3)):
+            ws = await connect(url, open_timeout=60)
+            await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
+            conns.append(ws)
+        await asyncio.sleep(1.0)
+    held = service_kb(pid)
+    for ws in conns:
+        await ws.send(np.zeros(RATE // 2, "<i2").tobytes())
+    await asyncio.sleep(1.5)
+    partial = service_kb(pid)
     for ws in conns:
         await ws.close()
-    await asyncio.sleep(1.0)
-    return (during - before) / n
+    idle = (held - first) / len(conns)
+    return idle, idle + (partial - held) / len(conns)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(run_level(url, svc.proc.pid, Level(4 * args.workers, 3.0), geometry))
             # memory first, on a server that has not yet held hundreds of streams (after
             # that, freed heap absorbs new ones and the growth reads as nothing)
-            idle = runner.run(idle_memory(url, svc.proc.pid, args.idle, 0.0))
-            partial = runner.run(idle_memory(url, svc.proc.pid, args.idle, 0.5))
+            idle, partial = runner.run(stream_memory(url, svc.proc.pid, args.idle))
             for n in levels:
                 level = Level(n, args.seconds)
                 runner.run(run_level(url, svc.proc.pid, level, geometry))

@@ -714,8 +714,11 @@ class MelStream:
             )
         self.native = 0  # samples received, at the recording's rate
         self.n = 0  # samples at the model's rate
-        self.head: list[np.ndarray] | None = []  # every model-rate sample until a window is out
-        self.first: list[np.ndarray] | None = []  # the same at the recording's rate
+        self.pending: list[np.ndarray] = []  # model-rate samples until buf starts
+        # until the first window: the recording's own samples, when they are resampled (its
+        # bandwidth is measured on them; at the model's rate, on buf)
+        self.first: list[np.ndarray] | None = [] if self.resampler is not None else None
+        self.windowed = False  # a window is out (before, buf holds the whole recording)
         self.buf = np.zeros(0, np.float32)  # reflect-padded samples from padded index buf_start
         self.buf_start = 0
         self.started = False  # buf holds samples (the recording is longer than half a frame)
@@ -734,7 +737,7 @@ class MelStream:
     def nbytes(self) -> int:
         """The samples and columns held (the stream's working set, roughly)."""
         held = self.buf.nbytes + self.cols.nbytes
-        for kept in (self.head, self.first):
+        for kept in (self.pending, self.first):
             held += sum(a.nbytes for a in kept or ())
         return held
 
@@ -754,12 +757,12 @@ class MelStream:
         if y.shape[0] == 0:
             return self._none()
         self.n += y.shape[0]
-        if self.head is not None:
-            self.head.append(y)
         if not self.started:
+            self.pending.append(y)
             if self.n <= half:
                 return self._none()  # log_mel's zero padding may yet apply
-            audio = np.concatenate(self.head or [y])
+            audio = np.concatenate(self.pending)
+            self.pending = []
             self.buf = np.concatenate((audio[half:0:-1], audio))
             self.started = True
         else:
@@ -770,9 +773,10 @@ class MelStream:
         # 100-ms push, the calls' overhead cost three times the arithmetic)
         if last > self.next_start + p.window_frames - 1 and last >= self.frames:
             self._add_frames(self.buf, last + 1)
-        # keep what the next frames and the end's reflection (n_fft + 1 samples) need
+        # keep what the next frames and the end's reflection (n_fft + 1 samples) need; until
+        # the first window, everything (a recording shorter than one is scored whole)
         drop = max(0, min(self.frames * hop, end - n_fft - 1)) - self.buf_start
-        if drop > 0:
+        if drop > 0 and self.windowed:
             self.buf = self.buf[drop:].copy()
             self.buf_start += drop
         starts = []
@@ -783,10 +787,10 @@ class MelStream:
             self.next_start += p.window_hop_frames
         if not starts:
             return self._none()
-        if self.head is not None:  # the first window: the bandwidth, and no more whole copies
-            first = np.concatenate(self.first or [np.zeros(0, np.float32)])
-            self.bandwidth_hz = input_bandwidth(first, self.rate, p)
-            self.head = self.first = None
+        if not self.windowed:  # the first window: the bandwidth of the recording so far
+            heard = self.buf[half:] if self.first is None else np.concatenate(self.first)
+            self.bandwidth_hz = input_bandwidth(heard, self.rate, p)
+            self.first, self.windowed = None, True
         images = self._windows(starts)
         self.last_start = starts[-1]
         keep = max(0, min(self.next_start, self.frames) - p.window_frames)
@@ -829,9 +833,12 @@ class MelStream:
                 f"the stream held {self.duration_s:.3f} s of audio; the minimum is "
                 f"{p.min_seconds:g} s"
             )
-        if self.head is not None:  # no window out yet: the whole recording, as a file
-            windows, starts = to_windows(log_mel(np.concatenate(self.head), p), p)
-            self.head = self.first = None
+        if not self.windowed:  # no window out yet: the whole recording, as a file
+            audio = self.buf[p.n_fft // 2 :] if self.started else np.concatenate(self.pending)
+            heard = np.concatenate(self.first) if self.first is not None else audio
+            self.bandwidth_hz = input_bandwidth(heard, self.rate, p)
+            windows, starts = to_windows(log_mel(audio, p), p)
+            self.pending, self.first = [], None
             return windows, window_spans(starts, self.duration_s, p, last=True)
         half = p.n_fft // 2
         buf = self.buf

@@ -193,6 +193,9 @@ def test_a_stream_shorter_than_a_window_gets_the_file_endpoints_single_window(
     assert [m["type"] for m in messages] == ["window", "summary"]
     assert messages[0]["score"] == pytest.approx(posted["windows"][0]["score"], abs=1e-6)
     assert (messages[0]["start_s"], messages[0]["end_s"]) == (0.0, 0.6)
+    summary = messages[1]
+    assert summary["input"]["bandwidth_hz"] == posted["input"]["bandwidth_hz"]
+    assert summary["level"] == posted["level"] and summary["warnings"] == posted["warnings"]
 
 
 def test_a_stream_without_enough_audio_ends_with_a_summary_without_a_verdict(
