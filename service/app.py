@@ -26,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from service import features  # noqa: E402
 from service.api.deps import describe_open_access  # noqa: E402
 from service.api.direct import DirectRoutes  # noqa: E402
+from service.api.listen import Streams  # noqa: E402
+from service.api.listen import router as listen_router  # noqa: E402
 from service.api.v1 import admin, error_response, health, models  # noqa: E402
 from service.api.v2 import v2, v2_health  # noqa: E402
 from service.api.v2.routes import is_v2  # noqa: E402
@@ -50,6 +52,14 @@ auscult listens to machines. Anomaly models learned what a healthy machine sound
 like from normal recordings; `POST /v1/models/{name}/score` says how far a clip is
 from normal (`score`) and what that means (`level`: normal, needs_maintenance,
 severe). Classifier models name what they hear (`/classify`).
+
+Live listening is a WebSocket, which OpenAPI does not describe: `WS
+/v1/models/{name}/listen` takes a JSON start message (`{"type": "start", "sample_rate":
+16000, "channels": 1, "format": "pcm_s16le"}`), binary PCM frames and `{"type": "stop"}`,
+and answers one `window` message per window as it completes (the score the file endpoint
+gives it, the level so far, the worst stretch), then a `summary`; errors come as
+`{"type": "error", "error": {...}}` and a close code. `python -m service.listen` streams a
+file or standard input; the protocol is in the API guide (docs/api.md, "Live listening").
 
 Upload audio (wav, flac, ogg, mp3; any sample rate; mono or multi-channel) or a
 png/jpeg spectrogram made with `python -m training spectrograms`. Errors always
@@ -113,12 +123,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.scorer = Scorer(settings, metrics)
+    app.state.streams = Streams(settings, metrics)
     app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
     reloader = app.state.reloader = Reloader(lambda: app.state.registry, settings, metrics)
     app.include_router(health)
     # before `models`: a 405 on /v1/models/reload must name POST, not GET /v1/models/{name}
     app.include_router(admin)
     app.include_router(models)
+    app.include_router(listen_router)  # WS /v1/models/{name}/listen
     app.include_router(v2_health)  # the Open Inference Protocol (v2), beside v1
     app.include_router(v2)
     install_web(app)  # the page at /, /docs, /redoc, the spectrogram endpoint

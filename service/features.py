@@ -487,7 +487,14 @@ def log_mel(audio: np.ndarray, params: FeatureParams) -> np.ndarray:
         padded = np.pad(audio, half)
         if padded.shape[0] < n_fft:
             padded = np.pad(padded, (0, n_fft - padded.shape[0]))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    return frames_db(np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop], params)
+
+
+def frames_db(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n_frames, n_fft) float32 samples → (n_mels, n_frames) dB: log_mel's columns. Each
+    column depends on its own frame alone, so frames computed a few at a time (a live
+    stream, MelStream) give log_mel's numbers."""
+    n_fft = params.n_fft
     # Frames as columns: the window product writes them contiguous in that order, so the
     # power spectrum comes out (bins, n_frames) as the sparse product needs it (a transposed
     # operand would be copied again inside scipy.sparse).
@@ -570,12 +577,19 @@ def to_windows(mel_db: np.ndarray, params: FeatureParams) -> tuple[np.ndarray, l
         mel_db = mel_db[:, np.where(idx < n, idx, 2 * n - 1 - idx)]
     starts = window_starts(mel_db.shape[1], params)
     frames = np.lib.stride_tricks.sliding_window_view(mel_db, size, axis=1)[:, starts]
-    scaled = _scale(np.moveaxis(frames, 1, 0), params).astype(np.float32)  # (n_win, mels, size)
+    return window_images(np.moveaxis(frames, 1, 0), params), starts
+
+
+def window_images(frames: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """(n_windows, n_mels, window_frames) dB → (n_windows, height, width) float32 in [0, 1]:
+    to_windows' images, each from its own window alone."""
+    size = params.window_frames
+    scaled = _scale(frames, params).astype(np.float32)  # (n_win, mels, size)
     if size != params.width:
         scaled = scaled @ _interp_matrix(size, params.width)
     if params.n_mels != params.height:
         scaled = np.einsum("mh,wmt->wht", _interp_matrix(params.n_mels, params.height), scaled)
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32, copy=False), starts
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def audio_to_image(audio: np.ndarray, sample_rate: int, params: FeatureParams) -> np.ndarray:
@@ -633,11 +647,210 @@ def audio_to_windows(
         return audio_to_image(audio, sample_rate, params)[None], [(0.0, duration)]
     audio = resample(audio, sample_rate, params.sample_rate)
     images, starts = to_windows(log_mel(audio, params), params)
+    return images, window_spans(starts, duration, params, last=True)
+
+
+PCM_FORMATS = ("pcm_s16le", "f32le")
+
+
+def decode_pcm(data: bytes, fmt: str, channels: int) -> np.ndarray:
+    """Raw little-endian PCM (`pcm_s16le` or `f32le`, channels interleaved) → (n,) float32
+    mono, with decode_audio's arithmetic (a WAV of the same samples gives the same numbers).
+    `data` must hold whole sample frames; float samples must be finite (NonFiniteValues)."""
+    width = 2 if fmt == "pcm_s16le" else 4
+    if len(data) % (width * channels):
+        raise InvalidAudio(
+            f"a frame of {len(data)} bytes is not a whole number of {channels}-channel "
+            f"{fmt} samples ({width * channels} bytes each)"
+        )
+    if fmt == "pcm_s16le":
+        pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
+        part = pcm.astype(np.float32)
+        part *= np.float32(1 / 0x8000)
+        return part[:, 0] if channels == 1 else part.mean(axis=1, dtype=np.float32)
+    values = np.frombuffer(data, dtype="<f4").reshape(-1, channels)
+    if not np.isfinite(values).all():
+        raise NonFiniteValues("audio contains NaN or infinite samples")
+    if channels == 1:
+        return values[:, 0].astype(np.float32)
+    return values.mean(axis=1, dtype=np.float32)
+
+
+def window_spans(
+    starts: list[int], duration: float, params: FeatureParams, last: bool
+) -> list[tuple[float, float]]:
+    """(start_s, end_s) of the windows that start at these frames of a clip `duration`
+    seconds long; `last`: the final one reaches the clip's end (audio_to_windows')."""
     frame_s = params.hop_length / params.sample_rate
     size = params.window_frames
     spans = [(s * frame_s, min(duration, (s + size - 1) * frame_s)) for s in starts]
-    spans[-1] = (spans[-1][0], duration)  # the last window reaches the clip's end
-    return images, spans
+    if last and spans:
+        spans[-1] = (spans[-1][0], duration)
+    return spans
+
+
+class MelStream:
+    """A recording's windows as its samples arrive, the same ones (images and spans) as
+    `audio_to_windows` gives for the whole recording: `push` (n,) float32 mono at the
+    recording's own rate → the windows completed by it; `finish()` → the rest.
+
+    Samples are resampled by a soxr stream (identical output to soxr.resample of the
+    whole), and log-mel frames are computed once every sample they cover has arrived; a
+    window goes out once its last frame is known and cannot touch the recording's end
+    (reflect padding, the window flush with the end). Until the first window, every
+    sample is kept (a recording shorter than a window takes audio_to_windows' own path);
+    after it, a few frames' samples and one window's columns."""
+
+    def __init__(self, sample_rate: int, params: FeatureParams) -> None:
+        if params.window_seconds is None:
+            raise ValueError("MelStream needs a model with windows")
+        self.params, self.rate = params, sample_rate
+        self.resampler = None
+        if sample_rate != params.sample_rate:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(
+                sample_rate, params.sample_rate, 1, dtype="float32", quality="HQ"
+            )
+        self.native = 0  # samples received, at the recording's rate
+        self.n = 0  # samples at the model's rate
+        self.pending: list[np.ndarray] = []  # model-rate samples until buf starts
+        # until the first window: the recording's own samples, when they are resampled (its
+        # bandwidth is measured on them; at the model's rate, on buf)
+        self.first: list[np.ndarray] | None = [] if self.resampler is not None else None
+        self.windowed = False  # a window is out (before, buf holds the whole recording)
+        self.buf = np.zeros(0, np.float32)  # reflect-padded samples from padded index buf_start
+        self.buf_start = 0
+        self.started = False  # buf holds samples (the recording is longer than half a frame)
+        self.frames = 0  # log-mel frames computed
+        self.cols = np.zeros((params.n_mels, 0), np.float32)  # their columns from col_start
+        self.col_start = 0
+        self.next_start = 0  # the next regular window's first frame
+        self.last_start = -1  # the last window's first frame, once one is out
+        self.bandwidth_hz: float | None = None  # input_bandwidth of the first window's audio
+
+    @property
+    def duration_s(self) -> float:
+        return self.native / self.rate
+
+    @property
+    def nbytes(self) -> int:
+        """The samples and columns held (the stream's working set, roughly)."""
+        held = self.buf.nbytes + self.cols.nbytes
+        for kept in (self.pending, self.first):
+            held += sum(a.nbytes for a in kept or ())
+        return held
+
+    def push(self, audio: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """(n,) float32 at the recording's rate → (windows completed (k, height, width),
+        their spans)."""
+        self.native += audio.shape[0]
+        if self.first is not None:
+            self.first.append(audio)
+        if self.resampler is not None:
+            audio = self.resampler.resample_chunk(audio, last=False)
+        return self._model_samples(audio)
+
+    def _model_samples(self, y: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        p = self.params
+        n_fft, hop, half = p.n_fft, p.hop_length, p.n_fft // 2
+        if y.shape[0] == 0:
+            return self._none()
+        self.n += y.shape[0]
+        if not self.started:
+            self.pending.append(y)
+            if self.n <= half:
+                return self._none()  # log_mel's zero padding may yet apply
+            audio = np.concatenate(self.pending)
+            self.pending = []
+            self.buf = np.concatenate((audio[half:0:-1], audio))
+            self.started = True
+        else:
+            self.buf = np.concatenate((self.buf, y))
+        end = half + self.n  # padded samples so far, before the end's reflection
+        last = (end - n_fft) // hop  # the last frame that lies inside them
+        # frames are computed once a window can go out, a window's worth in one call (per
+        # 100-ms push, the calls' overhead cost three times the arithmetic)
+        if last > self.next_start + p.window_frames - 1 and last >= self.frames:
+            self._add_frames(self.buf, last + 1)
+        # keep what the next frames and the end's reflection (n_fft + 1 samples) need; until
+        # the first window, everything (a recording shorter than one is scored whole)
+        drop = max(0, min(self.frames * hop, end - n_fft - 1)) - self.buf_start
+        if drop > 0 and self.windowed:
+            self.buf = self.buf[drop:].copy()
+            self.buf_start += drop
+        starts = []
+        # strictly inside: a frame after the window exists, so it cannot be the last window
+        # (whose end_s is the recording's end)
+        while self.next_start + p.window_frames < self.frames:
+            starts.append(self.next_start)
+            self.next_start += p.window_hop_frames
+        if not starts:
+            return self._none()
+        if not self.windowed:  # the first window: the bandwidth of the recording so far
+            heard = self.buf[half:] if self.first is None else np.concatenate(self.first)
+            self.bandwidth_hz = input_bandwidth(heard, self.rate, p)
+            self.first, self.windowed = None, True
+        images = self._windows(starts)
+        self.last_start = starts[-1]
+        keep = max(0, min(self.next_start, self.frames) - p.window_frames)
+        if keep > self.col_start:
+            self.cols = self.cols[:, keep - self.col_start :].copy()
+            self.col_start = keep
+        return images, window_spans(starts, self.duration_s, p, last=False)
+
+    def _add_frames(self, padded: np.ndarray, upto: int) -> None:
+        """Compute frames self.frames..upto-1 from `padded` (samples from buf_start)."""
+        p = self.params
+        a = self.frames * p.hop_length - self.buf_start
+        b = (upto - 1) * p.hop_length + p.n_fft - self.buf_start
+        frames = np.lib.stride_tricks.sliding_window_view(padded[a:b], p.n_fft)[:: p.hop_length]
+        self.cols = np.concatenate((self.cols, frames_db(frames, p)), axis=1)
+        self.frames = upto
+
+    def _windows(self, starts: list[int]) -> np.ndarray:
+        size = self.params.window_frames
+        stack = np.stack(
+            [self.cols[:, s - self.col_start : s - self.col_start + size] for s in starts]
+        )
+        return window_images(stack, self.params)
+
+    def _none(self) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        p = self.params
+        return np.zeros((0, p.height, p.width), np.float32), []
+
+    def finish(self) -> tuple[np.ndarray, list[tuple[float, float]]]:
+        """The windows not yet given (those that touch the recording's end), with spans;
+        then the stream is done. Raises AudioTooShort below params.min_seconds."""
+        p = self.params
+        images, spans = self._none()
+        if self.resampler is not None:
+            images, spans = self._model_samples(
+                self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            )
+        if self.duration_s < p.min_seconds or self.n == 0:
+            raise AudioTooShort(
+                f"the stream held {self.duration_s:.3f} s of audio; the minimum is "
+                f"{p.min_seconds:g} s"
+            )
+        if not self.windowed:  # no window out yet: the whole recording, as a file
+            audio = self.buf[p.n_fft // 2 :] if self.started else np.concatenate(self.pending)
+            heard = np.concatenate(self.first) if self.first is not None else audio
+            self.bandwidth_hz = input_bandwidth(heard, self.rate, p)
+            windows, starts = to_windows(log_mel(audio, p), p)
+            self.pending, self.first = [], None
+            return windows, window_spans(starts, self.duration_s, p, last=True)
+        half = p.n_fft // 2
+        buf = self.buf
+        padded = np.concatenate((buf, buf[buf.shape[0] - half - 1 : buf.shape[0] - 1][::-1]))
+        n_frames = (self.n + 2 * half - p.n_fft) // p.hop_length + 1
+        if n_frames > self.frames:
+            self._add_frames(padded, n_frames)
+        starts = [s for s in window_starts(n_frames, p) if s > self.last_start]
+        tail = self._windows(starts)
+        self.last_start = starts[-1] if starts else self.last_start
+        tail_spans = window_spans(starts, self.duration_s, p, last=True)
+        return np.concatenate((images, tail)), spans + tail_spans
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,25 @@ class Metrics:
             registry=r,
         )
 
+        self.streams = Gauge(
+            "auscult_listen_streams",
+            "live-listening streams open",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.stream_windows = Counter(
+            "auscult_listen_windows_total",
+            "windows scored on live-listening streams",
+            ["model"],
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "auscult_listen_errors_total",
+            "live-listening streams ended by an error, by its code",
+            ["code"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text: this registry's, or with several workers all of theirs
         added up (counters and histograms summed, gauges by their multiprocess mode)."""

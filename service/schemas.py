@@ -271,3 +271,26 @@ class GenerateRequest(BaseModel):
         description="random seed (noise and phases); none: a random one, returned in the "
         "X-Auscult-Seed header",
     )
+
+
+class ListenStart(BaseModel):
+    """The first message of `WS /v1/models/{name}/listen` (JSON text): how the binary
+    frames that follow encode the audio."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["start"]
+    sample_rate: StrictInt = Field(examples=[16000], description="samples per second")
+    channels: StrictInt = Field(1, ge=1, le=32, description="interleaved channels, downmixed")
+    format: Literal["pcm_s16le", "f32le"] = Field(
+        "pcm_s16le", description="16-bit signed or 32-bit float samples, little-endian"
+    )
+    condition: StrictStr | None = Field(
+        None, description="the operating condition, one of the model's; none: the nearest"
+    )
+    api_key: StrictStr | None = Field(
+        None,
+        description="for browsers, which cannot set headers on a WebSocket: one of "
+        "AUSCULT_API_KEYS (never logged)",
+        repr=False,
+    )

@@ -126,6 +126,27 @@ class Settings(BaseSettings):
     """An error answered before the body was read first reads (and drops) up to this many
     more bytes, for at most a second, so the client sees the answer, not a reset."""
 
+    listen_max_streams: int = Field(128, ge=1)
+    """Live-listening streams (`WS /v1/models/{name}/listen`) open at once, per worker; one
+    more gets the error `overloaded` and close code 1013 (try again later)."""
+
+    listen_max_seconds: float = Field(3600.0, gt=0)
+    """Longest stream, in seconds of audio: at this length the server sends the summary
+    (`ended`: `max_seconds`) and closes with 1008."""
+
+    listen_idle_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a stream may go without a message from its client (the start message
+    included), or take to accept one of the server's; then `request_timeout` and 1008."""
+
+    listen_max_frame_bytes: int = Field(256 * 1024, ge=1024)
+    """Largest message a stream's client may send; larger gets `payload_too_large` and
+    close 1009 (twice this is refused by the WebSocket protocol itself, unread)."""
+
+    listen_max_queued_bytes: int = Field(512 * 1024, ge=1024)
+    """Audio bytes a stream may have received but not yet scored; beyond, the server stops
+    reading it (TCP back-pressure) until the backlog is scored: a fast or stalled client
+    cannot make it buffer more."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("api_keys", "admin_keys", mode="before")
@@ -151,6 +172,10 @@ class Settings(BaseSettings):
             raise ValueError("AUSCULT_MIN_SAMPLE_RATE must not exceed AUSCULT_MAX_SAMPLE_RATE")
         if self.max_upload_bytes > self.max_batch_bytes:
             raise ValueError("AUSCULT_MAX_UPLOAD_BYTES must not exceed AUSCULT_MAX_BATCH_BYTES")
+        if self.listen_max_frame_bytes > self.listen_max_queued_bytes:
+            raise ValueError(
+                "AUSCULT_LISTEN_MAX_FRAME_BYTES must not exceed AUSCULT_LISTEN_MAX_QUEUED_BYTES"
+            )
         if self.max_batch_bytes > self.max_buffered_bytes:
             raise ValueError("AUSCULT_MAX_BATCH_BYTES must not exceed AUSCULT_MAX_BUFFERED_BYTES")
         return self

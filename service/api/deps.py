@@ -53,7 +53,7 @@ _api_key_scheme = APIKeyHeader(
 _bearer_scheme = HTTPBearer(auto_error=False, description="one of AUSCULT_API_KEYS")
 
 
-def _one_of(key: str, keys: Iterable[str]) -> bool:
+def key_matches(key: str, keys: Iterable[str]) -> bool:
     """Whether `key` is one of `keys`, comparing with every one in constant time."""
     given = key.encode()
     matched = False
@@ -77,7 +77,7 @@ async def require_api_key(
     key = presented_key(request)
     if key is None:
         raise Unauthorized("an API key is required: send X-API-Key or Authorization: Bearer")
-    if not _one_of(key, settings.api_keys):
+    if not key_matches(key, settings.api_keys):
         raise Unauthorized("the API key is not valid")
 
 
@@ -105,7 +105,7 @@ async def require_admin_key(
     key = presented_key(request)
     if key is None:
         raise Unauthorized("an admin key is required: send X-API-Key or Authorization: Bearer")
-    if not _one_of(key, settings.admin_keys):
+    if not key_matches(key, settings.admin_keys):
         raise Unauthorized("the admin key is not valid")
 
 

@@ -264,7 +264,10 @@ def mahalanobis(
     stored as k PCA components instead of a d x d matrix.
     Shared by training (calibration) and the service so both compute the same score.
     """
-    c = latents.astype(np.float32, copy=False) - pca_mean
+    # float64 throughout: a float32 product's rounding depends on the batch around a row
+    # (BLAS blocks differently for 1, 2 or 64 rows, ~1e-6 of a score), and a window must
+    # score the same alone (a live stream) as with the rest of its clip (an upload)
+    c = latents.astype(np.float64) - pca_mean
     p = c @ pca_components.T
     z = p - mean_vec
     za = z @ inv_cov
@@ -352,17 +355,20 @@ def scoring_parts(manifest: Manifest, n_components: int, latent_dim: int) -> lis
 def part_blocks(
     arrays: dict[str, np.ndarray], parts: list[ScoringPart]
 ) -> list[dict[str, np.ndarray]]:
-    """Each part's own block of the bundle arrays, as contiguous copies (slicing the shared
-    arrays on every call would copy a part's components each time)."""
+    """Each part's own block of the bundle arrays, as contiguous float64 copies (slicing or
+    casting the shared arrays on every call would copy a part's components each time)."""
     blocks = []
     for p in parts:
         (d0, d1), (k0, k1) = p.dims, p.components
         blocks.append(
             {
-                "pca_components": np.ascontiguousarray(arrays["pca_components"][k0:k1, d0:d1]),
-                "pca_mean": np.ascontiguousarray(arrays["pca_mean"][d0:d1]),
-                "mean_vec": np.ascontiguousarray(arrays["mean_vec"][k0:k1]),
-                "inv_cov": np.ascontiguousarray(arrays["inv_cov"][k0:k1, k0:k1]),
+                name: np.ascontiguousarray(arrays[name][index], dtype=np.float64)
+                for name, index in (
+                    ("pca_components", np.s_[k0:k1, d0:d1]),
+                    ("pca_mean", np.s_[d0:d1]),
+                    ("mean_vec", np.s_[k0:k1]),
+                    ("inv_cov", np.s_[k0:k1, k0:k1]),
+                )
             }
         )
     return blocks

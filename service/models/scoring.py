@@ -332,6 +332,17 @@ class Scorer:
         bounds = np.cumsum([len(b) for b in blocks])[:-1]
         return np.split(out, bounds)
 
+    async def run_model(
+        self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray], block: np.ndarray
+    ) -> np.ndarray:
+        """fn (a runtime's scoring function) over a block (k, h, w) of its inputs, in a
+        worker thread, through the model's micro-batcher when batching is on: windows of
+        live streams share model runs with each other and with uploads."""
+        batcher = self._batcher(runtime, fn)
+        if batcher is not None:
+            return np.asarray(await batcher.submit(block))
+        return await self.in_thread(lambda: self._observed(fn)(block))
+
     def _batcher(
         self, runtime: ModelRuntime, fn: Callable[[np.ndarray], np.ndarray]
     ) -> MicroBatcher | None:

@@ -215,6 +215,16 @@ def protocol_class(settings: Settings) -> type[Any]:
                 self.body_timer.cancel()
             self.body_timer = self.loop.call_later(body_deadline, self._body_late)
 
+        def handle_websocket_upgrade(self) -> None:
+            # the connection becomes the WebSocket protocol's: no header or body deadline
+            # applies to it, and it leaves this client's count (streams have their own
+            # bound, AUSCULT_LISTEN_MAX_STREAMS); connection_lost is the new protocol's
+            self._cancel_timers()
+            per_client[self.peer] -= 1
+            if per_client[self.peer] <= 0:
+                del per_client[self.peer]
+            super().handle_websocket_upgrade()
+
         def on_message_complete(self) -> None:
             if self.body_timer is not None:
                 self.body_timer.cancel()
@@ -225,6 +235,51 @@ def protocol_class(settings: Settings) -> type[Any]:
     return LimitedHttpToolsProtocol
 
 
+GOING_AWAY_S = 3.0  # at shutdown, what a stream has to send its summary and close 1001
+
+
+def websocket_protocol_class() -> type[Any] | None:
+    """uvicorn's WebSocket protocol (the `websockets` library's) that, at shutdown, lets
+    the application end each stream itself: it sets the event the app finds in the scope's
+    extensions under `auscult.going_away` (service/api/listen.py sends the summary and
+    closes with 1001 going away) and closes what is still open GOING_AWAY_S later with
+    uvicorn's own 1012. None when the library is missing (uvicorn then has no WebSockets
+    unless wsproto is installed)."""
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:
+        return None
+
+    class GoingAwayWebSocketProtocol(WebSocketsSansIOProtocol):
+        going_away: asyncio.Event | None = None
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            if getattr(self, "scope", None) is not None:
+                self.going_away = asyncio.Event()
+                extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+                extensions["auscult.going_away"] = self.going_away
+
+        def shutdown(self) -> None:
+            ready = self.handshake_complete and self.initial_response is None
+            if self.going_away is None or self.going_away.is_set() or not ready:
+                super().shutdown()
+                return
+            if self.close_sent or self.transport.is_closing():
+                super().shutdown()
+                return
+            self.going_away.set()
+            self.loop.call_later(GOING_AWAY_S, self._shutdown_now)
+
+        def _shutdown_now(self) -> None:
+            if not self.transport.is_closing():
+                super().shutdown()
+
+    return GoingAwayWebSocketProtocol
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run` that apply the connection limits."""
     options: dict[str, Any] = {
@@ -233,7 +288,15 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.max_connections + 1,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # a stream's frames: the app answers payload_too_large up to twice its limit, the
+        # protocol refuses more unread (1009); no compression (audio hardly compresses,
+        # and it would cost CPU per frame and a decompression bound)
+        "ws_max_size": 2 * settings.listen_max_frame_bytes,
+        "ws_per_message_deflate": False,
     }
+    ws = websocket_protocol_class()
+    if ws is not None:
+        options["ws"] = ws
     try:
         import httptools  # noqa: F401
     except ImportError:  # h11: header limit only (uvicorn's own)
