@@ -1,5 +1,5 @@
 """Command line: python -m training {fit,fit-classifier,fit-generator,generate,enrol,evaluate,
-spectrograms,synth} …"""
+spectrograms,synth,worker} …"""
 
 from __future__ import annotations
 
@@ -462,6 +462,32 @@ def build_parser() -> argparse.ArgumentParser:
         "$AUSCULT_ARTIFACTS_DIR/$AUSCULT_DEFAULT_MODEL, i.e. artifacts/gearbox)",
     )
 
+    w = add_parser(
+        "worker",
+        help="the trainer of fit jobs: runs the jobs the service spools (POST /v1/fits)",
+        description="Takes fit jobs from the jobs folder the service spools them to "
+        "(AUSCULT_JOBS_DIR), runs `fit` with each job's preset and publishes the bundle "
+        "into the artifacts folder atomically; the service loads it by itself.",
+    )
+    w.add_argument("--jobs", required=True, type=Path, help="the jobs folder (AUSCULT_JOBS_DIR)")
+    w.add_argument(
+        "--artifacts", required=True, type=Path, help="the artifacts folder the service serves"
+    )
+    w.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="run each fit as a Ray task on this cluster (auto, ray://host:10001, or local "
+        "for a Ray started in this process); needs the bulk extra",
+    )
+    w.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    w.add_argument("--poll", type=float, default=1.0, help="seconds between looks for jobs")
+    w.add_argument(
+        "--fit-args",
+        default="",
+        help="more `fit` options for every job, after the preset's (e.g. '--filters 8,16,32')",
+    )
+
     y = add_parser("synth", help="write a synthetic machine-sound dataset (DCASE 2021 layout)")
     y.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     y.add_argument(
@@ -563,6 +589,29 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command in ("fit-classifier", "fit-generator", "generate"):
         import_tensorflow_quietly()
+    if args.command == "worker":
+        import shlex
+
+        from training.worker import Trainer
+
+        trainer = Trainer(
+            args.jobs, args.artifacts, args.ray, shlex.split(args.fit_args), args.poll
+        )
+        print(
+            f"trainer {trainer.id}: jobs {args.jobs}, artifacts {args.artifacts}"
+            + (f", Ray {args.ray}" if args.ray else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        import signal
+
+        # `docker stop`: the job in progress is marked failed, not left running
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            trainer.serve(once=args.once)
+        except KeyboardInterrupt:
+            return 130
+        return 0
     if args.command == "synth":
         from training.synth import generate
 
