@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. artifacts/NAME")
     ae = AutoencoderConfig()
     f.add_argument("--epochs", type=int, default=ae.epochs, help="autoencoder training epochs")
+    f.add_argument(
+        "--patience",
+        type=int,
+        default=ae.patience,
+        help="epochs without a lower held-out loss before the autoencoder's training stops",
+    )
     f.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     f.add_argument("--filters", type=_ints, default=ae.filters, help="e.g. 16,32,64")
     f.add_argument(
