@@ -212,7 +212,7 @@ def split_of(dataset: str) -> str:
 
 def fit_settings(sample_rate: int, extra: list[str]) -> dict[str, Any]:
     """The keyword arguments `python -m training fit --sample-rate SR [extra]` gives fit()."""
-    from training.__main__ import build_parser, fit_kwargs
+    from training.cli import build_parser, fit_kwargs
 
     argv = ["fit", "--data", ".", "--out", ".", "--sample-rate", str(sample_rate), *extra]
     return fit_kwargs(build_parser().parse_args(argv))

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.worker import Cancelled, Progress, run_fit
+from training.fit_job import Cancelled, Progress, run_fit
 
 DATA, OUT = "{data}", "{out}"
 POLL_S = 0.5
