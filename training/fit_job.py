@@ -49,6 +49,7 @@ class Progress:
         self.write(stage=text, progress=self._progress(None))
 
     def epoch(self, done: int, epochs: int, logs: dict[str, float]) -> None:
+        self.epochs = epochs
         lo, hi = STAGE_PERCENT["training"], STAGE_PERCENT["exporting"]
         self.percent = lo + (hi - lo) * done / max(epochs, 1)
         loss = " ".join(f"{k} {v:.4g}" for k, v in logs.items())

@@ -199,3 +199,21 @@ async def test_a_full_disk_while_publishing_fails_the_job_and_the_service_keeps_
         "/v1/models/gearbox/score", files={"file": ("a.wav", CLIPS[0], "audio/wav")}
     )
     assert r.status_code == 200
+
+
+async def test_with_ray_a_job_runs_as_a_ray_task_with_the_same_states_and_progress(
+    client: httpx.AsyncClient, root: Path
+) -> None:
+    pytest.importorskip("ray")
+    url = await post_job(client)
+    proc = trainer(root, "--once", "--ray", "local")
+    try:
+        job = await wait_for(client, url, ended, timeout=300)
+    finally:
+        out = proc.communicate(timeout=120)[0].decode()
+    assert job["state"] == "succeeded", (job, out)
+    assert job["progress"] == {"epoch": 2, "epochs": 2, "percent": 100.0}
+    assert any(line.startswith("epoch 2/2") for line in job["log"])
+    assert job["model"]["served"] is True
+    r = await client.post("/v1/models/pump/score", files={"file": ("a.wav", CLIPS[0], "audio/wav")})
+    assert r.status_code == 200
