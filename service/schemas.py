@@ -329,5 +329,13 @@ class FitAccepted(BaseModel):
     url: str
 
 
+class FitLimits(BaseModel):
+    min_seconds: float = Field(description="least readable healthy audio a job takes")
+    recommended_seconds: float = Field(description="what a useful model wants")
+    max_clips: int
+    max_job_bytes: int
+
+
 class FitList(BaseModel):
     fits: list[FitJob]
+    limits: FitLimits

@@ -24,7 +24,7 @@ from service.jobs import intake
 from service.jobs.spool import LIVE_STATES, MODEL_NAME, TRAINER_STALE_S, Spool
 from service.jobs.watch import FitWatcher, served_version
 from service.models.registry import ModelRegistry
-from service.schemas import ErrorBody, FitAccepted, FitJob, FitList
+from service.schemas import ErrorBody, FitAccepted, FitJob, FitLimits, FitList
 from service.settings import Settings
 
 fits = APIRouter(prefix="/v1", tags=["fit jobs"], dependencies=[Depends(require_admin_key)])
@@ -261,16 +261,25 @@ def _watcher(request: Request) -> FitWatcher:
     return request.app.state.fit_watcher
 
 
+RECOMMENDED_SECONDS = 120.0  # two minutes: the quick preset's benchmark (bench/fits.py)
+
+
 @fits.get("/fits", response_model=FitList, responses=FIT_ERRORS)
-async def read_fits(request: Request, registry: RegistryDep) -> FitList:
-    """Every fit job, newest first."""
+async def read_fits(request: Request, registry: RegistryDep, settings: SettingsDep) -> FitList:
+    """Every fit job, newest first, and what a job takes (limits)."""
     spool = get_spool(request)
 
     def read_all() -> list[FitJob]:
         jobs = [spool.read(j) for j in reversed(spool.job_ids())]
         return [_view(spool, j, registry) for j in jobs if j is not None]
 
-    return FitList(fits=await anyio.to_thread.run_sync(read_all))
+    limits = FitLimits(
+        min_seconds=settings.fit_min_seconds,
+        recommended_seconds=max(RECOMMENDED_SECONDS, settings.fit_min_seconds),
+        max_clips=settings.fit_max_clips,
+        max_job_bytes=settings.fit_max_job_bytes,
+    )
+    return FitList(fits=await anyio.to_thread.run_sync(read_all), limits=limits)
 
 
 @fits.get("/fits/{job_id}", response_model=FitJob, responses=FIT_ERRORS)

@@ -755,5 +755,13 @@
     loadModels();
   }
 
+  // for fit.js: list the models again (a new one is chosen by naming it first)
+  window.auscultModels = {
+    reload(name) {
+      if (name) sessionStorage.setItem("auscult.model", name);
+      return loadModels();
+    },
+  };
+
   init();
 })();
