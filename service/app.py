@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from service import features  # noqa: E402
 from service.api.deps import describe_open_access  # noqa: E402
 from service.api.direct import DirectRoutes  # noqa: E402
-from service.api.fits import fits  # noqa: E402
+from service.api.fits import fits, fits_methods  # noqa: E402
 from service.api.v1 import admin, error_response, health, models  # noqa: E402
 from service.api.v2 import v2, v2_health  # noqa: E402
 from service.api.v2.routes import is_v2  # noqa: E402
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     # before `models`: a 405 on /v1/models/reload must name POST, not GET /v1/models/{name}
     app.include_router(admin)
     app.include_router(fits)
+    app.include_router(fits_methods)  # after: only the methods `fits` does not answer
     app.include_router(models)
     app.include_router(v2_health)  # the Open Inference Protocol (v2), beside v1
     app.include_router(v2)

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import RegistryDep, SettingsDep, require_admin_key
 from service.api.uploads import FORM_OVERHEAD, body_deadline, openapi_body, read_files
@@ -28,6 +29,23 @@ from service.schemas import ErrorBody, FitAccepted, FitJob, FitLimits, FitList
 from service.settings import Settings
 
 fits = APIRouter(prefix="/v1", tags=["fit jobs"], dependencies=[Depends(require_admin_key)])
+fits_methods = APIRouter(prefix="/v1", include_in_schema=False)
+
+
+def _not_allowed(allow: str) -> Any:
+    async def route() -> None:
+        # one route per method: Starlette's own 405 would name the first route's method only
+        raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+    return route
+
+
+fits_methods.add_api_route(
+    "/fits", _not_allowed("GET, POST"), methods=["PUT", "PATCH", "DELETE", "OPTIONS"]
+)
+fits_methods.add_api_route(
+    "/fits/{job_id}", _not_allowed("GET, DELETE"), methods=["PUT", "PATCH", "POST", "OPTIONS"]
+)
 
 PRESETS = ("quick", "standard")
 FIT_FIELDS = {
@@ -50,6 +68,7 @@ FIT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 POST_ERRORS: dict[int | str, dict[str, Any]] = {
     401: FIT_ERRORS[401],
+    408: _error("the upload did not arrive within AUSCULT_BODY_TIMEOUT_S (request_timeout)"),
     409: _error(
         "the model exists and replace is not true (model_exists), another job for the name "
         "is queued or running (fit_in_progress), or the model is not an anomaly model "
