@@ -43,7 +43,7 @@ log = logging.getLogger("auscult.trainer")
 
 # `python -m training fit` options of each preset (standard: the command's defaults)
 PRESETS: dict[str, list[str]] = {
-    "quick": ["--epochs", "10", "--no-codec-copies"],
+    "quick": ["--epochs", "20"],
     "standard": [],
 }
 PIECE_SECONDS = 10.0  # long recordings are cut into pieces of this length…
