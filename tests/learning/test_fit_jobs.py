@@ -217,3 +217,33 @@ async def test_with_ray_a_job_runs_as_a_ray_task_with_the_same_states_and_progre
     assert job["model"]["served"] is True
     r = await client.post("/v1/models/pump/score", files={"file": ("a.wav", CLIPS[0], "audio/wav")})
     assert r.status_code == 200
+
+
+def _built(tmp: Path, name: str, version: str) -> Path:
+    """A bundle folder (the committed gearbox's files) whose manifest says `version`."""
+    import json
+
+    out = tmp / f".build-{version}" / name
+    shutil.copytree(ARTIFACTS / "gearbox", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(name=name, version=version)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_publishing_flips_the_link_and_keeps_one_version_back(tmp_path: Path) -> None:
+    from service.models.registry import ModelRegistry
+    from training.worker import publish
+
+    arts = tmp_path / "artifacts"
+    arts.mkdir()
+    for version in ("20260101-aaaaaaaa", "20260102-bbbbbbbb", "20260103-cccccccc"):
+        assert publish(_built(tmp_path, "pump", version), arts, "pump") == version
+        assert os.readlink(arts / "pump") == f".versions/pump-{version}"
+        registry = ModelRegistry.from_dir(arts)
+        assert registry.runtimes["pump"].manifest.version == version  # type: ignore[union-attr]
+    assert sorted(p.name for p in (arts / ".versions").iterdir()) == [
+        "pump-20260102-bbbbbbbb",
+        "pump-20260103-cccccccc",
+    ]
+    assert sorted(p.name for p in arts.iterdir()) == [".versions", "pump"]
