@@ -87,3 +87,20 @@ def test_a_new_model_is_fitted_from_the_page_then_chosen_with_its_report(
         page.set_input_files("#files", str(clips[0]))
     assert answer.value.status == 200
     screenshot(page, "new-model", section)
+
+
+def test_recording_the_machine_adds_a_clip_and_counts_its_audio(
+    page: Any, service: RunningService
+) -> None:
+    page.goto(f"{service.url}/")
+    page.fill("#fit-name", "pump-8")
+    page.click("#fit-record")
+    expect(page.locator("#fit-record")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#fit-record-status")).to_contain_text("Recording the machine… 3 s")
+    page.click("#fit-record")
+    expect(page.locator("#fit-list li")).to_have_count(1)
+    expect(page.locator("#fit-list li").first).to_contain_text("recording-1.wav")
+    seconds = page.evaluate("() => document.getElementById('fit-meter').value")
+    assert 1.5 <= seconds <= 10  # what arrived of ~3 s (the recorder starts late)
+    expect(page.locator("#fit-amount")).to_contain_text("a fit needs at least 30 s")
+    expect(page.locator("#fit-start")).to_be_disabled()  # not enough audio yet

@@ -16,6 +16,8 @@
     limits: { min_seconds: 30, recommended_seconds: 120 },
     job: null, // the job being watched (its id)
     timer: null,
+    recorder: null,
+    recordings: 0,
   };
 
   function h(tag, attrs, ...children) {
@@ -122,6 +124,59 @@
     $("fit-start").disabled = !!fit.timer || !NAME.test(name) || !fit.files.length || (!archives && have < need);
   }
 
+  // ------------------------------------------------------------------ the microphone
+
+  const MAX_RECORD_S = 180;
+
+  function setRecording(on) {
+    $("fit-record").setAttribute("aria-pressed", on ? "true" : "false");
+    $("fit-record-label").textContent = on ? "Stop recording" : "Record healthy sound";
+  }
+
+  async function toggleRecording() {
+    if (fit.recorder) {
+      fit.recorder.stop();
+      return;
+    }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      });
+    } catch (e) {
+      showError(new Error(`The microphone could not be opened (${e.name}: ${e.message}).`));
+      return;
+    }
+    const chunks = [];
+    const recorder = new MediaRecorder(stream);
+    const started = performance.now();
+    const timer = setInterval(() => {
+      const t = (performance.now() - started) / 1000;
+      $("fit-record-status").textContent = `Recording the machine… ${t.toFixed(0)} s (press again to stop)`;
+      if (t >= MAX_RECORD_S) recorder.stop();
+    }, 250);
+    recorder.ondataavailable = (e) => {
+      if (e.data && e.data.size) chunks.push(e.data);
+    };
+    recorder.onstop = async () => {
+      clearInterval(timer);
+      for (const track of stream.getTracks()) track.stop();
+      fit.recorder = null;
+      setRecording(false);
+      try {
+        const wav = await window.auscultPage.toWav(new Blob(chunks, { type: recorder.mimeType }));
+        fit.recordings += 1;
+        await addFiles([new File([wav], `recording-${fit.recordings}.wav`, { type: "audio/wav" })]);
+        $("fit-record-status").textContent = "";
+      } catch (e) {
+        showError(new Error(`The recording could not be read (${e.message}).`));
+      }
+    };
+    fit.recorder = recorder;
+    recorder.start(250);
+    setRecording(true);
+  }
+
   // ------------------------------------------------------------------ the job
 
   async function start() {
@@ -171,7 +226,7 @@
       fit.files = [];
       render();
       report(job);
-      if (window.auscultModels) await window.auscultModels.reload(job.model.name);
+      if (window.auscultPage) await window.auscultPage.reloadModels(job.model.name);
     } else if (job.state === "failed") {
       showError(Object.assign(new Error(job.error || "the fit failed"), { code: "fit_failed" }));
       render();
@@ -295,6 +350,12 @@
     $("fit-name").addEventListener("input", render);
     $("fit-key").addEventListener("change", loadLimits);
     $("fit-start").addEventListener("click", start);
+    const canRecord = window.isSecureContext && navigator.mediaDevices && window.MediaRecorder;
+    if (canRecord) $("fit-record").addEventListener("click", toggleRecording);
+    else {
+      $("fit-record").disabled = true;
+      $("fit-record-status").textContent = "Recording needs the page over https, or opened on this computer.";
+    }
     $("fit-cancel").addEventListener("click", cancel);
     loadLimits();
   }
