@@ -51,6 +51,7 @@ MIN_PIECES = 8  # …or shorter, down to MIN_PIECE_SECONDS, to give the fit this
 MIN_PIECE_SECONDS = 2.0
 WORK_DIR = "work"  # inside the job folder: the pieces the fit reads
 VERSIONS = ".versions"
+RECOVER_EVERY_S = 30.0  # how often a running trainer looks for jobs a dead one left
 
 
 # ---------------------------------------------------------------------------- data
@@ -353,7 +354,11 @@ class Trainer:
         ran = 0
         try:
             self.recover()
+            recovered = time.monotonic()
             while not self.stopping.is_set():
+                if time.monotonic() - recovered > RECOVER_EVERY_S:  # another trainer died
+                    self.recover()
+                    recovered = time.monotonic()
                 job_id = self.next_job()
                 if job_id is None:
                     if once:
