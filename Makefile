@@ -21,9 +21,23 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.serve-installed
 
-## serve: set up (once) and run the service on the committed bundles at http://$(HOST):$(PORT)
+## serve: set up (once) and run the service on the committed bundles at http://$(HOST):$(PORT);
+## fit jobs spool to $(JOBS)/, and with the train extra installed (TensorFlow importable) a
+## trainer runs beside the service (it writes new models into artifacts/), else it says how
+JOBS ?= jobs
 serve: $(VENV)/.serve-installed
-	AUSCULT_ARTIFACTS_DIR=artifacts AUSCULT_DEFAULT_MODEL=gearbox \
+	@mkdir -p $(JOBS); \
+	if $(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is None)"; then \
+		echo "make serve: a fit-job trainer runs beside the service (python -m training worker)"; \
+		$(BIN)/python -m training worker --jobs $(JOBS) --artifacts artifacts & trainer=$$!; \
+		trap 'kill $$trainer 2>/dev/null' EXIT INT TERM; \
+	else \
+		echo "make serve: no fit-job trainer (TensorFlow is not installed): fit jobs wait in $(JOBS)/."; \
+		echo "  To fit models from the page or POST /v1/fits: $(BIN)/pip install -e '.[train]' and"; \
+		echo "  run make serve again, or run a trainer elsewhere on this folder:"; \
+		echo "  python -m training worker --jobs $(JOBS) --artifacts artifacts"; \
+	fi; \
+	AUSCULT_ARTIFACTS_DIR=artifacts AUSCULT_DEFAULT_MODEL=gearbox AUSCULT_JOBS_DIR=$(JOBS) \
 		$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 ## test: set up (once), lint, type-check, build the docs site (--strict) and run the whole test suite

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from bench import baselines, datasets, machines
+from training.worker import PRESETS
 
 DOMAINS = ("source", "target")
 QUICK_EPOCHS = 8
@@ -125,6 +126,11 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("pca all", ["--pca", "all"], "PCA span only, no complement term"),
     ("detector fit clips", ["--detector-clips", "fit"], "detector without the held-out clips"),
     ("shrinkage oas", ["--shrinkage", "oas"], "OAS instead of Ledoit-Wolf"),
+    (
+        "fit job quick",
+        PRESETS["quick"],
+        "the fit jobs' quick preset (training/worker.py; their standard is the default)",
+    ),
 ]
 # The rows a full run computes (--ablation-rows all: every row).
 DEFAULT_ABLATION_ROWS = (
@@ -212,7 +218,7 @@ def split_of(dataset: str) -> str:
 
 def fit_settings(sample_rate: int, extra: list[str]) -> dict[str, Any]:
     """The keyword arguments `python -m training fit --sample-rate SR [extra]` gives fit()."""
-    from training.__main__ import build_parser, fit_kwargs
+    from training.cli import build_parser, fit_kwargs
 
     argv = ["fit", "--data", ".", "--out", ".", "--sample-rate", str(sample_rate), *extra]
     return fit_kwargs(build_parser().parse_args(argv))

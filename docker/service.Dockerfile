@@ -164,7 +164,8 @@ COPY --from=app /tmp/site/ /opt/venv/lib/python3.11/site-packages/
 # The import check catches a missing piece at build time, not at start-up.
 RUN set -eux; \
     python -c "import service.app, service.__main__"; \
-    mkdir -p /app/artifacts
+    mkdir -p /app/artifacts /app/jobs; \
+    chown auscult:auscult /app/jobs
 
 WORKDIR /app
 USER auscult:auscult

@@ -160,9 +160,10 @@ dangling=$(podman images -q --filter dangling=true --filter label=io.auscult.ima
 log "dangling auscult images left: $dangling"
 
 # ---- up ------------------------------------------------------------------
-log "starting the stack (podman-compose up -d)"
+# the service alone: the trainer's image (TensorFlow) is not built here
+log "starting the service (podman-compose up -d auscult)"
 started=1
-timeout 120 "$PODMAN_COMPOSE" -p "$PROJECT" -f "$ROOT/docker-compose.yml" up -d >"$WORK/up.log" 2>&1 \
+timeout 120 "$PODMAN_COMPOSE" -p "$PROJECT" -f "$ROOT/docker-compose.yml" up -d auscult >"$WORK/up.log" 2>&1 \
   || { tail -n 40 "$WORK/up.log"; fail "podman-compose up failed"; }
 CID=$(container_id)
 [ -n "$CID" ] || { tail -n 40 "$WORK/up.log"; fail "no container for project $PROJECT"; }

@@ -56,10 +56,10 @@ RUN set -eux; \
     pip install --no-deps .; \
     cd /; rm -rf /tmp/auscult; \
     python -c "import training.__main__"; \
-    mkdir -p /app/artifacts /app/data
+    mkdir -p /app/artifacts /app/data /app/jobs
 
 WORKDIR /app
-VOLUME ["/app/artifacts", "/app/data"]
+VOLUME ["/app/artifacts", "/app/data", "/app/jobs"]
 
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["--help"]

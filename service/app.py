@@ -26,12 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from service import features  # noqa: E402
 from service.api.deps import describe_open_access  # noqa: E402
 from service.api.direct import DirectRoutes  # noqa: E402
+from service.api.fits import fits, fits_methods  # noqa: E402
 from service.api.listen import Streams  # noqa: E402
 from service.api.listen import router as listen_router  # noqa: E402
 from service.api.v1 import admin, error_response, health, models  # noqa: E402
 from service.api.v2 import v2, v2_health  # noqa: E402
 from service.api.v2.routes import is_v2  # noqa: E402
 from service.errors import AuscultError, public_message  # noqa: E402
+from service.jobs.spool import Spool  # noqa: E402
+from service.jobs.watch import FitWatcher  # noqa: E402
 from service.models.registry import ModelRegistry  # noqa: E402
 from service.models.reload import Reloader  # noqa: E402
 from service.models.scoring import Scorer  # noqa: E402
@@ -105,9 +108,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             )
         log.info("ready", extra={"models_ready": reg.ready_count, "models": len(reg.runtimes)})
         reloader.start()  # SIGHUP, and the watcher with AUSCULT_WATCH=1
+        if watcher is not None:
+            await watcher.start()  # models that fit jobs publish are loaded here
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.stop()
             await reloader.stop()
             app.state.scorer.close()
 
@@ -126,9 +133,17 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.streams = Streams(settings, metrics)
     app.state.registry = ModelRegistry()  # replaced in lifespan; /readyz is 503 until then
     reloader = app.state.reloader = Reloader(lambda: app.state.registry, settings, metrics)
+    app.state.spool = Spool(settings.jobs_dir) if settings.jobs_dir is not None else None
+    watcher = app.state.fit_watcher = (
+        FitWatcher(app.state.spool, lambda: app.state.registry, reloader)
+        if app.state.spool is not None
+        else None
+    )
     app.include_router(health)
     # before `models`: a 405 on /v1/models/reload must name POST, not GET /v1/models/{name}
     app.include_router(admin)
+    app.include_router(fits)
+    app.include_router(fits_methods)  # after: only the methods `fits` does not answer
     app.include_router(models)
     app.include_router(listen_router)  # WS /v1/models/{name}/listen
     app.include_router(v2_health)  # the Open Inference Protocol (v2), beside v1

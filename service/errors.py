@@ -106,6 +106,40 @@ class EnrolFailed(AuscultError):
     status_code, code = 409, "enrol_failed"
 
 
+class FitNotFound(AuscultError):
+    status_code, code = 404, "fit_not_found"
+
+
+class ModelExists(AuscultError):
+    """A fit job for a name that is already a model, without `replace=true`."""
+
+    status_code, code = 409, "model_exists"
+
+
+class FitInProgress(AuscultError):
+    """Another fit job for the same model name is queued or running."""
+
+    status_code, code = 409, "fit_in_progress"
+
+
+class NotEnoughAudio(InvalidInput):
+    """Too little readable healthy audio for a fit job (the skipped clips are named)."""
+
+    code = "not_enough_audio"
+
+
+class FitsDisabled(AuscultError):
+    """No jobs folder (AUSCULT_JOBS_DIR) is set: the service takes no fit jobs."""
+
+    status_code, code = 503, "fits_disabled"
+
+
+class InsufficientStorage(AuscultError):
+    """The jobs folder is full (its quota, or the disk itself); nothing was kept."""
+
+    status_code, code = 507, "insufficient_storage"
+
+
 class BundleError(Exception):
     """A model bundle failed verification; the message says why."""
 

@@ -294,3 +294,71 @@ class ListenStart(BaseModel):
         "AUSCULT_API_KEYS (never logged)",
         repr=False,
     )
+
+
+class FitProgress(BaseModel):
+    epoch: int | None = Field(None, description="autoencoder epochs done")
+    epochs: int | None = Field(None, description="epochs the preset runs at most")
+    percent: float = Field(0.0, description="the whole job, 0-100")
+
+
+class FitModel(BaseModel):
+    name: str
+    version: str | None = None
+    served: bool = Field(False, description="whether this service answers with that version")
+
+
+class SkippedClip(BaseModel):
+    filename: str
+    code: str
+    reason: str
+
+
+class FitTrainer(BaseModel):
+    seen: bool = Field(description="a trainer wrote its heartbeat within the last 30 s")
+    last_seen_s: float | None = Field(None, description="seconds since any trainer was seen")
+    message: str | None = None
+
+
+class FitJob(BaseModel):
+    id: str
+    url: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: str | None = None
+    progress: FitProgress
+    name: str
+    preset: Literal["quick", "standard"]
+    false_alarm_rate: float | None = None
+    replace: bool = False
+    clips: int
+    audio_seconds: float
+    skipped: list[SkippedClip] = Field(default_factory=list)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    log: list[str] = Field(default_factory=list, description="the last lines of its log")
+    model: FitModel | None = Field(None, description="on success: the bundle written")
+    error: str | None = Field(None, description="on failure: why")
+    cancel_requested: bool = False
+    trainer: FitTrainer
+    report: dict[str, Any] | None = Field(
+        None, description="on success: score distribution, thresholds and their rates"
+    )
+
+
+class FitAccepted(BaseModel):
+    id: str
+    state: Literal["queued"]
+    url: str
+
+
+class FitLimits(BaseModel):
+    min_seconds: float = Field(description="least readable healthy audio a job takes")
+    recommended_seconds: float = Field(description="what a useful model wants")
+    max_clips: int
+    max_job_bytes: int
+
+
+class FitList(BaseModel):
+    fits: list[FitJob]
+    limits: FitLimits

@@ -76,6 +76,28 @@ class Settings(BaseSettings):
     watch_interval_s: float = Field(2.0, ge=0.1, le=3600)
     """Seconds between two polls of the artifacts folder (with `watch`)."""
 
+    jobs_dir: Path | None = None
+    """Spool folder of fit jobs (`POST /v1/fits`), shared with the trainer (`python -m
+    training worker --jobs DIR`); created if missing. Unset: the service takes no fit jobs
+    (503 fits_disabled). The only place uploads are written to disk."""
+
+    fit_max_job_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    """Largest fit job upload (all its clips, or its archive unpacked); more gets 413."""
+
+    fit_max_clips: int = Field(500, ge=1)
+    """Most clips in one fit job (files, or members of its archive); more gets 413."""
+
+    fit_max_spool_bytes: int = Field(2 * 1024 * 1024 * 1024, gt=0)
+    """Bytes the jobs folder may hold, all jobs together; an upload that would cross it
+    gets 507 insufficient_storage."""
+
+    fit_max_jobs: int = Field(4, ge=1)
+    """Fit jobs queued and running at once; one more gets 503 overloaded."""
+
+    fit_min_seconds: float = Field(30.0, gt=0)
+    """Least readable healthy audio (seconds, all clips together) a fit job takes; less
+    gets 422 not_enough_audio naming the clips that could not be read."""
+
     ort_threads: int = Field(1, ge=1, le=64)
     """onnxruntime intra-op threads per model session."""
 
@@ -185,6 +207,18 @@ class Settings(BaseSettings):
     def _exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"artifacts_dir {value} is not a folder")
+        return value
+
+    @field_validator("jobs_dir", mode="before")
+    @classmethod
+    def _jobs_unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jobs_dir")
+    @classmethod
+    def _jobs_usable(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"jobs_dir {value} is not a folder")
         return value
 
 

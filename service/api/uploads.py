@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -76,6 +76,8 @@ class _Part:
     name: str | None = None
     filename: str | None = None
     data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+    out: BinaryIO | None = None  # where a spooled file part goes (see read_files' `sink`)
 
 
 # What the service recognises by its content (magic bytes), whatever a part's Content-Type says.
@@ -136,6 +138,8 @@ async def read_files(
     max_parts: int | None = None,
     reserve: Callable[[int], None] | None = None,
     text_fields: dict[str, str] | None = None,
+    sink: Callable[[int], BinaryIO] | None = None,
+    body_setting: str = "AUSCULT_MAX_BATCH_BYTES",
 ) -> list[Upload]:
     """Parse a multipart/form-data body → the files of `field_name`, in order.
 
@@ -146,6 +150,8 @@ async def read_files(
     every chunk before it is kept; it may raise (a process-wide memory budget).
     `text_fields`: the names of short text fields to keep (e.g. `condition`); their values
     (UTF-8, at most MAX_TEXT_FIELD_BYTES) are written into it.
+    `sink(i)`: where the i-th file's bytes are written as they arrive (a file opened for
+    writing, closed here), instead of memory; its Upload then has empty `data`.
     """
     mime, options = parse_options_header(content_type or "")
     if mime != b"multipart/form-data":
@@ -164,7 +170,7 @@ async def read_files(
     )
     if max_body_bytes is not None and max_body_bytes < body_limit:
         body_limit = max_body_bytes
-        limit_says = f"{body_limit} bytes (AUSCULT_MAX_BATCH_BYTES)"
+        limit_says = f"{body_limit} bytes ({body_setting})"
     if content_length and content_length.isdigit() and int(content_length) > body_limit:
         raise PayloadTooLarge(f"request body is {content_length} bytes; the limit is {limit_says}")
 
@@ -219,6 +225,8 @@ async def read_files(
             if max_files == 1:
                 raise InvalidRequest(f"send exactly one file in the field {field_name!r}")
             raise BatchTooLarge(f"a batch holds at most {max_files} files")
+        if sink is not None:
+            current.out = sink(len(files))
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if text_fields is not None and current.name in text_fields:
@@ -230,8 +238,12 @@ async def read_files(
             return
         if current.name != field_name:
             return  # other fields are read past, not kept
-        current.data.extend(memoryview(data)[start:end])  # no intermediate copy
-        if len(current.data) > max_file_bytes:
+        current.size += end - start
+        if current.out is not None:
+            current.out.write(memoryview(data)[start:end])
+        else:
+            current.data.extend(memoryview(data)[start:end])  # no intermediate copy
+        if current.size > max_file_bytes:
             raise PayloadTooLarge(
                 f"file {current.filename or ''!r} is larger than {max_file_bytes} bytes"
             )
@@ -243,6 +255,8 @@ async def read_files(
             except UnicodeDecodeError as e:
                 raise InvalidRequest(f"the field {current.name!r} is not UTF-8 text") from e
         elif current.name == field_name:
+            if current.out is not None:
+                current.out.close()
             files.append(Upload(current.filename, bytes(current.data)))
 
     callbacks = {

@@ -47,13 +47,16 @@ class Reloader:
         self.signal_installed = False
         self.peers: WorkerPeers | None = None  # the other worker processes, if any
 
-    async def reload(self, name: str | None = None, force: bool = False) -> list[ReloadOutcome]:
+    async def reload(
+        self, name: str | None = None, force: bool = False, peers: bool = True
+    ) -> list[ReloadOutcome]:
         """Re-read one bundle (always) or scan all (changed ones, or all with `force`); with
-        other worker processes, return once every one has re-scanned too (changed bundles)."""
+        other worker processes, return once every one has re-scanned too (changed bundles),
+        unless `peers` is False (every worker does this reload on its own)."""
         try:
             return await self._reload(name, force)
         finally:
-            if self.peers is not None:
+            if self.peers is not None and peers:
                 generation = self.peers.request()
                 late = await self.peers.wait(generation)
                 if late:

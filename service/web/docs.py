@@ -358,6 +358,110 @@ def _enrol_examples(
     return out
 
 
+def _fit_examples(
+    method: str, path: str, settings: Settings
+) -> dict[str, list[tuple[str, str, str]]]:
+    """status → [(code, summary, message)] for the fit jobs' routes."""
+    out: dict[str, list[tuple[str, str, str]]] = {
+        "401": [
+            (
+                "unauthorized",
+                "no admin key (admin keys are configured)",
+                "an admin key is required: send X-API-Key or Authorization: Bearer",
+            ),
+            ("unauthorized", "a wrong admin key", "the admin key is not valid"),
+        ],
+        "503": [
+            (
+                "fits_disabled",
+                "no jobs folder",
+                "this service takes no fit jobs: set AUSCULT_JOBS_DIR",
+            )
+        ],
+    }
+    if path.endswith("{job_id}"):
+        out["404"] = [
+            ("fit_not_found", "no such job", "no fit job '6f03'; GET /v1/fits lists them")
+        ]
+    if method != "post":
+        return out
+    out["408"] = [
+        (
+            "request_timeout",
+            "the upload was too slow",
+            f"the upload did not arrive within {settings.body_timeout_s:g} s",
+        )
+    ]
+    out["409"] = [
+        (
+            "model_exists",
+            "the name is a model already",
+            "a model named 'gearbox' exists; send replace=true to fit a new version of it",
+        ),
+        (
+            "fit_in_progress",
+            "a job for the name is queued or running",
+            "fit job 6f03334f5e764ad58fb8979dedfb7490 for 'pump-3' is queued or running",
+        ),
+        (
+            "wrong_model_kind",
+            "replacing a classifier",
+            "model 'digits' is a classifier; a fit job makes anomaly models",
+        ),
+    ]
+    out["413"] = [
+        (
+            "payload_too_large",
+            "more than AUSCULT_FIT_MAX_JOB_BYTES",
+            f"file 'recordings.zip' is larger than {settings.fit_max_job_bytes} bytes",
+        ),
+        (
+            "batch_too_large",
+            "more than AUSCULT_FIT_MAX_CLIPS clips",
+            f"a batch holds at most {settings.fit_max_clips} files",
+        ),
+    ]
+    out["415"] = [
+        (
+            "unsupported_media_type",
+            "a body that is not multipart/form-data",
+            "send multipart/form-data with the field 'files', not application/json",
+        )
+    ]
+    out["422"] = [
+        (
+            "invalid_request",
+            "a name that is not a folder name",
+            "name '../pump' must be 1-64 letters, digits, '_' or '-', starting with a letter "
+            "or digit",
+        ),
+        (
+            "not_enough_audio",
+            "too little readable healthy audio",
+            f"12.0 s of readable healthy audio in 2 clips; a fit needs at least "
+            f"{settings.fit_min_seconds:g} s (AUSCULT_FIT_MIN_SECONDS) (1 unreadable: "
+            "notes.txt: unrecognised content: send wav, flac, ogg or mp3 audio, or a png/jpeg "
+            "spectrogram)",
+        ),
+    ]
+    out["503"].append(
+        (
+            "overloaded",
+            "as many jobs as the service takes",
+            f"{settings.fit_max_jobs} fit jobs are queued or running (AUSCULT_FIT_MAX_JOBS); "
+            "try again when one has ended",
+        )
+    )
+    out["507"] = [
+        (
+            "insufficient_storage",
+            "the jobs folder is full",
+            "the jobs folder is full (AUSCULT_FIT_MAX_SPOOL_BYTES); try later",
+        )
+    ]
+    return out
+
+
 UPLOAD_ENDPOINTS = ("/score", "/score/batch", "/classify", "/classify/batch", "/spectrogram")
 
 
@@ -381,6 +485,8 @@ def _operation_errors(
         }, True
     if not path.startswith("/v1/"):
         return None
+    if path.startswith("/v1/fits"):
+        return _fit_examples(method, path, settings), True
     if method == "get":
         errors = _examples(registry, settings, None, many=False)
         keep = ("401", "404") if "{name}" in path else ("401",)

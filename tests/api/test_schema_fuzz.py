@@ -9,6 +9,8 @@ session. Examples per operation are bounded so the module runs in well under a m
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -32,10 +34,18 @@ MAX_EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "50"))
 # that does not fit its shape: 400 (the protocol's bad request), 413, 415 or 422. A
 # generate request's label must be one of the model's labels and its count within
 # AUSCULT_MAX_GENERATE_COUNT, which the schema cannot say either: 422 invalid_request.
+# A fit job's name must be a folder name and its clips enough readable audio (422), a
+# name may be taken (409), and the service may hold as many jobs as it takes (503).
 UPLOADS = """
 [[operations]]
 include-path-regex = "^/v1/models/\\\\{name\\\\}/(score|classify|spectrogram|generate|conditions)"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "415", "422"]
+
+[[operations]]
+include-path-regex = "^/v1/fits"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "401", "404", "409", "413", "415", "422", "503",
+]
 
 [[operations]]
 include-path-regex = "^/v2/models/.*/infer$"
@@ -51,7 +61,12 @@ api_key = "{KEY}"
 
 def _schema(keys: list[str]) -> BaseSchema:
     """The app with or without API keys, and its document as the service serves it."""
-    settings_ = Settings(artifacts_dir=ARTIFACTS, api_keys=keys, log_level="warning")  # type: ignore[arg-type]
+    settings_ = Settings(
+        artifacts_dir=ARTIFACTS,
+        api_keys=keys,
+        log_level="warning",
+        jobs_dir=Path(tempfile.mkdtemp(prefix="fuzz-jobs-")),  # fit jobs on, spooled there
+    )  # type: ignore[call-arg]
     config = SchemathesisConfig.from_str((AUTH if keys else "") + UPLOADS)
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(settings_), config=config)
 

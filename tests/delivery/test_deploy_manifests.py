@@ -183,8 +183,15 @@ def test_compose_replicas_layout_is_stateless_with_read_only_bundles() -> None:
     assert "container_name" not in svc  # a fixed name allows one container only
     assert svc["read_only"] is True
     for volume in svc["volumes"]:
-        assert volume.endswith(":ro"), volume  # bundles read-only; nothing else mounted
+        # bundles read-only; the one writable mount is the fit jobs' spool, a named
+        # volume the trainer shares
+        assert volume.endswith(":ro") or volume.startswith("jobs:/app/jobs"), volume
     assert svc["environment"]["AUSCULT_ARTIFACTS_DIR"] == "/app/artifacts"
+    assert svc["environment"]["AUSCULT_JOBS_DIR"] == "/app/jobs"
+    trainer = base["services"]["trainer"]
+    assert "profiles" not in trainer  # `docker compose up` starts it beside the service
+    assert trainer["command"][:1] == ["worker"]
+    assert "jobs:/app/jobs" in trainer["volumes"] and "jobs" in base["volumes"]
     # the replicas publish no host port (N containers cannot share one); the balancer does
     assert over["services"]["auscult"]["ports"] == []
     lb = over["services"]["lb"]

@@ -163,3 +163,15 @@ def test_bundle_with_bad_scoring_parts_is_refused(
 def test_bundle_with_an_unknown_aggregation_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     rt = open_runtime(_copy_with_scoring(tiny_bundle, tmp_path, aggregation="median"))
     assert rt.status == "failed" and "aggregation" in (rt.reason or "")
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 300), (300, 40), (64, 64), (5, 1)])
+def test_the_gram_ledoit_wolf_coefficient_is_sklearns(n: int, d: int) -> None:
+    from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_shrinkage
+
+    from training.anomaly.mahalanobis import ledoit_wolf_shrinkage
+
+    rng = np.random.default_rng(n * d)
+    x = (rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 3).astype(np.float32)
+    expected = sklearn_shrinkage(x.astype(np.float64))
+    assert ledoit_wolf_shrinkage(x) == pytest.approx(expected, rel=1e-9, abs=1e-12)

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.anyio
 # DESIGN.md / README: the error codes each status may carry
 CODES = {
     "401": {"unauthorized"},
-    "404": {"model_not_found"},
+    "404": {"model_not_found", "fit_not_found"},
     "408": {"request_timeout"},
-    "409": {"wrong_model_kind", "enrol_failed"},
+    "409": {"wrong_model_kind", "enrol_failed", "model_exists", "fit_in_progress"},
     "413": {"payload_too_large", "batch_too_large"},
     "415": {"unsupported_media_type"},
     "422": {
@@ -39,8 +39,10 @@ CODES = {
         "sample_rate_out_of_range",
         "non_finite_values",
         "invalid_request",
+        "not_enough_audio",
     },
-    "503": {"overloaded", "not_ready"},
+    "503": {"overloaded", "not_ready", "fits_disabled"},
+    "507": {"insufficient_storage"},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -330,8 +331,14 @@ def scoring_encoder_for(autoencoder: Any, recorded: dict[str, Any]) -> Any:
     )
 
 
-def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> TrainedAutoencoder:
-    """images: (n, h, w) in [0, 1]; early stopping on the held-out normal clips."""
+def fit(
+    images: np.ndarray,
+    val_images: np.ndarray,
+    cfg: AutoencoderConfig,
+    on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> TrainedAutoencoder:
+    """images: (n, h, w) in [0, 1]; early stopping on the held-out normal clips.
+    `on_epoch(done, epochs, logs)` after every epoch (it may raise to stop the fit)."""
     import keras
 
     seed_everything(cfg.seed)
@@ -349,6 +356,15 @@ def fit(images: np.ndarray, val_images: np.ndarray, cfg: AutoencoderConfig) -> T
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
         )
     ]
+    if on_epoch is not None:
+        report = on_epoch
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: report(
+                    epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()}
+                )
+            )
+        )
     hist = model.autoencoder.fit(
         x,
         y,

@@ -8,6 +8,7 @@ import platform
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,9 +78,21 @@ class FitResult:
         )
 
 
-def stage(what: str) -> None:
+@dataclass
+class FitHooks:
+    """Progress of a fit for whoever runs it (the fit jobs' trainer): `stage(text)` as each
+    long step starts, `epoch(done, epochs, logs)` after every autoencoder epoch. Either may
+    raise to stop the fit (nothing is written then)."""
+
+    stage: Callable[[str], None] | None = None
+    epoch: Callable[[int, int, dict[str, float]], None] | None = None
+
+
+def stage(what: str, hooks: FitHooks | None = None) -> None:
     """A line on stderr as a long step of the fit starts (between progress bars)."""
     tqdm_write(f"fit: {what} …")
+    if hooks is not None and hooks.stage is not None:
+        hooks.stage(what)
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -153,6 +166,7 @@ def fit(
     stretch_seconds: float = calibration.STRETCH_SECONDS,
     kmeans_thresholds: bool = False,
     strict_files: bool = False,
+    hooks: FitHooks | None = None,
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
@@ -176,7 +190,7 @@ def fit(
     KMeans boundaries of the labelled test scores instead (the seed's method; opt-in).
     `aggregation` is recorded for bundles read without a calibration.
     An unreadable training file is left out with a warning on stderr naming it (DatasetError
-    with `strict_files`).
+    with `strict_files`). `hooks`: progress callbacks (FitHooks).
     """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
@@ -195,7 +209,7 @@ def fit(
     if window_seconds is not None:
         fit_params = params.model_copy(update={"window_hop_seconds": fit_hop_seconds})
     copies = " and their ogg/mp3 copies" if codec_copies else ""
-    stage(f"features of {len(train)} training clips{copies}")
+    stage(f"features of {len(train)} training clips{copies}", hooks)
     inputs: dict[int, Prepared] = {}
     images, owners, bad = read_windows(train, fit_params, "features (train)", codec_copies, inputs)
     skipped = tuple(f"{train[i].path.name} ({reason})" for i, reason in bad.items())
@@ -220,9 +234,12 @@ def fit(
     source = owners % len(train)  # a codec copy belongs with its clip
     tr_w, val_w = np.isin(source, tr_idx), np.isin(source, val_idx)
     original = owners < len(train)
-    model = fit_autoencoder(images[tr_w], images[val_w], cfg)
+    stage(f"training the autoencoder on {int(tr_w.sum())} windows", hooks)
+    model = fit_autoencoder(
+        images[tr_w], images[val_w], cfg, hooks.epoch if hooks is not None else None
+    )
 
-    stage("exporting the encoder and the autoencoder to ONNX")
+    stage("exporting the encoder and the autoencoder to ONNX", hooks)
     encoder_onnx = export.to_onnx(model.encoder, "spectrogram", "latent")
     autoencoder_onnx = export.to_onnx(model.autoencoder, "spectrogram", "reconstruction")
     probe = images[: min(8, len(images))][..., None]
@@ -239,7 +256,7 @@ def fit(
             ]
         )
 
-    stage(f"encoding {len(images)} windows with the exported encoder")
+    stage(f"encoding {len(images)} windows with the exported encoder", hooks)
     latents = encode(images)
     widths = scoring_encoder_parts(model.autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
     if fusion == "concat" or len(widths) == 1:
@@ -250,7 +267,7 @@ def fit(
             latents[rows], widths, pca_components, pca_selection, shrinkage, max_components
         )
 
-    stage("fitting PCA and the covariance of every part")
+    stage("fitting PCA and the covariance of every part", hooks)
     arrays, parts, part_fits = fit_on(tr_w)
     parts = mahalanobis.standardise(parts, part_distances(latents[val_w], arrays, parts))
 
@@ -283,7 +300,9 @@ def fit(
             for p, w in zip(fold_parts, weights, strict=True)
         ]
 
-    stage(f"calibrating the levels: the detector cross-fitted over {clip_fold.max() + 1} folds")
+    stage(
+        f"calibrating the levels: the detector cross-fitted over {clip_fold.max() + 1} folds", hooks
+    )
     raw_heldout = calibration.crossfit_scores(
         latents,
         source,
@@ -342,7 +361,7 @@ def fit(
 
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
-        stage("refitting the detector on every training clip")
+        stage("refitting the detector on every training clip", hooks)
         detector_rows = np.ones(len(latents), bool)
         arrays, parts, part_fits = fit_on(detector_rows)
         parts = [
@@ -378,7 +397,7 @@ def fit(
     train_scores = bundle_scores(train_ids)
     window_counts = np.bincount(owners[original], minlength=len(train))
 
-    stage("writing the bundle")
+    stage("writing the bundle", hooks)
     keras_bytes = keras_model_bytes(model.autoencoder)
 
     out_dir = Path(out_dir)
@@ -447,7 +466,7 @@ def fit(
     evaluation = None
     test = labelled_test_clips(clips)
     if run_evaluation and test:
-        stage(f"evaluating on {len(test)} labelled test clips")
+        stage(f"evaluating on {len(test)} labelled test clips", hooks)
     if run_evaluation and test and kmeans_thresholds:
         _metrics, scored = evaluate(Path(data_dir), out_dir, write=False)
         labelled = np.array([c.label is not None for c in scored.clips])

@@ -12,6 +12,26 @@ Selection = Literal["full", "all", "top", "residual"]
 Shrinkage = Literal["ledoit_wolf", "oas"] | float
 
 
+def ledoit_wolf_shrinkage(latents: np.ndarray) -> float:
+    """sklearn.covariance.ledoit_wolf_shrinkage's coefficient δ for (n, d) latents, from
+    the smaller of XᵀX and XXᵀ (the same sums: ‖XᵀX‖²_F = ‖XXᵀ‖²_F and Σ_k ‖x_k‖⁴), so a
+    4096-wide part of a few hundred windows costs O(n²d), not sklearn's O(nd²)."""
+    x = latents.astype(np.float64)
+    x = x - x.mean(axis=0)
+    n, d = x.shape
+    if d == 1:
+        return 0.0
+    norms = np.einsum("ij,ij->i", x, x)  # ‖x_k‖²
+    small = x.T @ x if d <= n else x @ x.T
+    trace = norms.sum() / n  # trace of the sample covariance
+    mu = trace / d
+    delta_ = float((small**2).sum()) / n**2
+    beta = (float((norms**2).sum()) / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else float(beta / delta)
+
+
 def _shrunk(latents: np.ndarray, shrinkage: Shrinkage) -> tuple[Any, float]:
     """(estimator with location_ and covariance_, shrinkage coefficient)."""
     from sklearn.covariance import OAS, LedoitWolf, ShrunkCovariance
@@ -43,7 +63,10 @@ def _fit_full(
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
     eig = sv**2 / n  # eigenvalues of the (biased) sample covariance, as sklearn's
     rank = int((eig > eig[0] * 1e-10).sum()) if eig.size and eig[0] > 0 else 0
-    _, delta = _shrunk(latents, shrinkage)
+    if shrinkage == "ledoit_wolf":  # the coefficient only: no d x d covariance
+        delta = ledoit_wolf_shrinkage(latents)
+    else:
+        _, delta = _shrunk(latents, shrinkage)
     mu = float(eig.sum() / d)
     delta = max(delta, 1e-6) if rank < d else delta
     shrunk = (1 - delta) * eig[:rank] + delta * mu

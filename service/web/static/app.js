@@ -755,5 +755,15 @@
     loadModels();
   }
 
+  // for fit.js: list the models again (a new one is chosen by naming it first), and the
+  // recording's conversion to wav
+  window.auscultPage = {
+    reloadModels(name) {
+      if (name) sessionStorage.setItem("auscult.model", name);
+      return loadModels();
+    },
+    toWav,
+  };
+
   init();
 })();
