@@ -118,6 +118,7 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("fit hop 1 s", ["--fit-hop", "1"], "fitted on windows without overlap"),
     ("window 2 s", ["--window-seconds", "2"], "2-s windows"),
     ("whole clip", ["--window-seconds", "none"], "no windows: each clip stretched to one image"),
+    ("windows 1 s", ["--window-seconds", "1"], "1-s windows whatever the clips' length"),
     ("no codec copies", ["--no-codec-copies"], "trained on the original recordings only"),
     ("aggregation max", ["--aggregation", "max"], "clip score = its worst window"),
     ("minmax", ["--scaling", "minmax"], "per-window min-max scaling of every part (drops level)"),
@@ -138,6 +139,7 @@ DEFAULT_ABLATION_ROWS = (
     "scoring hop 0.5 s",
     "window 2 s",
     "whole clip",
+    "windows 1 s",
     "no codec copies",
 )
 
@@ -514,8 +516,15 @@ def main(argv: list[str] | None = None) -> int:
         "--ref-epochs",
         type=int,
         default=None,
-        help=f"epochs of the learned references, the DCASE AE and the seed's conv AE "
-        f"(default {REF_EPOCHS}; --quick: {QUICK_REF_EPOCHS})",
+        help=f"epochs of the DCASE AE reference (default {REF_EPOCHS}; --quick: "
+        f"{QUICK_REF_EPOCHS})",
+    )
+    p.add_argument(
+        "--seed-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the seed's conv AE (default {baselines.SeedAutoencoder.epochs}, as the "
+        f"seed describes it; --quick: {QUICK_REF_EPOCHS})",
     )
     p.add_argument(
         "--ablation",
@@ -547,13 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     ablation_rows = [row for row in ABLATIONS if row[0] in wanted or row[0] == "default"]
     fit_extra = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
     ref_epochs = args.ref_epochs or (QUICK_REF_EPOCHS if args.quick else REF_EPOCHS)
+    seed_epochs = args.seed_epochs or (
+        QUICK_REF_EPOCHS if args.quick else baselines.SeedAutoencoder.epochs
+    )
 
     print(f"Tuning datasets (results chose the defaults): {', '.join(TUNING)}")
     print(f"Held-out datasets (only reported): {', '.join(HELD_OUT)}")
     learned = f"auscult, {baselines.DcaseAutoencoder.name}, {baselines.SeedAutoencoder.name}"
     print(
         f"Training seeds: {','.join(map(str, seeds))} ({learned}; "
-        f"{baselines.GaussianStats.name} has no seed: fitted once); reference epochs {ref_epochs}"
+        f"{baselines.GaussianStats.name} has no seed: fitted once); epochs: DCASE AE {ref_epochs}, "
+        f"seed's conv AE {seed_epochs}"
     )
     sys.stdout.flush()
 
@@ -594,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                             data, baselines.DcaseAutoencoder(ds.sample_rate, ref_epochs, seed=s)
                         ),
                         "seed": lambda data=data, ds=ds, s=s: run_reference(
-                            data, baselines.SeedAutoencoder(ds.sample_rate, ref_epochs, seed=s)
+                            data, baselines.SeedAutoencoder(seed_epochs, seed=s)
                         ),
                     }
                     if s == seeds[0]:  # deterministic: once
