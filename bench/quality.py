@@ -6,10 +6,11 @@
 Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py and
 bench/machines.py, so the real `training` code reads them): spoken digits one-class (fsdd, mean
 over the 10 digits), a real machine with injected faults (4 folds of 10 held-out clips), the
-`training synth` set, and two machines generated from physical fault models by an independent
-generator (bearing pump, gear drive; one subset per data seed). fsdd and the machine need
-../shared/data; without it they are skipped with a message. TUNING names the datasets whose
-results chose auscult's defaults; the others (HELD_OUT) are only reported.
+`training synth` set, and three machines generated from physical fault models by an independent
+generator (bearing pump, gear drive, and a solenoid valve with short one-actuation clips; one
+subset per data seed). fsdd and the machine need ../shared/data; without it they are skipped
+with a message. TUNING names the datasets whose results chose auscult's defaults; the others
+(HELD_OUT) are only reported.
 
 Methods: auscult as `python -m training fit --sample-rate SR --seed S` builds it
 (training.anomaly.fit.fit with the command's own argument handling), scored by
@@ -54,18 +55,19 @@ REF_EPOCHS = 50
 DEFAULT_SEEDS = "0,1,2"  # training seeds of a full run; --quick: "0"
 MACHINE_DATA_SEEDS = (0, 1, 2)  # subsets of the generated machines (--quick: the first)
 # --quick runs one generated machine to keep CI short (tests/benchmarks/test_bench_quality.py
-# builds both); `--quick --datasets gear` runs the other.
+# and test_bench_machines.py build the others); `--quick --datasets gear,valve` runs them.
 QUICK_MACHINES = ("bearing",)
 # The declared split: the datasets whose results chose auscult's defaults, and those that are
 # only reported (no default was chosen on them).
 TUNING = ("synth gearbox", "fsdd digits")
-HELD_OUT = ("machine faults", "bearing pump", "gear drive")
+HELD_OUT = ("machine faults", "bearing pump", "gear drive", "solenoid valve")
 DATASET_KEYS = {
     "fsdd": "fsdd digits",
     "machine": "machine faults",
     "synth": "synth gearbox",
     "bearing": "bearing pump",
     "gear": "gear drive",
+    "valve": "solenoid valve",
 }
 AUSCULT = "auscult (training fit)"
 ABLATION_DIGITS = (0, 3, 6)
@@ -392,7 +394,12 @@ def build_datasets(
     if only is None or "synth" in only:
         yield Dataset("synth gearbox", 16000, [("seed 0", lambda out: datasets.synth(out, 0))])
     data_seeds = MACHINE_DATA_SEEDS[: 1 if quick else machine_subsets]
-    for key, build in (("bearing", machines.bearing_pump), ("gear", machines.gear_drive)):
+    generated = (
+        ("bearing", machines.bearing_pump),
+        ("gear", machines.gear_drive),
+        ("valve", machines.solenoid_valve),
+    )
+    for key, build in generated:
         if (key in only) if only is not None else (not quick or key in QUICK_MACHINES):
             yield Dataset(
                 DATASET_KEYS[key],
