@@ -120,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"encoder output scored by the detector: one or more of {', '.join(PART_NAMES)} "
         "joined by '+' (flat: the last conv block flattened; time_stats: its mean/std over "
         "time; dense: the bottleneck; input: every mel band's mean/std; band_stats: mean, "
-        "std and peak flux of --band-pool bands; pixels: the input image itself). "
-        "Default: %(default)s",
+        "std and peak flux of --band-pool bands). Default: %(default)s",
     )
     f.add_argument(
         "--fusion",

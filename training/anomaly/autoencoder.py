@@ -19,9 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as training/__init__.py
 #   dense       the autoencoder's bottleneck (latent_dim values; needs --bottleneck dense)
 #   input       every mel band's mean and std over time of the input
 #   band_stats  BandStats of the input: bands of `band_pool` rows, mean/std/peak flux each
-#   pixels      the input image itself flattened, h·w values (a whole-clip view of a short
-#               sound: the word's or click's time-frequency shape)
-PART_NAMES = ("flat", "time_stats", "dense", "input", "band_stats", "pixels")
+PART_NAMES = ("flat", "time_stats", "dense", "input", "band_stats")
 Pooling = str
 
 
@@ -298,7 +296,6 @@ def _scoring_encoder(
         "dense": lambda: layers.Flatten(name="dense")(autoencoder.get_layer("latent").output),
         "input": lambda: time_stats_layer("input_stats")(spectrogram),
         "band_stats": lambda: band_stats_layer(band_pool, band_flux)(spectrogram),
-        "pixels": lambda: layers.Flatten(name="pixels")(spectrogram),
     }
     names = pooling_parts(pooling)
     outputs = [build[n]() for n in names]
