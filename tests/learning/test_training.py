@@ -132,23 +132,6 @@ def test_same_seed_gives_the_same_bundle_metrics(synth_dir: Path, tmp_path: Path
     assert runs[0] == runs[1]
 
 
-def test_short_training_clips_are_fitted_and_scored_as_whole_clips(
-    synth_dir: Path, tmp_path: Path
-) -> None:
-    """`--window-seconds auto` (the default): 1-s clips are single sounds, each one image; the
-    manifest says why, and the service scores a clip of another length as one image too."""
-    from training.synth import recording
-
-    out = tmp_path / "b"
-    assert main(["fit", "--data", str(synth_dir), "--out", str(out), "--epochs", "1", *TINY]) == 0
-    m = read_manifest(out)
-    assert m.features.window_seconds is None and m.features.window_hop_seconds is None
-    assert m.training["view"]["chosen"] == "whole_clip"
-    assert m.training["view"]["median_clip_seconds"] == 1.0
-    assert m.training["windows_per_clip"]["max"] == 1
-    assert prepare(wav_bytes(recording(seconds=3.0, seed=5)), m.features).images.shape[0] == 1
-
-
 def test_band_stats_detector_does_not_depend_on_the_training_seed(
     synth_dir: Path, tmp_path: Path
 ) -> None:

@@ -62,9 +62,6 @@ def test_bundles_record_their_window(window_artifacts: Path) -> None:
 
     two, ten = read_manifest(window_artifacts / "two"), read_manifest(window_artifacts / "ten")
     assert two.features.window_seconds == 1.0 and ten.features.window_seconds == 1.0
-    # chosen by `--window-seconds auto` from the clips' length: 2 s is not a short sound
-    assert two.training["view"]["chosen"] == ten.training["view"]["chosen"] == "windows"
-    assert two.training["view"]["median_clip_seconds"] == 2.0
     # fitted on 1-s windows (32 frames) every 16 frames (0.512 s), and one flush with the end;
     # scored every window (31 frames: 0.992 s)
     assert two.training["windows_per_clip"]["median"] == 3  # 63 frames: 0, 16, 31
