@@ -120,7 +120,6 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
     ("fit hop 1 s", ["--fit-hop", "1"], "fitted on windows without overlap"),
     ("window 2 s", ["--window-seconds", "2"], "2-s windows"),
     ("whole clip", ["--window-seconds", "none"], "no windows: each clip stretched to one image"),
-    ("windows 1 s", ["--window-seconds", "1"], "1-s windows whatever the clips' length"),
     ("no codec copies", ["--no-codec-copies"], "trained on the original recordings only"),
     ("aggregation max", ["--aggregation", "max"], "clip score = its worst window"),
     ("minmax", ["--scaling", "minmax"], "per-window min-max scaling of every part (drops level)"),
@@ -141,7 +140,6 @@ DEFAULT_ABLATION_ROWS = (
     "scoring hop 0.5 s",
     "window 2 s",
     "whole clip",
-    "windows 1 s",
     "no codec copies",
 )
 

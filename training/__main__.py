@@ -7,7 +7,7 @@ import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from training.anomaly.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
 from training.datasets import DatasetError
@@ -47,9 +47,9 @@ def _regex(text: str) -> str:
     return text
 
 
-def _window(text: str) -> float | Literal["auto"] | None:
-    if text in ("none", "auto"):
-        return None if text == "none" else "auto"
+def _window(text: str) -> float | None:
+    if text == "none":
+        return None
     try:
         value = float(text)
     except ValueError as e:
@@ -132,10 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--window-seconds",
         type=_window,
-        default="auto",
+        default=1.0,
         help="clips are cut into windows of this many seconds, each scored (none: every "
-        "clip is one image stretched to --width; auto: none when the median training clip "
-        "is shorter than 2 s, a word or a click, else 1-s windows). Default: %(default)s",
+        "clip is one image stretched to --width). Default: %(default)s",
     )
     f.add_argument(
         "--window-hop",
@@ -531,9 +530,7 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         fmax=args.fmax if args.fmax is not None else 0.8 * args.sample_rate / 2,
         scaling=args.scaling,
         window_hop_seconds=(
-            args.window_hop or (args.window_seconds if args.window_seconds != "auto" else None)
-            if args.window_seconds is not None
-            else None
+            (args.window_hop or args.window_seconds) if args.window_seconds is not None else None
         ),
     )
     shrinkage = args.shrinkage

@@ -57,10 +57,6 @@ PARITY_TOLERANCE = 1e-4
 DetectorClips = Literal["all", "fit"]
 Fusion = Literal["scores", "concat"]
 WINDOW_SECONDS = 1.0  # the default window (docs/archive/experiments.md: chosen on digits and synth)
-# Training clips shorter than this (median) are single sounds, a word or a click: each is scored as
-# one whole-clip image rather than in 1-s windows (issue 23, chosen on the digits).
-SHORT_CLIP_SECONDS = 2.0
-WindowChoice = float | Literal["auto"] | None
 
 
 @dataclass
@@ -84,29 +80,6 @@ class FitResult:
 def stage(what: str) -> None:
     """A line on stderr as a long step of the fit starts (between progress bars)."""
     tqdm_write(f"fit: {what} …")
-
-
-def clip_seconds(path: Path) -> float | None:
-    """A clip's duration from its header (soundfile), None when the header does not say."""
-    import soundfile as sf
-
-    try:
-        return float(sf.info(str(path)).duration)
-    except Exception:  # unreadable here; the feature pass reports it
-        return None
-
-
-def choose_view(train: list[Any]) -> tuple[float | None, dict[str, Any]]:
-    """`--window-seconds auto`: whole clips (None) when the median training clip is shorter than
-    SHORT_CLIP_SECONDS, else WINDOW_SECONDS windows; with what the manifest records of why."""
-    durations = [d for d in (clip_seconds(c.path) for c in train) if d is not None]
-    median = float(np.median(durations)) if durations else None
-    short = median is not None and median < SHORT_CLIP_SECONDS
-    return (None if short else WINDOW_SECONDS), {
-        "chosen": "whole_clip" if short else "windows",
-        "median_clip_seconds": None if median is None else round(median, 3),
-        "rule": f"whole clips when the median training clip is shorter than {SHORT_CLIP_SECONDS} s",
-    }
 
 
 def image_params(first_image: Path, base: FeatureParams) -> FeatureParams:
@@ -167,7 +140,7 @@ def fit(
     shrinkage: mahalanobis.Shrinkage = "ledoit_wolf",
     run_evaluation: bool = True,
     detector_clips: DetectorClips = "all",
-    window_seconds: WindowChoice = WINDOW_SECONDS,
+    window_seconds: float | None = WINDOW_SECONDS,
     fusion: Fusion = "scores",
     aggregation: Aggregation = "mean",
     aggregation_k: int = 3,
@@ -184,12 +157,10 @@ def fit(
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
     Clips are cut into windows of `window_seconds` (None: each clip is one image stretched
-    to the model's width, as bundles before windows; "auto", the command's default:
-    `choose_view` decides from the training clips' durations, and the manifest's
-    `training.view` says why); the autoencoder and the detector are fit on windows, the
-    split into fit and held-out data is by clip. Every part of the encoder's output
-    (cfg.pooling) gets its own detector whose distances are fused by their held-out normal
-    spread (`fusion="scores"`), or all parts are scored as one vector ("concat").
+    to the model's width, as bundles before windows); the autoencoder and the detector are fit
+    on windows, the split into fit and held-out data is by clip. Every part of the encoder's
+    output (cfg.pooling) gets its own detector whose distances are fused by their held-out
+    normal spread (`fusion="scores"`), or all parts are scored as one vector ("concat").
     detector_clips: "fit" fits the Mahalanobis detector on the clips the autoencoder was
     trained on; "all" refits it on every training clip (held-out ones included) once the
     thresholds and fusion weights are set from the held-out clips scored without them.
@@ -212,15 +183,9 @@ def fit(
     params = params or FeatureParams()
     clips = discover(Path(data_dir))
     train = training_clips(clips)
-    view: dict[str, Any] = {"chosen": "windows" if window_seconds else "whole_clip"}
     if train[0].path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         params = image_params(train[0].path, params)
         window_seconds = None  # a picture is one window of the model's size
-        view = {"chosen": "whole_clip", "rule": "a picture is one window"}
-    elif window_seconds == "auto":  # the command's default
-        window_seconds, view = choose_view(train)
-        hop = params.window_hop_seconds or window_seconds
-        params = params.model_copy(update={"window_hop_seconds": hop})
     params = params.model_copy(update={"window_seconds": window_seconds})
     params = FeatureParams.model_validate(params.model_dump())  # re-check the new fields
     if len(train) < 4:  # before reading any: fails as fast as it can
@@ -444,7 +409,6 @@ def fit(
             "training": {
                 "data": Path(data_dir).name,
                 "group_by": group_by,
-                "view": view,
                 "clips": len(train),
                 "clips_fit": len(tr_idx),
                 "clips_heldout": len(val_idx),
