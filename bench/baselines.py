@@ -6,17 +6,17 @@
 - `GaussianStats`: per-band mean and standard deviation of the log-mel over time (256 values
   with the default 128 bands),
   Ledoit-Wolf shrinkage covariance, Mahalanobis distance.
-- `SeedAutoencoder`: the seed's method (the stack auscult replaces). 128-band log-mel in dB
-  (80 dB range, as librosa's power_to_db), min-max scaled per image to [0, 1], resized to
-  224x224 (bilinear); a conv autoencoder (Conv2D 32 → MaxPool → Conv2D 64 → MaxPool, mirrored
-  decoder with UpSampling2D, MSE, Adam) fitted on the normal training clips; the encoder's
-  output flattened (56·56·64 values) → PCA (128 components, fewer with fewer clips) →
-  Mahalanobis distance with the pseudo-inverse covariance of the training clips' PCA scores.
+- `SeedAutoencoder`: the seed's method (the stack auscult replaces), as the seed describes it.
+  Audio resampled to 22,050 Hz; 128-band log-mel up to 8 kHz (librosa's default window 2048
+  and hop 512) in dB relative to the clip's maximum (80 dB range, as librosa's
+  power_to_db(ref=np.max)); the whole clip min-max scaled to [0, 1] and resized (bilinear) to
+  224x224; a conv autoencoder (Conv2D 32 → MaxPool → Conv2D 64 → MaxPool, mirrored decoder of
+  transposed convolutions, MSE, Adam 1e-3, 20 epochs) fitted on the normal training clips; the
+  encoder's output flattened (56·56·64 values) → PCA (128 components, fewer with fewer clips)
+  → Mahalanobis distance with the plain inverse covariance of the training clips' PCA scores.
 
-All read audio with the product's decoder and log-mel (service.features), at the dataset's
-native sample rate: the first two with the DCASE baseline's window (64 ms) and hop (32 ms), the
-seed's method with librosa's default window (2048 samples) and hop (512) at 22.05 kHz, scaled
-to the dataset's rate.
+The first two read audio with the product's decoder and log-mel (service.features) at the
+dataset's native sample rate, with the DCASE baseline's window (64 ms) and hop (32 ms).
 """
 
 from __future__ import annotations
@@ -151,25 +151,22 @@ class SeedAutoencoder:
     """The seed's method: conv-autoencoder encoder features → PCA → Mahalanobis distance."""
 
     name = "seed conv AE + PCA"
+    sample_rate = 22050  # the seed's rate (librosa's default), whatever the dataset's
     size = 224  # the seed's square picture
     top_db = 80.0  # librosa.power_to_db's default dynamic range
     components = 128
+    epochs = 20
 
-    def __init__(self, sample_rate: int, epochs: int = 50, batch_size: int = 16, seed: int = 0):
+    def __init__(self, epochs: int = epochs, batch_size: int = 16, seed: int = 0):
         from service.features import FeatureParams
 
-        self.sample_rate, self.epochs, self.batch_size, self.seed = (
-            sample_rate,
-            epochs,
-            batch_size,
-            seed,
-        )
+        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
         self.params = FeatureParams(
-            sample_rate=sample_rate,
-            n_fft=2048 * sample_rate // 22050,
-            hop_length=512 * sample_rate // 22050,
+            sample_rate=self.sample_rate,
+            n_fft=2048,
+            hop_length=512,
             n_mels=N_MELS,
-            fmax=min(8000.0, sample_rate / 2),
+            fmax=8000.0,
             height=self.size,
             width=self.size,
             scaling="minmax",
@@ -208,10 +205,8 @@ class SeedAutoencoder:
         h = layers.MaxPooling2D(2)(h)
         h = layers.Conv2D(64, 3, padding="same", activation="relu")(h)
         code = layers.MaxPooling2D(2)(h)
-        h = layers.Conv2D(64, 3, padding="same", activation="relu")(code)
-        h = layers.UpSampling2D(2)(h)
-        h = layers.Conv2D(32, 3, padding="same", activation="relu")(h)
-        h = layers.UpSampling2D(2)(h)
+        h = layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu")(code)
+        h = layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation="relu")(h)
         out = layers.Conv2D(1, 3, padding="same", activation="sigmoid")(h)
         autoencoder = keras.Model(inp, out)
         autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
@@ -226,7 +221,7 @@ class SeedAutoencoder:
         self.pca = PCA(k, svd_solver="full").fit(z)
         scores = self.pca.transform(z).astype(np.float64)
         self.mean = scores.mean(axis=0)
-        self.precision = np.linalg.pinv(np.cov(scores, rowvar=False))
+        self.precision = np.linalg.inv(np.cov(scores, rowvar=False))
         return self
 
     def score(self, paths: Sequence[Path]) -> np.ndarray:

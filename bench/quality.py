@@ -6,10 +6,11 @@
 Datasets (built into a temp dir in the DCASE 2021 layout by bench/datasets.py and
 bench/machines.py, so the real `training` code reads them): spoken digits one-class (fsdd, mean
 over the 10 digits), a real machine with injected faults (4 folds of 10 held-out clips), the
-`training synth` set, and two machines generated from physical fault models by an independent
-generator (bearing pump, gear drive; one subset per data seed). fsdd and the machine need
-../shared/data; without it they are skipped with a message. TUNING names the datasets whose
-results chose auscult's defaults; the others (HELD_OUT) are only reported.
+`training synth` set, and three machines generated from physical fault models by an independent
+generator (bearing pump, gear drive, and a solenoid valve with short one-actuation clips; one
+subset per data seed). fsdd and the machine need ../shared/data; without it they are skipped
+with a message. TUNING names the datasets whose results chose auscult's defaults; the others
+(HELD_OUT) are only reported.
 
 Methods: auscult as `python -m training fit --sample-rate SR --seed S` builds it
 (training.anomaly.fit.fit with the command's own argument handling), scored by
@@ -55,18 +56,19 @@ REF_EPOCHS = 50
 DEFAULT_SEEDS = "0,1,2"  # training seeds of a full run; --quick: "0"
 MACHINE_DATA_SEEDS = (0, 1, 2)  # subsets of the generated machines (--quick: the first)
 # --quick runs one generated machine to keep CI short (tests/benchmarks/test_bench_quality.py
-# builds both); `--quick --datasets gear` runs the other.
+# and test_bench_machines.py build the others); `--quick --datasets gear,valve` runs them.
 QUICK_MACHINES = ("bearing",)
 # The declared split: the datasets whose results chose auscult's defaults, and those that are
 # only reported (no default was chosen on them).
 TUNING = ("synth gearbox", "fsdd digits")
-HELD_OUT = ("machine faults", "bearing pump", "gear drive")
+HELD_OUT = ("machine faults", "bearing pump", "gear drive", "solenoid valve")
 DATASET_KEYS = {
     "fsdd": "fsdd digits",
     "machine": "machine faults",
     "synth": "synth gearbox",
     "bearing": "bearing pump",
     "gear": "gear drive",
+    "valve": "solenoid valve",
 }
 AUSCULT = "auscult (training fit)"
 ABLATION_DIGITS = (0, 3, 6)
@@ -396,7 +398,12 @@ def build_datasets(
     if only is None or "synth" in only:
         yield Dataset("synth gearbox", 16000, [("seed 0", lambda out: datasets.synth(out, 0))])
     data_seeds = MACHINE_DATA_SEEDS[: 1 if quick else machine_subsets]
-    for key, build in (("bearing", machines.bearing_pump), ("gear", machines.gear_drive)):
+    generated = (
+        ("bearing", machines.bearing_pump),
+        ("gear", machines.gear_drive),
+        ("valve", machines.solenoid_valve),
+    )
+    for key, build in generated:
         if (key in only) if only is not None else (not quick or key in QUICK_MACHINES):
             yield Dataset(
                 DATASET_KEYS[key],
@@ -520,8 +527,15 @@ def main(argv: list[str] | None = None) -> int:
         "--ref-epochs",
         type=int,
         default=None,
-        help=f"epochs of the learned references, the DCASE AE and the seed's conv AE "
-        f"(default {REF_EPOCHS}; --quick: {QUICK_REF_EPOCHS})",
+        help=f"epochs of the DCASE AE reference (default {REF_EPOCHS}; --quick: "
+        f"{QUICK_REF_EPOCHS})",
+    )
+    p.add_argument(
+        "--seed-epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the seed's conv AE (default {baselines.SeedAutoencoder.epochs}, as the "
+        f"seed describes it; --quick: {QUICK_REF_EPOCHS})",
     )
     p.add_argument(
         "--ablation",
@@ -553,13 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     ablation_rows = [row for row in ABLATIONS if row[0] in wanted or row[0] == "default"]
     fit_extra = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
     ref_epochs = args.ref_epochs or (QUICK_REF_EPOCHS if args.quick else REF_EPOCHS)
+    seed_epochs = args.seed_epochs or (
+        QUICK_REF_EPOCHS if args.quick else baselines.SeedAutoencoder.epochs
+    )
 
     print(f"Tuning datasets (results chose the defaults): {', '.join(TUNING)}")
     print(f"Held-out datasets (only reported): {', '.join(HELD_OUT)}")
     learned = f"auscult, {baselines.DcaseAutoencoder.name}, {baselines.SeedAutoencoder.name}"
     print(
         f"Training seeds: {','.join(map(str, seeds))} ({learned}; "
-        f"{baselines.GaussianStats.name} has no seed: fitted once); reference epochs {ref_epochs}"
+        f"{baselines.GaussianStats.name} has no seed: fitted once); epochs: DCASE AE {ref_epochs}, "
+        f"seed's conv AE {seed_epochs}"
     )
     sys.stdout.flush()
 
@@ -600,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                             data, baselines.DcaseAutoencoder(ds.sample_rate, ref_epochs, seed=s)
                         ),
                         "seed": lambda data=data, ds=ds, s=s: run_reference(
-                            data, baselines.SeedAutoencoder(ds.sample_rate, ref_epochs, seed=s)
+                            data, baselines.SeedAutoencoder(seed_epochs, seed=s)
                         ),
                     }
                     if s == seeds[0]:  # deterministic: once
