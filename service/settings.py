@@ -127,8 +127,11 @@ class Settings(BaseSettings):
     max_connections_per_client: int = Field(128, ge=1)
     """Open HTTP connections from one client address (per worker). A connection beyond
     this, or beyond `max_connections`, closes the oldest idle connection (of that client)
-    to make room, or is closed at once when none is idle. Behind a reverse proxy every
-    connection comes from the proxy: raise it to `max_connections`."""
+    to make room, or is closed at once when none is idle; beyond this cap, a connection in
+    its first second that sent nothing is not idle yet (its request may be unread), and a
+    newcomer finding only such ones waits that second first. Upgraded WebSockets are not
+    counted (`listen_max_streams` bounds them). Behind a reverse proxy every connection
+    comes from the proxy: raise it to `max_connections`."""
 
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     """Request line and headers together; more gets 431 and the connection is closed."""

@@ -8,7 +8,14 @@ ever. `protocol_class(settings)` subclasses it with:
 
 - a cap on open connections, overall and per client address: a connection beyond
   `max_connections` (or its client's `max_connections_per_client`) takes the place of
-  the oldest idle one (of that client), and is closed at once when none is idle;
+  the oldest idle one (of that client), and is closed at once when none is idle. Beyond
+  the per-client cap only, a connection that has sent nothing in its first
+  NEW_CONNECTION_GRACE_S is not yet idle: the event loop may simply not have read its
+  request (a burst of WebSocket handshakes from one client arrives before any is read;
+  shedding them dropped streams without a close frame). A newcomer that finds no idle one
+  waits the grace out, and then sheds the oldest idle one or is closed itself if it still
+  sent nothing; an upgraded WebSocket leaves the count (streams have their own bound,
+  AUSCULT_LISTEN_MAX_STREAMS, refused with 1013);
 - a header size limit (request line + headers): 431 and close;
 - a header deadline from the first byte of a request (or from the connection's
   opening) to the end of its headers: 408 and close;
@@ -37,6 +44,7 @@ log = logging.getLogger("auscult.server")
 
 BODY_DEADLINE_MARGIN_S = 5.0  # past the app's body timeout, so the app answers first
 DRAIN_SECONDS = 1.0
+NEW_CONNECTION_GRACE_S = 1.0  # for a new connection to get its request read (see above)
 _CLOSE = (b"connection", b"close")
 
 
@@ -75,36 +83,72 @@ def protocol_class(settings: Settings) -> type[Any]:
             self.rejection: tuple[int, str, str] | None = None
             self.header_timer: asyncio.TimerHandle | None = None
             self.body_timer: asyncio.TimerHandle | None = None
+            self.grace_timer: asyncio.TimerHandle | None = None
             self.opened = 0.0
             self.peer = ""
+            self.counted = False  # in per_client
+            self.served = False  # a request of it was read to the end
+
+        def _uncount(self) -> None:
+            if self.counted:
+                self.counted = False
+                per_client[self.peer] -= 1
+                if per_client[self.peer] <= 0:
+                    del per_client[self.peer]
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self.opened = self.loop.time()
             self.peer = self.client[0] if self.client else ""
             per_client[self.peer] += 1
+            self.counted = True
+            over = len(self.connections) > max_connections
             crowded = per_client[self.peer] > max_per_client
-            if len(self.connections) > max_connections or crowded:
+            if over or crowded:
                 # shed an idle connection (the oldest, of this client when it has too many)
                 # rather than refuse a client that is about to send a request
-                victim = self._victim(self.peer if crowded else None)
-                if victim is None:
+                victim = self._victim(self.peer if crowded else None, spare_new=not over)
+                if victim is not None:
+                    self._shed(victim)
+                elif over:
                     log.warning("connection_refused", extra={"open": len(self.connections) - 1})
                     transport.close()
                     return
-                log.info("connection_shed", extra={"client": victim.peer})
-                victim.transport.close()
-                # out of the count now, not when its close completes: uvicorn answers 503 to
-                # a request that arrives while the count is over its limit
-                self.connections.discard(victim)
+                else:  # only new ones of this client: give them (and this one) the grace
+                    self.grace_timer = self.loop.call_later(
+                        NEW_CONNECTION_GRACE_S, self._still_crowded
+                    )
             self._arm_header_timer()  # a new connection must send a request in time
 
-        def _victim(self, peer: str | None) -> LimitedHttpToolsProtocol | None:
+        def _shed(self, victim: LimitedHttpToolsProtocol) -> None:
+            log.info("connection_shed", extra={"client": victim.peer})
+            victim.transport.close()
+            # out of the counts now, not when its close completes: uvicorn answers 503 to
+            # a request that arrives while the count is over its limit
+            self.connections.discard(victim)
+            victim._uncount()
+
+        def _still_crowded(self) -> None:
+            """A newcomer's grace is over: if its client still has too many connections and
+            it sent nothing, the oldest idle one (itself, failing any other) is closed."""
+            self.grace_timer = None
+            if self.transport.is_closing() or not self._silent():
+                return
+            if per_client[self.peer] > max_per_client:
+                self._shed(self._victim(self.peer, spare_new=True) or self)
+
+        def _silent(self) -> bool:
+            """Nothing of a request received: new, or idle between keep-alive requests."""
+            return self.reading_headers and self.raw_header_bytes == 0
+
+        def _victim(self, peer: str | None, spare_new: bool) -> LimitedHttpToolsProtocol | None:
             """The connection to close for a new one: the oldest that sent nothing of a
             request yet (new, or idle between keep-alive requests), else the oldest still
-            sending headers; never one whose request is being read or answered."""
+            sending headers; never one whose request is being read or answered, nor (with
+            `spare_new`) one that is in its first NEW_CONNECTION_GRACE_S and sent nothing."""
             best: tuple[int, float] | None = None
             victim = None
+            young = self.loop.time() - NEW_CONNECTION_GRACE_S
             for c in self.connections:
                 if not isinstance(c, LimitedHttpToolsProtocol) or c is self:
                     continue
@@ -114,6 +158,8 @@ def protocol_class(settings: Settings) -> type[Any]:
                     continue
                 if c.cycle is not None and not c.cycle.response_complete:
                     continue
+                if spare_new and c.opened > young and not c.served and c._silent():
+                    continue
                 rank = (0 if c.raw_header_bytes == 0 else 1, c.opened)
                 if best is None or rank < best:
                     best, victim = rank, c
@@ -121,16 +167,14 @@ def protocol_class(settings: Settings) -> type[Any]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_timers()
-            per_client[self.peer] -= 1
-            if per_client[self.peer] <= 0:
-                del per_client[self.peer]
+            self._uncount()
             super().connection_lost(exc)
 
         def _cancel_timers(self) -> None:
-            for timer in (self.header_timer, self.body_timer):
+            for timer in (self.header_timer, self.body_timer, self.grace_timer):
                 if timer is not None:
                     timer.cancel()
-            self.header_timer = self.body_timer = None
+            self.header_timer = self.body_timer = self.grace_timer = None
 
         def _arm_header_timer(self) -> None:
             if self.header_timer is None:
@@ -220,9 +264,7 @@ def protocol_class(settings: Settings) -> type[Any]:
             # applies to it, and it leaves this client's count (streams have their own
             # bound, AUSCULT_LISTEN_MAX_STREAMS); connection_lost is the new protocol's
             self._cancel_timers()
-            per_client[self.peer] -= 1
-            if per_client[self.peer] <= 0:
-                del per_client[self.peer]
+            self._uncount()
             super().handle_websocket_upgrade()
 
         def on_message_complete(self) -> None:
@@ -230,6 +272,7 @@ def protocol_class(settings: Settings) -> type[Any]:
                 self.body_timer.cancel()
                 self.body_timer = None
             self.reading_headers, self.raw_header_bytes = True, 0  # the next request's
+            self.served = True
             super().on_message_complete()
 
     return LimitedHttpToolsProtocol
