@@ -632,41 +632,48 @@
     $("record-label").textContent = on ? "Stop and score" : "Record";
   }
 
+  // Records the microphone until the recorder is stopped or maxSeconds pass: onTick(seconds)
+  // every 250 ms, then onDone(blob, seconds) with what MediaRecorder gave. Resolves to the
+  // recorder; rejects when the microphone cannot be opened.
+  async function recordMicrophone(maxSeconds, onTick, onDone) {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+    const chunks = [];
+    const recorder = new MediaRecorder(stream);
+    const started = performance.now();
+    const elapsed = () => (performance.now() - started) / 1000;
+    const timer = setInterval(() => {
+      onTick(elapsed());
+      if (elapsed() >= maxSeconds) recorder.stop();
+    }, 250);
+    recorder.ondataavailable = (e) => {
+      if (e.data && e.data.size) chunks.push(e.data);
+    };
+    recorder.onstop = () => {
+      clearInterval(timer);
+      for (const track of stream.getTracks()) track.stop();
+      onDone(new Blob(chunks, { type: recorder.mimeType }), elapsed());
+    };
+    recorder.start(250);
+    return recorder;
+  }
+
   async function toggleRecording() {
     if (state.recorder) {
       state.recorder.stop();
       return;
     }
     clearError();
-    let stream;
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-      });
-    } catch (e) {
-      showError(new Error(`The microphone could not be opened (${e.name}: ${e.message}).`));
-      return;
-    }
-    const chunks = [];
-    const recorder = new MediaRecorder(stream);
-    const started = performance.now();
-    const timer = setInterval(() => {
-      const t = (performance.now() - started) / 1000;
+    const tick = (t) => {
       $("record-status").textContent = `Recording… ${t.toFixed(0)} s (press again to stop and score)`;
-      if (t >= MAX_RECORD_S) recorder.stop();
-    }, 250);
-    recorder.ondataavailable = (e) => {
-      if (e.data && e.data.size) chunks.push(e.data);
     };
-    recorder.onstop = async () => {
-      clearInterval(timer);
-      for (const track of stream.getTracks()) track.stop();
+    const done = async (blob, secs) => {
       state.recorder = null;
       setRecording(false);
-      const secs = (performance.now() - started) / 1000;
       $("record-status").textContent = `Recorded ${secs.toFixed(1)} s.`;
       try {
-        const wav = await toWav(new Blob(chunks, { type: recorder.mimeType }));
+        const wav = await toWav(blob);
         const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
         await submit([new File([wav], `recording-${stamp}.wav`, { type: "audio/wav" })], true);
       } catch (e) {
@@ -674,8 +681,12 @@
         setBusy(false);
       }
     };
-    state.recorder = recorder;
-    recorder.start(250);
+    try {
+      state.recorder = await recordMicrophone(MAX_RECORD_S, tick, done);
+    } catch (e) {
+      showError(new Error(`The microphone could not be opened (${e.name}: ${e.message}).`));
+      return;
+    }
     setRecording(true);
     setBusy(false);
     $("record-status").textContent = "Recording… (press again to stop and score)";
@@ -686,13 +697,17 @@
   async function toWav(blob) {
     const ctx = new OfflineAudioContext(1, 1, 48000);
     const audio = await ctx.decodeAudioData(await blob.arrayBuffer());
-    const n = audio.length;
-    const mono = new Float32Array(n);
+    const mono = new Float32Array(audio.length);
     for (let c = 0; c < audio.numberOfChannels; c++) {
       const data = audio.getChannelData(c);
-      for (let i = 0; i < n; i++) mono[i] += data[i] / audio.numberOfChannels;
+      for (let i = 0; i < mono.length; i++) mono[i] += data[i] / audio.numberOfChannels;
     }
-    const rate = audio.sampleRate;
+    return wavBytes([mono], audio.sampleRate);
+  }
+
+  // Blocks of mono float samples in [-1, 1] (Float32Arrays, in order) → a 16-bit PCM wav.
+  function wavBytes(blocks, rate) {
+    const n = blocks.reduce((sum, b) => sum + b.length, 0);
     const view = new DataView(new ArrayBuffer(44 + 2 * n));
     const text = (at, str) => [...str].forEach((ch, i) => view.setUint8(at + i, ch.charCodeAt(0)));
     text(0, "RIFF");
@@ -708,9 +723,12 @@
     view.setUint16(34, 16, true);
     text(36, "data");
     view.setUint32(40, 2 * n, true);
-    for (let i = 0; i < n; i++) {
-      const v = Math.max(-1, Math.min(1, mono[i]));
-      view.setInt16(44 + 2 * i, v < 0 ? v * 0x8000 : v * 0x7fff, true);
+    let at = 44;
+    for (const block of blocks) {
+      for (let i = 0; i < block.length; i++, at += 2) {
+        const v = Math.max(-1, Math.min(1, block[i]));
+        view.setInt16(at, v < 0 ? v * 0x8000 : v * 0x7fff, true);
+      }
     }
     return view.buffer;
   }
@@ -755,14 +773,18 @@
     loadModels();
   }
 
-  // for fit.js: list the models again (a new one is chosen by naming it first), and the
-  // recording's conversion to wav
+  // for fit.js and listen.js (loaded after this file): list the models again (a new one is
+  // chosen by naming it first), the DOM helpers, the microphone and wav writing
   window.auscultPage = {
     reloadModels(name) {
       if (name) sessionStorage.setItem("auscult.model", name);
       return loadModels();
     },
+    h,
+    s,
+    recordMicrophone,
     toWav,
+    wavBytes,
   };
 
   init();

@@ -9,7 +9,6 @@
   const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
   const ARCHIVE = /\.(zip|tar|tgz|tar\.gz)$/i;
   const POLL_MS = 1000;
-  const SVG = "http://www.w3.org/2000/svg";
 
   const fit = {
     files: [], // [{file, seconds (null: an archive, counted by the service)}]
@@ -20,23 +19,7 @@
     recordings: 0,
   };
 
-  function h(tag, attrs, ...children) {
-    const el = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined || v === false) continue;
-      if (k === "class") el.className = v;
-      else el.setAttribute(k, v === true ? "" : String(v));
-    }
-    for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
-    return el;
-  }
-
-  function s(tag, attrs, ...children) {
-    const el = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-    for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-    return el;
-  }
+  const { h, s, recordMicrophone, toWav } = window.auscultPage;
 
   const secs = (x) => (x >= 90 ? `${(x / 60).toFixed(1)} min` : `${Math.round(x)} s`);
 
@@ -138,33 +121,14 @@
       fit.recorder.stop();
       return;
     }
-    let stream;
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-      });
-    } catch (e) {
-      showError(new Error(`The microphone could not be opened (${e.name}: ${e.message}).`));
-      return;
-    }
-    const chunks = [];
-    const recorder = new MediaRecorder(stream);
-    const started = performance.now();
-    const timer = setInterval(() => {
-      const t = (performance.now() - started) / 1000;
+    const tick = (t) => {
       $("fit-record-status").textContent = `Recording the machine… ${t.toFixed(0)} s (press again to stop)`;
-      if (t >= MAX_RECORD_S) recorder.stop();
-    }, 250);
-    recorder.ondataavailable = (e) => {
-      if (e.data && e.data.size) chunks.push(e.data);
     };
-    recorder.onstop = async () => {
-      clearInterval(timer);
-      for (const track of stream.getTracks()) track.stop();
+    const done = async (blob) => {
       fit.recorder = null;
       setRecording(false);
       try {
-        const wav = await window.auscultPage.toWav(new Blob(chunks, { type: recorder.mimeType }));
+        const wav = await toWav(blob);
         fit.recordings += 1;
         await addFiles([new File([wav], `recording-${fit.recordings}.wav`, { type: "audio/wav" })]);
         $("fit-record-status").textContent = "";
@@ -172,8 +136,12 @@
         showError(new Error(`The recording could not be read (${e.message}).`));
       }
     };
-    fit.recorder = recorder;
-    recorder.start(250);
+    try {
+      fit.recorder = await recordMicrophone(MAX_RECORD_S, tick, done);
+    } catch (e) {
+      showError(new Error(`The microphone could not be opened (${e.name}: ${e.message}).`));
+      return;
+    }
     setRecording(true);
   }
 

@@ -14,7 +14,6 @@
     needs_maintenance: "Needs maintenance",
     severe: "Severe anomaly",
   };
-  const SVG = "http://www.w3.org/2000/svg";
   const SILENCE = 1e-4; // below this a sample is the microphone's start-up silence
   const SETTLE_S = 0.5; // the microphone's first half second is not sent
   const CHART = { w: 640, h: 200, left: 44, right: 10, top: 10, bottom: 26 };
@@ -39,12 +38,7 @@
 
   const fmt = (x, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : "–");
 
-  function s(tag, attrs, ...children) {
-    const el = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-    for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-    return el;
-  }
+  const { s, wavBytes } = window.auscultPage;
 
   function setStatus(text) {
     $("listen-status").textContent = text;
@@ -358,29 +352,7 @@
   // ---------------------------------------------------------------- downloads
 
   function wavBlob(chunks, rate) {
-    const n = chunks.reduce((a, c) => a + c.length, 0);
-    const buf = new ArrayBuffer(44 + 2 * n);
-    const v = new DataView(buf);
-    const text = (o, t) => [...t].forEach((ch, i) => v.setUint8(o + i, ch.charCodeAt(0)));
-    text(0, "RIFF");
-    v.setUint32(4, 36 + 2 * n, true);
-    text(8, "WAVEfmt ");
-    v.setUint32(16, 16, true);
-    v.setUint16(20, 1, true);
-    v.setUint16(22, 1, true);
-    v.setUint32(24, rate, true);
-    v.setUint32(28, rate * 2, true);
-    v.setUint16(32, 2, true);
-    v.setUint16(34, 16, true);
-    text(36, "data");
-    v.setUint32(40, 2 * n, true);
-    let o = 44;
-    for (const c of chunks) {
-      for (let i = 0; i < c.length; i++, o += 2) {
-        v.setInt16(o, Math.round(Math.max(-1, Math.min(1, c[i])) * 32767), true);
-      }
-    }
-    return new Blob([buf], { type: "audio/wav" });
+    return new Blob([wavBytes(chunks, rate)], { type: "audio/wav" });
   }
 
   function csvBlob(windows) {
