@@ -735,6 +735,22 @@
 
   // ---------------------------------------------------------------- wiring
 
+  // Files dropped on `zone` go to onFiles(files); the zone is marked while they hover.
+  function dropZone(zone, onFiles) {
+    for (const type of ["dragenter", "dragover"]) {
+      zone.addEventListener(type, (e) => {
+        e.preventDefault();
+        zone.classList.add("over");
+      });
+    }
+    for (const type of ["dragleave", "drop"]) zone.addEventListener(type, () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      e.stopPropagation();
+      onFiles([...e.dataTransfer.files]);
+    });
+  }
+
   function init() {
     $("model").addEventListener("change", (e) => chooseModel(e.target.value));
     $("choose").addEventListener("click", () => $("files").click());
@@ -743,18 +759,7 @@
       e.target.value = ""; // the same file can be chosen again
       submit(files);
     });
-    const drop = $("drop");
-    for (const type of ["dragenter", "dragover"]) {
-      drop.addEventListener(type, (e) => {
-        e.preventDefault();
-        drop.classList.add("over");
-      });
-    }
-    for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
-    drop.addEventListener("drop", (e) => {
-      e.preventDefault();
-      submit([...e.dataTransfer.files]);
-    });
+    dropZone($("drop"), submit);
     // a file dropped beside the zone must not make the browser leave the page
     window.addEventListener("dragover", (e) => e.preventDefault());
     window.addEventListener("drop", (e) => e.preventDefault());
@@ -782,6 +787,7 @@
     },
     h,
     s,
+    dropZone,
     recordMicrophone,
     toWav,
     wavBytes,

@@ -19,7 +19,7 @@
     recordings: 0,
   };
 
-  const { h, s, recordMicrophone, toWav } = window.auscultPage;
+  const { h, s, dropZone, recordMicrophone, toWav } = window.auscultPage;
 
   const secs = (x) => (x >= 90 ? `${(x / 60).toFixed(1)} min` : `${Math.round(x)} s`);
 
@@ -295,19 +295,7 @@
       e.target.value = "";
       addFiles(files);
     });
-    const drop = $("fit-drop");
-    for (const type of ["dragenter", "dragover"]) {
-      drop.addEventListener(type, (e) => {
-        e.preventDefault();
-        drop.classList.add("over");
-      });
-    }
-    for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
-    drop.addEventListener("drop", (e) => {
-      e.preventDefault();
-      e.stopPropagation();
-      addFiles([...e.dataTransfer.files]);
-    });
+    dropZone($("fit-drop"), addFiles);
     $("fit-list").addEventListener("click", (e) => {
       const i = e.target.getAttribute && e.target.getAttribute("data-index");
       if (i !== null && i !== undefined) {
