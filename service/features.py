@@ -196,6 +196,25 @@ def _pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     return None
 
 
+def pcm16_mono(pcm: np.ndarray) -> np.ndarray:
+    """(frames, channels) int16 → (frames,) float32 mono: x / 32768 exactly, as libsndfile
+    converts, then the channels' mean, downmixed block by block (memory follows one channel,
+    not all)."""
+    frames, channels = pcm.shape
+    scale = np.float32(1 / 0x8000)
+    if channels == 1:
+        mono = pcm[:, 0].astype(np.float32)
+        mono *= scale
+        return mono
+    mono = np.empty(frames, np.float32)
+    block = max(1, DECODE_BLOCK_SAMPLES // 4 // channels)
+    for i in range(0, frames, block):
+        part = pcm[i : i + block].astype(np.float32)
+        part *= scale
+        mono[i : i + block] = part.mean(axis=1, dtype=np.float32)
+    return mono
+
+
 def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
     """Decode wav/flac/ogg/mp3 bytes to mono float32 at the native rate.
 
@@ -211,19 +230,8 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> DecodedAudio:
             raise AudioTooLong(f"audio is {frames / sr:.1f} s long; the limit is {max_seconds:g} s")
         if frames == 0:
             raise AudioTooShort("audio has no samples")
-        scale = np.float32(1 / 0x8000)  # exact: int16 → float32 as libsndfile does
-        if channels == 1:
-            mono = pcm[:, 0].astype(np.float32)
-            mono *= scale
-        else:  # downmixed block by block: memory follows one channel, not all
-            mono = np.empty(frames, np.float32)
-            block = max(1, DECODE_BLOCK_SAMPLES // 4 // channels)
-            for i in range(0, frames, block):
-                part = pcm[i : i + block].astype(np.float32)
-                part *= scale
-                mono[i : i + block] = part.mean(axis=1, dtype=np.float32)
         return DecodedAudio(
-            samples=mono,
+            samples=pcm16_mono(pcm),
             sample_rate=sr,
             channels=channels,
             duration_s=frames / sr,
@@ -664,10 +672,7 @@ def decode_pcm(data: bytes, fmt: str, channels: int) -> np.ndarray:
             f"{fmt} samples ({width * channels} bytes each)"
         )
     if fmt == "pcm_s16le":
-        pcm = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
-        part = pcm.astype(np.float32)
-        part *= np.float32(1 / 0x8000)
-        return part[:, 0] if channels == 1 else part.mean(axis=1, dtype=np.float32)
+        return pcm16_mono(np.frombuffer(data, dtype="<i2").reshape(-1, channels))
     values = np.frombuffer(data, dtype="<f4").reshape(-1, channels)
     if not np.isfinite(values).all():
         raise NonFiniteValues("audio contains NaN or infinite samples")
