@@ -10,7 +10,8 @@ Per codec and rate: the file's real kbit/s, the decoded sound's effective bandwi
 highest score, their levels (normal / needs_maintenance / severe) and warnings
 (low_bandwidth, low_bitrate: how many carried each), and the share of faulty clips still
 caught (not `normal`) and how many of them read `severe`. The encoders are libsndfile's
-own (the soundfile wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz;
+own (the soundfile wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz (and
+mp3 at 24 kbit/s once more from 22.05 kHz, as a recorder at that rate writes it);
 libvorbis has no bitrate setting there, only its lowest quality (about 28 kbit/s).
 """
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from service.features import prepare
+from service.features import prepare, resample
 from service.models.runtimes import AnomalyRuntime, open_runtime
 from training.augment import encode_at
 from training.synth import generate
@@ -62,6 +63,8 @@ def encoders() -> dict[str, Callable[[np.ndarray, int], bytes]]:
     out: dict[str, Callable[[np.ndarray, int], bytes]] = {"wav": _wav}
     for k in MP3_RATES:
         out[f"mp3 {k}"] = lambda x, sr, k=k: encode_at(x, sr, "mp3", k)
+    # a recorder at 22.05 kHz: LAME's MPEG-2 at that rate, decoded and resampled to 16 kHz
+    out["mp3 24 @22.05k"] = lambda x, sr: encode_at(resample(x, sr, 22050), 22050, "mp3", 24)
     for k in OPUS_RATES:
         out[f"opus {k}"] = lambda x, sr, k=k: encode_at(x, sr, "opus", k)
     out["vorbis lowest"] = _vorbis_lowest

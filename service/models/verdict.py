@@ -66,6 +66,13 @@ class RateTails(BaseModel):
         "gets a `low_bitrate` warning: faults may read normal)",
     )
     tails: list[TailFit]
+    worst: TailFit | None = Field(
+        None,
+        description="a gamma fitted to each copy's worst stretch (`windows`: the copies' "
+        "median length in windows). A low bitrate's artifacts come in bursts, so a clip's "
+        "worst stretch lies further out than `tails` (independent stretches) put it; the "
+        "limits are the higher of the two (fit_worst_tail)",
+    )
 
 
 class ConditionCalibration(BaseModel):
@@ -249,6 +256,18 @@ def fit_tails(per_clip: list[np.ndarray], stretch_windows: int) -> list[TailFit]
     return tails
 
 
+def fit_worst_tail(per_clip: list[np.ndarray], stretch_windows: int) -> TailFit | None:
+    """Healthy raw window scores of each copy → a gamma fitted to every copy's worst stretch
+    (`worst_stretch`), `windows` the copies' median length; None with fewer than 3 copies."""
+    clips = [x for x in per_clip if len(x)]
+    if len(clips) < 3:
+        return None
+    worst = np.array([worst_stretch(x, stretch_windows)[0] for x in clips])
+    shape, scale = _gamma_fit(np.maximum(worst, 1e-6))
+    windows = max(1, int(np.median([len(x) for x in clips])))
+    return TailFit(windows=windows, shape=shape, scale=scale)
+
+
 def _gamma_fit(values: np.ndarray) -> tuple[float, float]:
     """(shape, scale) of a gamma with location 0: maximum likelihood, or the moments."""
     if len(values) >= 5 and np.ptp(values) > 0:
@@ -319,17 +338,25 @@ def limits(
     them), None for lossless audio; `kbps`: its bitrate (tails_for). A codec's limits are
     never below the lossless ones: a round trip adds to a healthy score's spread, and a
     tail fitted to the few copies of one codec and bitrate comes out tighter than the truth
-    (issue 23: mp3 at 64 kbit/s read needs_maintenance on half of the healthy clips)."""
+    (issue 23: mp3 at 64 kbit/s read needs_maintenance on half of the healthy clips); nor
+    below what the copies' worst stretches reach (RateTails.worst), when they were fitted."""
     m = max(1.0, n_windows / cal.stretch_windows)
     window = min(n_windows, cal.stretch_windows) - 1
     rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
     base = c.tails[window]
     lossless = _tail_limits(base.shape, base.scale, m, *rates)
-    tails = tails_for(c, codec, kbps, stream)
+    rated = nearest_rate(c, codec, kbps, stream) if codec else None
+    tails = rated.tails if rated is not None else tails_for(c, codec, kbps, stream)
     if tails is c.tails:
         return lossless
     tail = tails[window]
     t_m, t_s = _tail_limits(tail.shape, tail.scale, m, *rates)
+    if rated is not None and rated.worst is not None:
+        # the copies' own worst stretches, the clip counted in copy lengths (a fraction
+        # for a shorter clip: a lower quantile of the copies' worst)
+        w = rated.worst
+        w_m, w_s = _tail_limits(w.shape, w.scale, n_windows / w.windows, *rates)
+        t_m, t_s = max(t_m, w_m), max(t_s, w_s)
     return max(t_m, lossless[0]), max(t_s, lossless[1])
 
 

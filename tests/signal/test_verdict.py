@@ -11,8 +11,10 @@ from scipy import stats
 from service.models.verdict import (
     ConditionCalibration,
     LevelCalibration,
+    RateTails,
     calibrated_score,
     fit_tails,
+    fit_worst_tail,
     moving_means,
     reference_limits,
     verdict,
@@ -112,3 +114,52 @@ def test_a_fault_far_beyond_the_tails_still_scores_high_and_finite() -> None:
     for name in ("source", "target"):
         v = verdict(raw, cal, (1.5, 3.0), name)
         assert np.isfinite(v.score) and v.score > 3.0 and v.level == "severe"
+
+
+def _bursty(rng: np.random.Generator, clips: int, windows: int) -> np.ndarray:
+    """Healthy windows through a codec whose artifacts come in bursts (LAME at 24 kbit/s):
+    iid around 1.0, and in every clip a run of 2 windows somewhere raised by 0.4."""
+    x = np.abs(rng.normal(1.0, 0.1, (clips, windows)))
+    start = rng.integers(0, windows - 1, clips)
+    for i, s in enumerate(start):
+        x[i, s : s + 2] += 0.4
+    return x
+
+
+@pytest.mark.parametrize("with_worst", [False, True])
+def test_bursty_codec_copies_are_judged_by_their_worst_stretches(with_worst: bool) -> None:
+    """Tails of all stretches dilute a burst among the quiet stretches, so a bursty codec's
+    healthy clips false-alarm far beyond the stated 1 %; the gamma of the copies' worst
+    stretches (RateTails.worst) brings them back to it, for clips of the copies' length."""
+    cal = _calibration({"a": (1.0, 0.1)})
+    rng = np.random.default_rng(3)
+    copies = list(_bursty(rng, 200, 20))
+    rated = RateTails(
+        format="mp3",
+        stream="mp3",
+        kbps=24.0,
+        fitted=False,
+        tails=fit_tails(copies, cal.stretch_windows),
+        worst=fit_worst_tail(copies, cal.stretch_windows) if with_worst else None,
+    )
+    c = cal.conditions[0].model_copy(update={"rate_tails": [rated]})
+    cal = cal.model_copy(update={"conditions": [c]})
+    t = _threshold(cal)
+    unseen = _bursty(np.random.default_rng(4), 2000, 20)[..., None]
+    levels = [verdict(x, cal, (t, 2 * t), codec="mp3", kbps=23.0).level for x in unseen]
+    alarms = np.mean([level != "normal" for level in levels])
+    if with_worst:
+        assert alarms <= 0.03, alarms
+        assert rated.worst is not None and rated.worst.windows == 20
+        faulty = unseen[0].copy()
+        faulty[5:9] += 2.0
+        assert verdict(faulty, cal, (t, 2 * t), codec="mp3", kbps=23.0).level != "normal"
+    else:
+        assert alarms > 0.2, alarms  # the defect the worst tail mends
+
+
+def test_a_worst_tail_needs_three_copies() -> None:
+    x = [np.array([1.0, 1.2, 0.9])] * 2
+    assert fit_worst_tail(x, 2) is None
+    tail = fit_worst_tail([*x, np.array([1.0, 1.1])], 2)
+    assert tail is not None and tail.windows == 3

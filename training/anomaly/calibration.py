@@ -24,6 +24,7 @@ from service.models.verdict import (
     LevelCalibration,
     RateTails,
     fit_tails,
+    fit_worst_tail,
     reference_limits,
     spread,
     verdict,
@@ -215,6 +216,7 @@ def fit_level_calibration(
                 stream=copy_of(made[0])[2],  # type: ignore[index]
                 kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
                 tails=fit_tails([own[cal_clip == o] for o in made], L),
+                worst=fit_worst_tail([own[cal_clip == o] for o in made], L),
                 fitted=all(o < 2 * n_clips for o in made),
             )
             for _, made in sorted(settings.items())
