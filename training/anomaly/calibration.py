@@ -172,7 +172,8 @@ def fit_level_calibration(
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i mod n_clips: those
-    below 2 n_clips the detector was fitted on, those above only calibrate) →
+    below 2 n_clips the detector was fitted on, those above only calibrate, scored by the
+    served detector, which never saw them) →
     every condition's spread and stretch tails (`codec_tails` from the copies, by the lossy
     format `codec_of(index)` gives, and `rate_tails` by the (codec setting, kbit/s, stream
     codec) that `copy_of(index)` gives a copy), the thresholds (from the reference condition's
