@@ -93,7 +93,7 @@ class ConditionCalibration(BaseModel):
     )
     rate_tails: list[RateTails] = Field(
         default_factory=list,
-        description="the same per lossy format and bitrate (mp3 at 128, 64 and 24 kbit/s, "
+        description="the same per lossy format and bitrate (mp3 at 128, 64, 32 and 24 kbit/s, "
         "Vorbis, Opus at 16 kbit/s): an upload of that format is judged by the tails of the "
         "bitrate nearest its own (in ratio), since a low bitrate moves a healthy score far "
         "more than a high one; without them: `codec_tails`",
