@@ -11,7 +11,7 @@ highest score, their levels (normal / needs_maintenance / severe) and warnings
 (low_bandwidth, low_bitrate: how many carried each), and the share of faulty clips still
 caught (not `normal`) and how many of them read `severe`. The encoders are libsndfile's
 own (the soundfile wheel carries LAME, libopus and libvorbis), at the clips' 16 kHz (and
-mp3 at 24 kbit/s once more from 22.05 kHz, as a recorder at that rate writes it);
+mp3 from 22.05 and 44.1 kHz, as recorders at those rates write it: `mp3 48 @44.1k`);
 libvorbis has no bitrate setting there, only its lowest quality (about 28 kbit/s).
 """
 
@@ -63,8 +63,11 @@ def encoders() -> dict[str, Callable[[np.ndarray, int], bytes]]:
     out: dict[str, Callable[[np.ndarray, int], bytes]] = {"wav": _wav}
     for k in MP3_RATES:
         out[f"mp3 {k}"] = lambda x, sr, k=k: encode_at(x, sr, "mp3", k)
-    # a recorder at 22.05 kHz: LAME's MPEG-2 at that rate, decoded and resampled to 16 kHz
-    out["mp3 24 @22.05k"] = lambda x, sr: encode_at(resample(x, sr, 22050), 22050, "mp3", 24)
+    # recorders at 22.05 and 44.1 kHz: LAME at that rate, decoded and resampled to 16 kHz
+    for rate, k in ((22050, 24), (22050, 48), (44100, 32), (44100, 48), (44100, 64)):
+        out[f"mp3 {k} @{rate / 1000:g}k"] = lambda x, sr, rate=rate, k=k: encode_at(
+            resample(x, sr, rate), rate, "mp3", k
+        )
     for k in OPUS_RATES:
         out[f"opus {k}"] = lambda x, sr, k=k: encode_at(x, sr, "opus", k)
     out["vorbis lowest"] = _vorbis_lowest
@@ -75,8 +78,9 @@ def judge(runtime: AnomalyRuntime, data: bytes) -> dict[str, Any]:
     """One upload's score, level, warning codes and bandwidth, as the service gives them."""
     assert runtime.manifest is not None
     p = prepare(data, runtime.manifest.features)
+    raw = runtime.score(p.images)
     v = runtime.verdict(
-        runtime.score(p.images), None, p.format, None, p.bandwidth_hz, p.bitrate_kbps, p.stream
+        raw, None, p.format, None, p.bandwidth_hz, p.bitrate_kbps, p.stream, p.sample_rate
     )
     return {
         "score": v.score,

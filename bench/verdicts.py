@@ -64,6 +64,7 @@ def levels(runtime: AnomalyRuntime, clips: list[bytes], condition: str | None = 
             p.bandwidth_hz,
             p.bitrate_kbps,
             p.stream,
+            p.sample_rate,
         )
         out.append((v.score, v.level))
     return out

@@ -35,6 +35,7 @@ PREPARED_SCHEMA = pa.schema(
         ("bandwidth_hz", pa.float64()),
         ("bitrate_kbps", pa.float64()),
         ("stream", pa.string()),
+        ("sample_rate", pa.int64()),
         ("error_code", pa.string()),
         ("error_message", pa.string()),
     ]
@@ -74,13 +75,14 @@ def prepare_table(
     cols: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for file, data in zip(files, datas, strict=True):
         code = message = None
-        duration = images = spans = fmt = bandwidth = kbps = stream = None
+        duration = images = spans = fmt = bandwidth = kbps = stream = rate = None
         try:
             p = prepare_bounded(data, params, input_limits, SampleBudget(limits.max_samples))
             duration = round(p.duration_s, 4) if p.duration_s is not None else None
             images = np.ascontiguousarray(p.images, np.float32)
             spans = None if p.spans is None else [t for span in p.spans for t in span]
             fmt, bandwidth, kbps, stream = p.format, p.bandwidth_hz, p.bitrate_kbps, p.stream
+            rate = p.sample_rate
         except Exception as e:
             code, message = _error(e)
         cols["file"].append(file)
@@ -92,6 +94,7 @@ def prepare_table(
         cols["bandwidth_hz"].append(bandwidth)
         cols["bitrate_kbps"].append(kbps)
         cols["stream"].append(stream)
+        cols["sample_rate"].append(rate)
         cols["error_code"].append(code)
         cols["error_message"].append(message)
     return pa.Table.from_pydict(cols, schema=PREPARED_SCHEMA)
@@ -124,6 +127,7 @@ def score_table(runtime: AnomalyRuntime, prepared: pa.Table) -> pa.Table:
                 bandwidth_hz=r["bandwidth_hz"],
                 bitrate_kbps=r["bitrate_kbps"],
                 stream=r["stream"],
+                sample_rate=r["sample_rate"],
             )
             if math.isfinite(v.score) and np.isfinite(raw).all():
                 score, level = v.score, v.level

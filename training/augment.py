@@ -47,11 +47,18 @@ CODECS: dict[str, tuple[str, str, float | None]] = {
 # 16 kbit/s smooths the noise floor. The detector is not fitted on them (that cost wav
 # clips a sixth of the faults caught: bench/README.md); the levels are (CALIBRATION_CODECS).
 # mp3 at 32 kbit/s keeps the band to ~7.3 kHz with far milder holes than at 24: judged by the
-# 24-kbit/s tails it caught no fault at all (bench/README.md), so it has its own.
-LOW_BITRATES: dict[str, tuple[str, float]] = {
-    "mp3-24": ("mp3", 24),
-    "mp3-32": ("mp3", 32),
-    "opus-16": ("opus", 16),
+# 24-kbit/s tails it caught no fault at all (bench/README.md), so it has its own. LAME spends
+# a bitrate differently at other sample rates (a 44.1-kHz recording at 48 kbit/s is as bursty
+# as a 16-kHz one at 32): copies at 22.05 and 44.1 kHz for the rates phones write there.
+# (codec, kbit/s, the rate to encode at: None for the clip's own)
+LOW_BITRATES: dict[str, tuple[str, float, int | None]] = {
+    "mp3-24": ("mp3", 24, None),
+    "mp3-32": ("mp3", 32, None),
+    "mp3-24-22k": ("mp3", 24, 22050),
+    "mp3-48-22k": ("mp3", 48, 22050),
+    "mp3-32-44k": ("mp3", 32, 44100),
+    "mp3-48-44k": ("mp3", 48, 44100),
+    "opus-16": ("opus", 16, None),
 }
 FORMATS = {
     "ogg": "ogg",
@@ -59,12 +66,25 @@ FORMATS = {
     "mp3-64": "mp3",
     "mp3-24": "mp3",
     "mp3-32": "mp3",
+    "mp3-24-22k": "mp3",
+    "mp3-48-22k": "mp3",
+    "mp3-32-44k": "mp3",
+    "mp3-48-44k": "mp3",
     "opus-16": "ogg",
     "vorbis-low": "ogg",
 }
 CYCLE = ("ogg", "mp3-128", "ogg", "mp3-64")  # the detector's copies: one per clip
 # every clip, for the levels only
-CALIBRATION_CODECS = ("mp3-24", "mp3-32", "opus-16", "vorbis-low")
+CALIBRATION_CODECS = (
+    "mp3-24",
+    "mp3-32",
+    "mp3-24-22k",
+    "mp3-48-22k",
+    "mp3-32-44k",
+    "mp3-48-44k",
+    "opus-16",
+    "vorbis-low",
+)
 
 
 def round_trip(data: bytes, codec: str) -> bytes:
@@ -74,8 +94,11 @@ def round_trip(data: bytes, codec: str) -> bytes:
 
     audio = decode_audio(data)
     if codec in LOW_BITRATES:
-        kind, kbps = LOW_BITRATES[codec]
-        return encode_at(audio.samples, audio.sample_rate, kind, kbps, clamp=True)
+        kind, kbps, rate = LOW_BITRATES[codec]
+        x, sr = audio.samples, audio.sample_rate
+        if rate is not None and rate != sr:
+            x, sr = resample(x, sr, rate), rate
+        return encode_at(x, sr, kind, kbps, clamp=True)
     fmt, subtype, level = CODECS[codec]
     kwargs: dict[str, object] = {}
     if level is not None:

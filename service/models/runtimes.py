@@ -217,6 +217,7 @@ class AnomalyRuntime(ModelRuntime):
         bandwidth_hz: float | None = None,
         bitrate_kbps: float | None = None,
         stream: str | None = None,
+        sample_rate: int | None = None,
     ) -> Verdict:
         """One clip's raw window scores (what `score` returned for its windows) → its score,
         level, condition and worst stretch. `condition` must be one of `conditions`; `fmt`:
@@ -226,7 +227,7 @@ class AnomalyRuntime(ModelRuntime):
         (Prepared.bandwidth_hz; below the model's top band: a `low_bandwidth` warning and
         never `severe`); `bitrate_kbps`: the upload's (Prepared.bitrate_kbps), which picks
         a lossy upload's tails by bitrate, with `stream` (Prepared.stream: opus or vorbis
-        in ogg)."""
+        in ogg) and `sample_rate` (the upload's own rate, Prepared.sample_rate)."""
         m = self.manifest
         assert m is not None and m.thresholds is not None
         th = (m.thresholds.needs_maintenance, m.thresholds.severe)
@@ -237,8 +238,8 @@ class AnomalyRuntime(ModelRuntime):
             elif lossy and codec is None:
                 codec = LOSSY_DEFAULT
             own = codec is not None and codec == fmt  # the upload's own encoding
-            kbps, inside = (bitrate_kbps, stream) if own else (None, None)
-            v = verdict(raw, m.calibration, th, condition, codec, kbps, inside)
+            kbps, inside, rate = (bitrate_kbps, stream, sample_rate) if own else (None,) * 3
+            v = verdict(raw, m.calibration, th, condition, codec, kbps, inside, rate)
         else:
             s = aggregate(raw, *self.aggregation)  # bundles before calibration
             worst = int(np.argmax(raw))

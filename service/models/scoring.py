@@ -400,7 +400,14 @@ class Scorer:
                 raw = windows_of[id(it)]
                 p = it.prepared
                 v = runtime.verdict(
-                    raw, condition, p.format, lossy, p.bandwidth_hz, p.bitrate_kbps, p.stream
+                    raw,
+                    condition,
+                    p.format,
+                    lossy,
+                    p.bandwidth_hz,
+                    p.bitrate_kbps,
+                    p.stream,
+                    p.sample_rate,
                 )
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")

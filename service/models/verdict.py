@@ -59,6 +59,9 @@ class RateTails(BaseModel):
     format: str
     stream: str | None = Field(None, description="the codec inside the format: mp3, opus, vorbis")
     kbps: float = Field(gt=0)
+    sample_rate: int | None = Field(
+        None, gt=0, description="the rate the copies were encoded at (None: not recorded)"
+    )
     fitted: bool = Field(
         True,
         description="whether the detector was fitted on copies through this codec and "
@@ -296,6 +299,7 @@ def tails_for(
     codec: str | None,
     kbps: float | None = None,
     stream: str | None = None,
+    sample_rate: int | None = None,
 ) -> list[TailFit]:
     """Condition c's tails for sound that went through `codec` (a format; None: lossless)
     at `kbps` (None: unknown), its stream `stream` (opus or vorbis in ogg; None: unknown):
@@ -303,22 +307,34 @@ def tails_for(
     kbps, else the format's pooled `codec_tails`, else the lossless `tails`."""
     if not codec:
         return c.tails
-    rated = nearest_rate(c, codec, kbps, stream)
+    rated = nearest_rate(c, codec, kbps, stream, sample_rate)
     if rated is not None:
         return rated.tails
     return c.codec_tails.get(codec, c.tails)
 
 
 def nearest_rate(
-    c: ConditionCalibration, codec: str, kbps: float | None, stream: str | None
+    c: ConditionCalibration,
+    codec: str,
+    kbps: float | None,
+    stream: str | None,
+    sample_rate: int | None = None,
 ) -> RateTails | None:
     """Condition c's rate tails of format `codec` (and of `stream` when it has its own)
-    nearest in ratio to kbps; None without rate tails of that format or without kbps."""
+    nearest in ratio to kbps; None without rate tails of that format or without kbps. With
+    the upload's `sample_rate`, the low-bitrate tails (those the detector was not fitted on)
+    are only those of the calibrated rate nearest its own: LAME spends a bitrate quite
+    differently at 16, 22.05 and 44.1 kHz (issue 23: a 44.1-kHz mp3 at 48 kbit/s is
+    burstier than a 16-kHz one at 64)."""
     rated = [r for r in c.rate_tails if r.format == codec]
     if stream is not None and any(r.stream == stream for r in rated):
         rated = [r for r in rated if r.stream == stream]
     if not rated or kbps is None or kbps <= 0:
         return None
+    rates = {r.sample_rate for r in rated if not r.fitted and r.sample_rate}
+    if sample_rate and rates:
+        near = min(rates, key=lambda sr: abs(math.log(sample_rate / sr)))
+        rated = [r for r in rated if r.fitted or r.sample_rate in (near, None)]
     return min(rated, key=lambda r: abs(math.log(kbps / r.kbps)))
 
 
@@ -329,6 +345,7 @@ def limits(
     codec: str | None = None,
     kbps: float | None = None,
     stream: str | None = None,
+    sample_rate: int | None = None,
 ) -> tuple[float, float]:
     """Condition c's own (needs_maintenance, severe) limits, in its raw units, for the worst
     stretch of a clip of n windows: the values a healthy clip's worst stretch reaches with
@@ -345,7 +362,7 @@ def limits(
     rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
     base = c.tails[window]
     lossless = _tail_limits(base.shape, base.scale, m, *rates)
-    rated = nearest_rate(c, codec, kbps, stream) if codec else None
+    rated = nearest_rate(c, codec, kbps, stream, sample_rate) if codec else None
     tails = rated.tails if rated is not None else tails_for(c, codec, kbps, stream)
     if tails is c.tails:
         return lossless
@@ -392,12 +409,14 @@ def calibrated_score(
     codec: str | None = None,
     kbps: float | None = None,
     stream: str | None = None,
+    sample_rate: int | None = None,
 ) -> float:
     """The worst stretch's raw mean s of a clip of n windows under condition c → its score:
     c's own limits for a clip of that length land on the bundle's thresholds (the
     reference condition's limits for a clip of one stretch)."""
     ref = reference_limits(cal)
-    return float(on_reference_scale(s, limits(c, cal, n_windows, codec, kbps, stream), ref))
+    own = limits(c, cal, n_windows, codec, kbps, stream, sample_rate)
+    return float(on_reference_scale(s, own, ref))
 
 
 def reference_limits(cal: LevelCalibration) -> tuple[float, float]:
@@ -412,10 +431,12 @@ def window_scores_in_reference(
     codec: str | None = None,
     kbps: float | None = None,
     stream: str | None = None,
+    sample_rate: int | None = None,
 ) -> np.ndarray:
     """(n,) raw window scores under c → the scores' scale, each window as if it were a clip
     of its own: at the needs_maintenance threshold when it alone reaches c's limit."""
-    return on_reference_scale(raw, limits(c, cal, 1, codec, kbps, stream), reference_limits(cal))
+    own = limits(c, cal, 1, codec, kbps, stream, sample_rate)
+    return on_reference_scale(raw, own, reference_limits(cal))
 
 
 def choose_condition(
@@ -448,16 +469,18 @@ def verdict(
     codec: str | None = None,
     kbps: float | None = None,
     stream: str | None = None,
+    sample_rate: int | None = None,
 ) -> Verdict:
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
     must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
     lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps` and
-    `stream`: the bitrate and codec it went through, when known (tails_for)."""
+    `stream`: the bitrate and codec it went through, when known (tails_for); `sample_rate`:
+    the rate it was encoded at (nearest_rate)."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]
     s, first, last = worst_stretch(raw[:, index], cal.stretch_windows)
-    score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream)
-    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream)
+    score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream, sample_rate)
+    v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream, sample_rate)
     warnings: tuple[InputWarning, ...] = ()
     rated = nearest_rate(c, codec, kbps, stream) if codec else None
     if rated is not None and not rated.fitted:

@@ -16,6 +16,7 @@ from service.models.verdict import (
     fit_tails,
     fit_worst_tail,
     moving_means,
+    nearest_rate,
     reference_limits,
     verdict,
     worst_stretch,
@@ -163,3 +164,50 @@ def test_a_worst_tail_needs_three_copies() -> None:
     assert fit_worst_tail(x, 2) is None
     tail = fit_worst_tail([*x, np.array([1.0, 1.1])], 2)
     assert tail is not None and tail.windows == 3
+
+
+def _rated(kbps: float, rate: int | None, fitted: bool) -> RateTails:
+    tails = fit_tails([np.full(4, kbps)], 2)  # the tails tell the settings apart in the test
+    return RateTails(
+        format="mp3", stream="mp3", kbps=kbps, sample_rate=rate, fitted=fitted, tails=tails
+    )
+
+
+def test_low_bitrate_tails_are_those_of_the_calibrated_rate_nearest_the_uploads() -> None:
+    """A 44.1-kHz mp3 at 48 kbit/s is judged by the 44.1-kHz copies at 48, not by the
+    16-kHz ones at 64; at 64 kbit/s and more by the tails the detector was fitted on,
+    whatever the rate; a 48-kHz upload by the 44.1-kHz copies; without its rate (or with
+    tails that do not record theirs) by the bitrate alone."""
+    settings = [
+        _rated(128, 16000, True),
+        _rated(64, 16000, True),
+        _rated(24, 16000, False),
+        _rated(32, 16000, False),
+        _rated(24, 22050, False),
+        _rated(48, 22050, False),
+        _rated(32, 44100, False),
+        _rated(48, 44100, False),
+    ]
+    cal = _calibration({"a": (1.0, 0.1)})
+    c = cal.conditions[0].model_copy(update={"rate_tails": settings})
+
+    def chosen(kbps: float, rate: int | None) -> tuple[float, int | None]:
+        r = nearest_rate(c, "mp3", kbps, "mp3", rate)
+        assert r is not None
+        return r.kbps, r.sample_rate
+
+    assert chosen(48, 44100) == (48, 44100)
+    assert chosen(48, 48000) == (48, 44100)
+    assert chosen(32, 44100) == (32, 44100)
+    assert chosen(64, 44100) == (64, 16000)
+    assert chosen(128, 48000) == (128, 16000)
+    assert chosen(48, 16000) == (64, 16000)
+    assert chosen(24, 16000) == (24, 16000)
+    assert chosen(24, 22050) == (24, 22050)
+    assert chosen(32, 24000) == (24, 22050)
+    assert chosen(24, 8000) == (24, 16000)
+    assert chosen(48, None) == (48, 22050)  # the bitrate alone: the first of the nearest
+    old = c.model_copy(
+        update={"rate_tails": [r.model_copy(update={"sample_rate": None}) for r in settings]}
+    )
+    assert nearest_rate(old, "mp3", 48, "mp3", 44100) is not None

@@ -155,6 +155,11 @@ class LevelFit:
     thresholds: Thresholds
 
 
+def _median_rate(rates: list[int | None]) -> int | None:
+    known = [r for r in rates if r]
+    return int(np.median(known)) if known else None
+
+
 def fit_level_calibration(
     raw: np.ndarray,
     cal_clip: np.ndarray,
@@ -168,7 +173,7 @@ def fit_level_calibration(
     false_alarm_rate: float = FALSE_ALARM_RATE,
     severe_rate: float = SEVERE_RATE,
     codec_of: Callable[[int], str | None] = lambda o: None,
-    copy_of: Callable[[int], tuple[str, float, str] | None] = lambda o: None,
+    copy_of: Callable[[int], tuple[str, float, str, int | None] | None] = lambda o: None,
 ) -> LevelFit:
     """Out-of-group raw window scores (n_cal, n_conditions) of the training clips (window →
     clip index `cal_clip`; indices ≥ n_clips are codec copies of clip i mod n_clips: those
@@ -216,6 +221,7 @@ def fit_level_calibration(
                 format=str(codec_of(made[0])),
                 stream=copy_of(made[0])[2],  # type: ignore[index]
                 kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
+                sample_rate=_median_rate([copy_of(o)[3] for o in made]),  # type: ignore[index]
                 tails=fit_tails([own[cal_clip == o] for o in made], L),
                 worst=fit_worst_tail([own[cal_clip == o] for o in made], L),
                 fitted=all(o < 2 * n_clips for o in made),
@@ -247,9 +253,15 @@ def fit_level_calibration(
     # service chooses it when a request names none
     def clip_score(o: int) -> float:
         made = copy_of(o)
-        kbps, stream = (made[1], made[2]) if made is not None else (None, None)
+        kbps, stream, rate = made[1:] if made is not None else (None, None, None)
         return verdict(
-            raw[cal_clip == o], cal, (t_m, t_s), codec=codec_of(o), kbps=kbps, stream=stream
+            raw[cal_clip == o],
+            cal,
+            (t_m, t_s),
+            codec=codec_of(o),
+            kbps=kbps,
+            stream=stream,
+            sample_rate=rate,
         ).score
 
     scores = {int(o): clip_score(int(o)) for o in owners}

@@ -325,9 +325,9 @@ def fit(
         fmt = train[owner].path.suffix.lower().lstrip(".")
         return fmt if fmt in LOSSY_FORMATS else None
 
-    def copy_of(owner: int) -> tuple[str, float, str] | None:
-        """A codec copy's (codec setting, kbit/s and stream codec as the service measures
-        an upload's)."""
+    def copy_of(owner: int) -> tuple[str, float, str, int | None] | None:
+        """A codec copy's (codec setting, kbit/s, stream codec and sample rate as the
+        service measures an upload's)."""
         p = inputs.get(owner)
         if owner < len(train) or p is None or p.bitrate_kbps is None or p.stream is None:
             return None
@@ -335,7 +335,7 @@ def fit(
             setting = CALIBRATION_CODECS[owner // len(train) - 2]
         else:
             setting = codec_copy_setting(owner - len(train))
-        return setting, p.bitrate_kbps, p.stream
+        return setting, p.bitrate_kbps, p.stream, p.sample_rate
 
     detector_rows = tr_w
     if detector_clips == "all":  # more clips → a better covariance estimate
@@ -393,6 +393,7 @@ def fit(
                     codec=codec_of(i),
                     kbps=None if (made := copy_of(i)) is None else made[1],
                     stream=None if made is None else made[2],
+                    sample_rate=None if made is None else made[3],
                 ).score
                 for i in clip_ids
             ]
