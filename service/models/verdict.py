@@ -482,7 +482,7 @@ def verdict(
     score = calibrated_score(s, len(raw), c, cal, codec, kbps, stream, sample_rate)
     v = window_scores_in_reference(raw[:, index], c, cal, codec, kbps, stream, sample_rate)
     warnings: tuple[InputWarning, ...] = ()
-    rated = nearest_rate(c, codec, kbps, stream) if codec else None
+    rated = nearest_rate(c, codec, kbps, stream, sample_rate) if codec else None
     if rated is not None and not rated.fitted:
         warnings = (
             InputWarning(

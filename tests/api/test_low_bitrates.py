@@ -19,6 +19,7 @@ import pytest
 from service.app import create_app
 from service.features import resample, top_band_centre
 from service.models.bundle import read_manifest
+from service.models.verdict import nearest_rate
 from service.settings import Settings
 from tests.conftest import ARTIFACTS, wav_bytes
 from tests.helpers import serve
@@ -94,24 +95,32 @@ def _nearest_rate(model: str, condition: str, codec: str, info: dict[str, Any]) 
     cal = read_manifest(ARTIFACTS / model).calibration
     assert cal is not None
     (c,) = [c for c in cal.conditions if c.name == condition]
-    kbps = info["bitrate_kbps"]
-    rated = [r for r in c.rate_tails if r.stream == codec]
-    assert rated, f"{model} has no rate tails for {codec}"
-    return min(rated, key=lambda r: abs(np.log(kbps / r.kbps)))
+    rated = nearest_rate(
+        c, "ogg" if codec == "opus" else codec, info["bitrate_kbps"], codec, info["sample_rate"]
+    )
+    assert rated is not None, f"{model} has no rate tails for {codec}"
+    return rated
+
+
+RECORDERS = [(22050, 24), (24000, 24), (22050, 48), (44100, 32), (44100, 48), (48000, 48)]
 
 
 @pytest.mark.parametrize("model", BUNDLES)
-@pytest.mark.parametrize("rate", [22050, 24000])
-async def test_a_healthy_clip_stays_normal_as_mp3_at_24_kbits_from_a_faster_recorder(
-    client: httpx.AsyncClient, model: str, rate: int
+@pytest.mark.parametrize(("rate", "kbps"), RECORDERS, ids=[f"{r}-{k}" for r, k in RECORDERS])
+async def test_a_healthy_clip_stays_normal_as_mp3_from_a_faster_recorder(
+    client: httpx.AsyncClient, model: str, rate: int, kbps: int
 ) -> None:
-    """A recorder at 22.05 or 24 kHz writes MPEG-2 mp3 at its own rate (LAME low-passes
-    elsewhere than at 16 kHz); the service resamples it and judges it as mp3 at 24 kbit/s."""
+    """A recorder at 22.05-48 kHz writes mp3 at its own rate, and LAME spends a bitrate
+    quite differently there (at 44.1 kHz and 48 kbit/s the holes are as bursty as at 16 kHz
+    and 32); the service judges it by the copies encoded at the calibrated rate nearest its
+    own."""
     _encoder_or_skip("mp3")
-    data = encode_at(resample(_healthy(), 16000, rate), rate, "mp3", 24)
+    data = encode_at(resample(_healthy(), 16000, rate), rate, "mp3", kbps)
     body = await _score(client, model, "phone.mp3", data)
     assert body["input"]["sample_rate"] == rate
     assert body["level"] == "normal", body["score"]
+    rated = _nearest_rate(model, body["condition"]["name"], "mp3", body["input"])
+    assert rated.sample_rate in (22050, 44100)
 
 
 @pytest.mark.parametrize("model", BUNDLES)
