@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also fit on an ogg/mp3 round trip of every training clip (healthy mp3 and "
         "ogg uploads then score as normal), and measure the levels on low-bitrate round "
-        "trips (mp3 24 kbit/s, opus 16 kbit/s, vorbis at its lowest quality)",
+        "trips (mp3 at 24 and 32 kbit/s, and from 22.05 and 44.1 kHz, opus 16 kbit/s, vorbis at "
+        "its lowest quality)",
     )
     f.add_argument(
         "--max-components",
