@@ -3,16 +3,19 @@
 DCASE names read `section_XX_{source|target}_{train|test}_{normal|anomaly}_NNNN_{attributes}`.
 A clip's label is its section, domain and attributes (`rpm_1500`, `bar_3`, `digit_0_george_12`)
 with what varies from clip to clip taken away: while some label has fewer than
-MIN_LABEL_CLIPS clips, the attribute token position with the most distinct values (a take
-number, an index) is dropped, so `digit_0_george_12` becomes `digit_0_george` (the speaker)
-and `rpm_1500` stays. The autoencoder is then also trained to tell these labels apart from
-its last conv block (training.anomaly.autoencoder.fit), which shapes the latent the detector
-scores; the classifier head is not part of the exported encoder.
+MIN_LABEL_CLIPS clips, the attribute token position whose removal puts the most clips into
+labels of MIN_LABEL_CLIPS or more is dropped (on a tie the one with the most distinct values:
+a take number, an index), as long as a drop adds any. So `digit_0_george_12` becomes
+`digit_0_george` (the speaker) and `rpm_1500` stays. The autoencoder is then also trained
+to tell these labels apart from its last conv block (training.anomaly.autoencoder.fit),
+which shapes the latent the detector scores; the classifier head is not part of the
+exported encoder.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,21 +59,30 @@ def clip_labels(clips: list[Clip], min_clips: int = MIN_LABEL_CLIPS) -> list[str
     kept = list(range(width))
     structured = [bool(_STRUCTURE.search(c.path.stem.lower())) for c in clips]
 
-    def labels() -> list[str]:
+    def labels(positions: list[int]) -> list[str]:
         return [
-            "_".join([f"section_{c.section}_{c.domain}", *(r[p] for p in kept if r[p])])
+            "_".join([f"section_{c.section}_{c.domain}", *(r[p] for p in positions if r[p])])
             if s
             else "default"
             for c, r, s in zip(clips, rows, structured, strict=True)
         ]
 
-    while kept:
-        current = labels()
-        if min(current.count(x) for x in set(current)) >= min_clips:
+    def covered(positions: list[int]) -> int:
+        """Clips in labels of min_clips or more."""
+        counts = Counter(labels(positions))
+        return sum(n for n in counts.values() if n >= min_clips)
+
+    while kept and covered(kept) < len(clips):
+        # the drop that covers the most clips; on a tie the position with the most distinct
+        # values (an index or a take), then the later one
+        best = max(
+            kept,
+            key=lambda p: (covered([q for q in kept if q != p]), len({r[p] for r in rows}), p),
+        )
+        if covered([q for q in kept if q != best]) <= covered(kept):
             break
-        # the position with the most distinct values; on a tie the later one (a take number)
-        kept.remove(max(kept, key=lambda p: (len({r[p] for r in rows}), p)))
-    return labels()
+        kept.remove(best)
+    return labels(kept)
 
 
 def choose(mode: AuxMode, clips: list[Clip], min_clips: int = MIN_LABEL_CLIPS) -> AuxLabels | None:

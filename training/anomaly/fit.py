@@ -462,6 +462,10 @@ def fit(
                     "on": chosen is not None,
                     "labels": chosen.summary() if chosen is not None else {},
                     "weight": cfg.aux_weight if chosen is not None else None,
+                    # the classification's cross-entropy on the held-out clips, last epoch
+                    "final_val_loss": model.history["val_aux_classes_loss"][-1]
+                    if chosen is not None
+                    else None,
                 },
                 "onnx_keras_max_abs_diff": diff,
                 "normal_score_percentiles": {
