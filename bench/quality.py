@@ -135,6 +135,16 @@ ABLATIONS: list[tuple[str, list[str], str]] = [
         "the encoder also learns to tell apart the labels file names carry (issue 23)",
     ),
     (
+        "aux labels w1",
+        ["--aux-labels", "auto", "--aux-weight", "1"],
+        "as aux labels, the classification weighing 1 (default 0.1) beside the MSE",
+    ),
+    (
+        "aux labels w0.01",
+        ["--aux-labels", "auto", "--aux-weight", "0.01"],
+        "as aux labels, the classification weighing 0.01 beside the MSE",
+    ),
+    (
         "fit job quick",
         PRESETS["quick"],
         "the fit jobs' quick preset (training/worker.py; their standard is the default)",
