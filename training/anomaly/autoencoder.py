@@ -405,8 +405,9 @@ def fit(
 
 
 def _class_weights(classes: np.ndarray) -> Any:
-    """Per window: 0 for an unclassified window (-1), else n / (k · count of its class), so
-    every class weighs the same however many windows it has."""
+    """Sample weights per output of the trainer: none for the reconstruction; for the classes
+    per window 0 if unclassified (-1), else n / (k · count of its class), so every class
+    weighs the same however many windows it has."""
     w = np.zeros(len(classes), np.float32)
     known = classes >= 0
     names, counts = np.unique(classes[known], return_counts=True)
