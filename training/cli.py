@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from training.anomaly.autoencoder import PART_NAMES, AutoencoderConfig, pooling_parts
+from training.anomaly.aux_labels import AUX_MODES, MIN_LABEL_CLIPS
 
 C = TypeVar("C")
 DESCRIPTION = """Command line: python -m training {fit,fit-classifier,fit-generator,generate,enrol,
@@ -276,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="move the thresholds to KMeans boundaries of the LABELLED test scores (the "
         "seed's method; a user with no labelled faults cannot do this). Off by default",
+    )
+    f.add_argument(
+        "--aux-labels",
+        choices=AUX_MODES,
+        default="off",
+        help="auto: when the training file names carry two or more labels (DCASE section, "
+        f"domain and attributes, takes and indices taken away) with {MIN_LABEL_CLIPS}+ clips "
+        "each, the autoencoder also learns to tell them apart (the head is not exported). "
+        "Default: %(default)s",
+    )
+    f.add_argument(
+        "--aux-weight",
+        type=float,
+        default=ae.aux_weight,
+        help="--aux-labels: weight of the classification loss beside the reconstruction's",
     )
     f.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on test clips")
     f.add_argument(
@@ -565,4 +581,5 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "group_by": args.group_by,
         "stretch_seconds": args.stretch_seconds,
         "kmeans_thresholds": args.kmeans_thresholds,
+        "aux_labels": args.aux_labels,
     }

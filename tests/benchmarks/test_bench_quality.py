@@ -6,6 +6,7 @@ generated datasets (synth gearbox, and in --quick the bearing pump) still run.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,27 @@ def test_bearing_defect_frequencies_follow_the_geometry() -> None:
     assert b.bpfo(30.0) + b.bpfi(30.0) == pytest.approx(9 * 30.0)
     assert b.bpfo(30.0) == pytest.approx(3.585 * 30.0, rel=1e-3)
     assert b.ftf(30.0) == pytest.approx(b.bpfo(30.0) / 9)
+
+
+@pytest.mark.slow
+def test_quality_bench_runs_auscult_alone_with_the_aux_labels_row() -> None:
+    out = run_bench(
+        "bench/quality.py",
+        "--quick",
+        "--datasets",
+        "synth",
+        "--methods",
+        "auscult",
+        "--ablation",
+        "--ablation-rows",
+        "aux labels",
+        timeout=900,
+    )
+    lines = [ln for ln in out.splitlines() if not ln.startswith("Training seeds")]
+    rows = [ln for ln in lines if any(m in ln for m in METHODS)]
+    assert len(rows) == 1 and rows[0].startswith("synth gearbox"), out  # no reference row
+    assert "auscult (training fit)" in rows[0], out
+    # the ablation table: the default and the row, each with the dataset's harmonic mean
+    found = re.findall(r"^(default|aux labels) +(\d\.\d{3})  ", out, re.MULTILINE)
+    assert [name for name, _ in found] == ["default", "aux labels"], out
+    assert all(0.0 <= float(h) <= 1.0 for _, h in found), found

@@ -65,9 +65,21 @@ class AutoencoderConfig:
     validation_fraction: float = 0.2
     patience: int = 8
     seed: int = 0
+    # With labels from the file names (fit --aux-labels): weight of the classification loss of
+    # the head on the last conv block beside the reconstruction MSE (training.anomaly.aux_labels).
+    aux_weight: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AuxTargets:
+    """Class index per training and per held-out window (-1: not classified), n classes."""
+
+    train: np.ndarray
+    val: np.ndarray
+    n_classes: int
 
 
 @dataclass
@@ -261,7 +273,9 @@ def build(
     for f in reversed(cfg.filters[:-1]):
         y = layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu")(y)
     channels = 2 if cfg.ae_input == "both" else 1  # "both" reconstructs both views
-    y = layers.Conv2DTranspose(channels, 3, strides=2, padding="same", activation="sigmoid")(y)
+    y = layers.Conv2DTranspose(
+        channels, 3, strides=2, padding="same", activation="sigmoid", name="reconstruction"
+    )(y)
     autoencoder = keras.Model(inp, y, name="autoencoder")
     autoencoder.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
     encoder = scoring_encoder(autoencoder, cfg.pooling, cfg.band_pool, cfg.band_flux)
@@ -336,9 +350,13 @@ def fit(
     val_images: np.ndarray,
     cfg: AutoencoderConfig,
     on_epoch: Callable[[int, int, dict[str, float]], None] | None = None,
+    aux: AuxTargets | None = None,
 ) -> TrainedAutoencoder:
     """images: (n, h, w) in [0, 1]; early stopping on the held-out normal clips.
-    `on_epoch(done, epochs, logs)` after every epoch (it may raise to stop the fit)."""
+    `on_epoch(done, epochs, logs)` after every epoch (it may raise to stop the fit).
+    `aux`: also train a linear classifier on the flattened last conv block to tell the
+    windows' labels apart (loss weight cfg.aux_weight, classes balanced); the head lives in a
+    training-only model, so the returned autoencoder and encoder do not contain it."""
     import keras
 
     seed_everything(cfg.seed)
@@ -351,6 +369,11 @@ def fit(
         y, yv = scale(x).numpy(), scale(xv).numpy()
         if cfg.ae_input == "both":  # and the window as scaled ([0, 1], as the sigmoid's)
             y, yv = np.concatenate([y, x], -1), np.concatenate([yv, xv], -1)
+    trainer: Any = model.autoencoder
+    sample_weight: Any = None
+    if aux is not None:
+        trainer, x_y, xv_yv, sample_weight = _with_head(model.autoencoder, aux, cfg, y, yv)
+        y, yv = x_y, xv_yv
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.patience, restore_best_weights=True
@@ -365,10 +388,11 @@ def fit(
                 )
             )
         )
-    hist = model.autoencoder.fit(
+    hist = trainer.fit(
         x,
         y,
-        validation_data=(xv, yv),
+        sample_weight=sample_weight,
+        validation_data=(xv, yv) if aux is None else (xv, yv, _class_weights(aux.val)),
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         shuffle=True,
@@ -378,3 +402,36 @@ def fit(
     model.history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     model.epochs_run = len(hist.history["loss"])
     return model
+
+
+def _class_weights(classes: np.ndarray) -> Any:
+    """Sample weights per output of the trainer: none for the reconstruction; for the classes
+    per window 0 if unclassified (-1), else n / (k · count of its class), so every class
+    weighs the same however many windows it has."""
+    w = np.zeros(len(classes), np.float32)
+    known = classes >= 0
+    names, counts = np.unique(classes[known], return_counts=True)
+    for c, n in zip(names, counts, strict=True):
+        w[classes == c] = known.sum() / (len(names) * n)
+    return [None, w]
+
+
+def _with_head(
+    autoencoder: Any, aux: AuxTargets, cfg: AutoencoderConfig, y: np.ndarray, yv: np.ndarray
+) -> tuple[Any, list[np.ndarray], list[np.ndarray], Any]:
+    """The autoencoder with a classification head (shared layers: training it trains the
+    autoencoder) → (trainer, targets, held-out targets, sample weights)."""
+    import keras
+    from keras import layers
+
+    flat = layers.Flatten(name="aux_flat")(autoencoder.get_layer("features").output)
+    logits = layers.Dense(aux.n_classes, name="aux_classes")(flat)
+    trainer = keras.Model(autoencoder.inputs[0], [autoencoder.outputs[0], logits], name="trainer")
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=["mse", keras.losses.SparseCategoricalCrossentropy(from_logits=True)],
+        loss_weights=[1.0, cfg.aux_weight],
+    )
+    targets = [y, np.maximum(aux.train, 0)]
+    held = [yv, np.maximum(aux.val, 0)]
+    return trainer, targets, held, _class_weights(aux.train)

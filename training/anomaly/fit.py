@@ -28,8 +28,9 @@ from service.models.bundle import (
 )
 from service.models.verdict import LOSSY_FORMATS, verdict
 from training import export
+from training.anomaly import aux_labels as aux_names
 from training.anomaly import calibration, mahalanobis
-from training.anomaly.autoencoder import AutoencoderConfig, scoring_encoder_parts
+from training.anomaly.autoencoder import AutoencoderConfig, AuxTargets, scoring_encoder_parts
 from training.anomaly.autoencoder import fit as fit_autoencoder
 from training.anomaly.evaluate import (
     describe_unreadable,
@@ -167,6 +168,7 @@ def fit(
     kmeans_thresholds: bool = False,
     strict_files: bool = False,
     hooks: FitHooks | None = None,
+    aux_labels: aux_names.AuxMode = "off",
 ) -> FitResult:
     """Fit an anomaly bundle on the normal training clips of data_dir and write it to out_dir.
 
@@ -190,7 +192,10 @@ def fit(
     KMeans boundaries of the labelled test scores instead (the seed's method; opt-in).
     `aggregation` is recorded for bundles read without a calibration.
     An unreadable training file is left out with a warning on stderr naming it (DatasetError
-    with `strict_files`). `hooks`: progress callbacks (FitHooks).
+    with `strict_files`). `hooks`: progress callbacks (FitHooks). `aux_labels` ("auto"): when
+    the training file names carry two or more labels (section, domain, attributes; see
+    training.anomaly.aux_labels), the autoencoder also learns to tell them apart (recorded as
+    `training.aux_labels`).
     """
     start = time.perf_counter()
     cfg = cfg or AutoencoderConfig()
@@ -234,9 +239,15 @@ def fit(
     source = owners % len(train)  # a codec copy belongs with its clip
     tr_w, val_w = np.isin(source, tr_idx), np.isin(source, val_idx)
     original = owners < len(train)
-    stage(f"training the autoencoder on {int(tr_w.sum())} windows", hooks)
+    chosen = aux_names.choose(aux_labels, train)
+    aux = None
+    if chosen is not None:
+        window_class = np.array(chosen.clip_class)[source]
+        aux = AuxTargets(window_class[tr_w], window_class[val_w], len(chosen.names))
+    also = f", telling {len(chosen.names)} labels apart" if chosen is not None else ""
+    stage(f"training the autoencoder on {int(tr_w.sum())} windows{also}", hooks)
     model = fit_autoencoder(
-        images[tr_w], images[val_w], cfg, hooks.epoch if hooks is not None else None
+        images[tr_w], images[val_w], cfg, hooks.epoch if hooks is not None else None, aux
     )
 
     stage("exporting the encoder and the autoencoder to ONNX", hooks)
@@ -448,8 +459,21 @@ def fit(
                 "epochs": model.epochs_run,
                 "seed": cfg.seed,
                 "autoencoder": cfg.to_dict(),
-                "final_loss": model.history["loss"][-1],
-                "final_val_loss": model.history["val_loss"][-1],
+                # the reconstruction's MSE (with aux labels, "loss" adds the classification's)
+                "final_loss": model.history.get("reconstruction_loss", model.history["loss"])[-1],
+                "final_val_loss": model.history.get(
+                    "val_reconstruction_loss", model.history["val_loss"]
+                )[-1],
+                "aux_labels": {
+                    "mode": aux_labels,
+                    "on": chosen is not None,
+                    "labels": chosen.summary() if chosen is not None else {},
+                    "weight": cfg.aux_weight if chosen is not None else None,
+                    # the classification's cross-entropy on the held-out clips, last epoch
+                    "final_val_loss": model.history["val_aux_classes_loss"][-1]
+                    if chosen is not None
+                    else None,
+                },
                 "onnx_keras_max_abs_diff": diff,
                 "normal_score_percentiles": {
                     f"p{q}": float(np.percentile(train_scores, q)) for q in (50, 90, 95, 99, 100)
