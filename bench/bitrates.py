@@ -78,10 +78,7 @@ def judge(runtime: AnomalyRuntime, data: bytes) -> dict[str, Any]:
     """One upload's score, level, warning codes and bandwidth, as the service gives them."""
     assert runtime.manifest is not None
     p = prepare(data, runtime.manifest.features)
-    raw = runtime.score(p.images)
-    v = runtime.verdict(
-        raw, None, p.format, None, p.bandwidth_hz, p.bitrate_kbps, p.stream, p.sample_rate
-    )
+    v = runtime.verdict_of(runtime.score(p.images), p)
     return {
         "score": v.score,
         "level": v.level,

@@ -56,16 +56,7 @@ def levels(runtime: AnomalyRuntime, clips: list[bytes], condition: str | None = 
     out = []
     for data in clips:
         p = prepare(data, runtime.manifest.features)
-        v = runtime.verdict(
-            runtime.score(p.images),
-            condition,
-            p.format,
-            None,
-            p.bandwidth_hz,
-            p.bitrate_kbps,
-            p.stream,
-            p.sample_rate,
-        )
+        v = runtime.verdict_of(runtime.score(p.images), p, condition)
         out.append((v.score, v.level))
     return out
 

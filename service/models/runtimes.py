@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import BundleError
+from service.features import Prepared
 from service.models.bundle import (
     ANOMALY_ARRAYS,
     CONDITION_OFFSETS,
@@ -246,6 +247,26 @@ class AnomalyRuntime(ModelRuntime):
             v = Verdict(s, level_for(s, m.thresholds), "default", "only", raw, (worst, worst))
         fitted = m.calibration.min_bandwidth_hz if m.calibration is not None else None
         return limited_by_input(v, bandwidth_hz, m.features, fitted)
+
+    def verdict_of(
+        self,
+        raw: np.ndarray,
+        p: Prepared,
+        condition: str | None = None,
+        lossy: bool | None = None,
+    ) -> Verdict:
+        """`verdict` of an upload's raw window scores, with what its Prepared says about the
+        input (format, bandwidth, bitrate, the stream inside, sample rate)."""
+        return self.verdict(
+            raw,
+            condition,
+            p.format,
+            lossy,
+            p.bandwidth_hz,
+            p.bitrate_kbps,
+            p.stream,
+            p.sample_rate,
+        )
 
     def clip_score(self, raw: np.ndarray) -> float:
         """One clip's raw window scores → its score (`verdict(raw).score`)."""

@@ -398,17 +398,7 @@ class Scorer:
         for it in items:
             if it.prepared is not None:
                 raw = windows_of[id(it)]
-                p = it.prepared
-                v = runtime.verdict(
-                    raw,
-                    condition,
-                    p.format,
-                    lossy,
-                    p.bandwidth_hz,
-                    p.bitrate_kbps,
-                    p.stream,
-                    p.sample_rate,
-                )
+                v = runtime.verdict_of(raw, it.prepared, condition, lossy)
                 if not (math.isfinite(v.score) and np.isfinite(raw).all()):
                     self._non_finite(it, raise_errors, "score")
             if it.prepared is None:

@@ -294,25 +294,6 @@ def worst_stretch(v: np.ndarray, stretch_windows: int) -> tuple[float, int, int]
     return float(means[i]), i, i + length - 1
 
 
-def tails_for(
-    c: ConditionCalibration,
-    codec: str | None,
-    kbps: float | None = None,
-    stream: str | None = None,
-    sample_rate: int | None = None,
-) -> list[TailFit]:
-    """Condition c's tails for sound that went through `codec` (a format; None: lossless)
-    at `kbps` (None: unknown), its stream `stream` (opus or vorbis in ogg; None: unknown):
-    the rate tails of that format (and stream, when it has its own) nearest in ratio to
-    kbps, else the format's pooled `codec_tails`, else the lossless `tails`."""
-    if not codec:
-        return c.tails
-    rated = nearest_rate(c, codec, kbps, stream, sample_rate)
-    if rated is not None:
-        return rated.tails
-    return c.codec_tails.get(codec, c.tails)
-
-
 def nearest_rate(
     c: ConditionCalibration,
     codec: str,
@@ -352,7 +333,7 @@ def limits(
     probability false_alarm_rate and severe_rate (each of its m = n / stretch_windows
     stretches with 1 - (1 - rate)^(1/m)); severe at least `severe_factor` x needs_maintenance.
     `codec`: the lossy format the sound went through (its tails when the condition has
-    them), None for lossless audio; `kbps`: its bitrate (tails_for). A codec's limits are
+    them), None for lossless audio; `kbps`: its bitrate (nearest_rate). A codec's limits are
     never below the lossless ones: a round trip adds to a healthy score's spread, and a
     tail fitted to the few copies of one codec and bitrate comes out tighter than the truth
     (issue 23: mp3 at 64 kbit/s read needs_maintenance on half of the healthy clips); nor
@@ -362,8 +343,12 @@ def limits(
     rates = (cal.false_alarm_rate, cal.severe_rate, cal.severe_factor)
     base = c.tails[window]
     lossless = _tail_limits(base.shape, base.scale, m, *rates)
+    # the rate tails nearest the upload's setting, else the format's pooled tails
     rated = nearest_rate(c, codec, kbps, stream, sample_rate) if codec else None
-    tails = rated.tails if rated is not None else tails_for(c, codec, kbps, stream)
+    if rated is not None:
+        tails = rated.tails
+    else:
+        tails = c.codec_tails.get(codec, c.tails) if codec else c.tails
     if tails is c.tails:
         return lossless
     tail = tails[window]
@@ -474,7 +459,7 @@ def verdict(
     """(n_windows, n_conditions) raw window scores of one clip → its Verdict. `condition`
     must be one of the calibration's (callers check; ValueError otherwise); `codec`: the
     lossy format the sound went through (ogg, mp3), None for lossless audio; `kbps` and
-    `stream`: the bitrate and codec it went through, when known (tails_for); `sample_rate`:
+    `stream`: the bitrate and codec it went through, when known (nearest_rate); `sample_rate`:
     the rate it was encoded at (nearest_rate)."""
     index, how = choose_condition(raw, cal, condition)
     c = cal.conditions[index]

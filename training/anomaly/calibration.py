@@ -200,17 +200,17 @@ def fit_level_calibration(
         ),
     )
     owners = np.unique(cal_clip)
+    own_of = {int(o): own[cal_clip == o] for o in owners}  # each clip's windows, once
     conds = []
     for i, name in enumerate(condition_names):
         loc, scale = spread(own[clip_condition[source] == i])
         ours = [o for o in owners if clip_condition[o % n_clips] == i]
-        per_clip = [own[cal_clip == o] for o in ours if o < n_clips]
+        per_clip = [own_of[o] for o in ours if o < n_clips]
         copies = [o for o in ours if o >= n_clips]
         fitted = [o for o in copies if o < 2 * n_clips]  # pooled: the detector's copies
         formats = sorted({f for o in fitted if (f := codec_of(o)) is not None})
         codec_tails = {
-            fmt: fit_tails([own[cal_clip == o] for o in fitted if codec_of(o) == fmt], L)
-            for fmt in formats
+            fmt: fit_tails([own_of[o] for o in fitted if codec_of(o) == fmt], L) for fmt in formats
         }
         settings: dict[str, list[int]] = {}
         for o in copies:
@@ -222,8 +222,8 @@ def fit_level_calibration(
                 stream=copy_of(made[0])[2],  # type: ignore[index]
                 kbps=round(float(np.median([copy_of(o)[1] for o in made])), 1),  # type: ignore[index]
                 sample_rate=_median_rate([copy_of(o)[3] for o in made]),  # type: ignore[index]
-                tails=fit_tails([own[cal_clip == o] for o in made], L),
-                worst=fit_worst_tail([own[cal_clip == o] for o in made], L),
+                tails=fit_tails([own_of[o] for o in made], L),
+                worst=fit_worst_tail([own_of[o] for o in made], L),
                 fitted=all(o < 2 * n_clips for o in made),
             )
             for _, made in sorted(settings.items())
